@@ -1,0 +1,1 @@
+/* to be written */ typedef int peft_placeholder_plugin_loader;

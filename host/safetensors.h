@@ -1,0 +1,74 @@
+/*
+ * safetensors.h: reader and writer of the safetensors format (FORMATS.md §1).
+ *
+ * The reader enforces the reference checks: header size cap, valid JSON object, known dtypes,
+ * integer shapes and offsets, contiguous data from 0 with no holes or overlaps, byte size =
+ * numel * dtype size (checked 64-bit arithmetic), exact file coverage, string-only
+ * __metadata__, and it rejects duplicate names. Errors are one line "PATH: reason".
+ *
+ * The writer sorts tensors by dtype size (descending) then name, pads the header with spaces
+ * to a multiple of 8, always writes __metadata__ with "format": "pt", and writes to a
+ * temporary file that is renamed into place.
+ */
+#ifndef PEFT_SAFETENSORS_H
+#define PEFT_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum st_dtype { ST_F32, ST_F16, ST_BF16, ST_I64, ST_I32, ST_U8, ST_BOOL, ST_F64, ST_I8,
+                ST_I16, ST_U16, ST_U32, ST_U64, ST_DTYPE_COUNT };
+const char *st_dtype_name(int dtype);
+size_t st_dtype_size(int dtype);
+
+#define ST_MAX_DIMS 8
+
+struct st_tensor {
+    char *name;
+    int32_t dtype;
+    int32_t ndim;
+    int64_t shape[ST_MAX_DIMS];
+    uint64_t numel;
+    uint64_t begin, end;     /* relative to the data buffer */
+};
+
+struct st_file {
+    char *path;
+    uint8_t *map;            /* the whole file */
+    size_t size;
+    const uint8_t *data;     /* start of the data buffer */
+    struct st_tensor *tensors;
+    int32_t n_tensors;
+    char **meta_keys, **meta_values;
+    int32_t n_meta;
+};
+
+/* Open and validate. -1 with "PATH: reason" (nothing to free then). */
+int st_open(struct st_file *f, const char *path);
+void st_close(struct st_file *f);
+const struct st_tensor *st_find(const struct st_file *f, const char *name);
+const char *st_meta(const struct st_file *f, const char *key); /* NULL if absent */
+/* Convert a F32/F16/BF16 tensor to fp32. n must equal numel. -1 with "PATH: NAME: reason". */
+int st_read_f32(const struct st_file *f, const struct st_tensor *t, float *out, uint64_t n);
+/* Raw bytes of a tensor (any dtype). */
+const void *st_data(const struct st_file *f, const struct st_tensor *t);
+
+struct st_writer;
+struct st_writer *st_writer_new(void);
+/* Add a tensor; data is borrowed until st_writer_save returns. nbytes must be numel*size. */
+void st_writer_add(struct st_writer *w, const char *name, int32_t dtype, int32_t ndim,
+                   const int64_t *shape, const void *data);
+void st_writer_add_f32(struct st_writer *w, const char *name, int32_t ndim,
+                       const int64_t *shape, const float *data);
+void st_writer_meta(struct st_writer *w, const char *key, const char *value);
+/* Write atomically. -1 with "PATH: reason". */
+int st_writer_save(struct st_writer *w, const char *path);
+void st_writer_free(struct st_writer *w);
+
+/* fp16 / bf16 conversions (round to nearest even on the way down). */
+float st_f16_to_f32(uint16_t h);
+float st_bf16_to_f32(uint16_t h);
+uint16_t st_f32_to_f16(float f);
+uint16_t st_f32_to_bf16(float f);
+
+#endif
