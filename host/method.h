@@ -25,7 +25,8 @@ struct mtensor {
     peft_tensor_desc desc;   /* copy; desc.name points at `name` */
     float *data;             /* numel; for ALIAS_BASE a view into the model */
     float *grad;             /* NULL if frozen; n_trainable floats */
-    float *adam_m, *adam_v;  /* optimizer state, n_trainable floats, allocated by the optimizer */
+    float *adam_m, *adam_v;  /* optimizer state, n_trainable floats, allocated by the optimizer
+                                (xmalloc family), freed by method_run_free */
     uint64_t numel;
     uint64_t n_trainable;
     uint64_t *mask;          /* NULL or n_trainable sorted indices */
@@ -74,6 +75,10 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
  * valid until method_run_free. training selects dropout etc. */
 const struct model_hooks *method_run_hooks(struct method_run *mr, int training);
 void method_run_zero_grads(struct method_run *mr);
+/* Call after model_backward, before clipping and the optimizer: copies the masked entries of
+ * the model's dense gradient into the compact gradient of masked ALIAS_BASE tensors (the
+ * model forms the dense gradient of aliased tensors; masks are applied here). */
+void method_run_collect_grads(struct method_run *mr);
 int method_run_step_end(struct method_run *mr, uint64_t step);
 int method_run_end(struct method_run *mr);                     /* stage_end */
 
@@ -92,6 +97,9 @@ int method_run_delta(struct method_run *mr, int32_t site, float scale, float *ou
  * ALIAS_BASE tensors (already live). -1 if not mergeable. */
 int method_run_merge(struct method_run *mr);
 int method_run_negate(struct method_run *mr);
+
+/* The instance's random stream (dropout etc.), so checkpoints can save and restore it. */
+struct rng *method_run_rng(struct method_run *mr);
 
 /* The host API table (one for the whole process). */
 const peft_host_api *host_api_table(void);

@@ -1,1 +1,60 @@
-/* to be written */ typedef int peft_placeholder_optim;
+/* optim.c: AdamW with clipping and schedules over host-registered tensors. */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+double optim_lr_factor(const struct optim_params *p, int64_t step) {
+    if (p->warmup_steps > 0 && step < p->warmup_steps)
+        return (double)(step + 1) / (double)(p->warmup_steps + 1);
+    if (p->schedule == SCHEDULE_CONSTANT) return 1.0;
+    int64_t span = p->total_steps - p->warmup_steps;
+    double progress = span > 0 ? (double)(step - p->warmup_steps) / (double)span : 1.0;
+    if (progress > 1.0) progress = 1.0;
+    double floor = p->min_lr_ratio;
+    if (p->schedule == SCHEDULE_LINEAR) return floor + (1.0 - floor) * (1.0 - progress);
+    return floor + (1.0 - floor) * 0.5 * (1.0 + cos(3.141592653589793 * progress));
+}
+
+double optim_grad_norm(struct method_run *mr) {
+    double sum = 0.0;
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
+        struct mtensor *t = method_run_tensor(mr, i);
+        if (!t->grad) continue;
+        for (uint64_t j = 0; j < t->n_trainable; j++) sum += (double)t->grad[j] * t->grad[j];
+    }
+    return sqrt(sum);
+}
+
+double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t) {
+    double norm = optim_grad_norm(mr);
+    double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
+    double factor = optim_lr_factor(p, t - 1);
+    double bc1 = 1.0 - pow(p->beta1, (double)t), bc2 = 1.0 - pow(p->beta2, (double)t);
+    float b1 = (float)p->beta1, b2 = (float)p->beta2;
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
+        struct mtensor *tn = method_run_tensor(mr, i);
+        if (!tn->grad) continue;
+        uint64_t n = tn->n_trainable;
+        if (!tn->adam_m) {
+            tn->adam_m = xalloc_floats(n);
+            tn->adam_v = xalloc_floats(n);
+        }
+        double lr = (tn->desc.lr > 0 ? tn->desc.lr : p->lr) * factor;
+        float decay = (tn->desc.flags & PEFT_TENSOR_NO_DECAY) ? 0.0f : (float)(lr * p->weight_decay);
+        float step_size = (float)(lr / bc1), inv_bc2 = (float)(1.0 / bc2), eps = (float)p->eps;
+        float c = (float)clip;
+        float *m = tn->adam_m, *v = tn->adam_v, *g = tn->grad;
+        for (uint64_t j = 0; j < n; j++) {
+            uint64_t at = tn->mask ? tn->mask[j] : j; /* compact state for masked tensors */
+            float gj = g[j] * c;
+            m[j] = b1 * m[j] + (1.0f - b1) * gj;
+            v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
+            float w = tn->data[at];
+            w -= decay * w;
+            w -= step_size * m[j] / (sqrtf(v[j] * inv_bc2) + eps);
+            tn->data[at] = w;
+        }
+    }
+    return norm;
+}

@@ -1,1 +1,45 @@
-/* to be written */ typedef int peft_placeholder_progress;
+/* progress.c: one self-rewriting line on a terminal; occasional plain lines otherwise. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "run.h"
+
+void progress_begin(struct progress *p, int32_t enabled) {
+    p->t0 = now_seconds();
+    p->last = 0;
+    p->active = enabled < 0 ? isatty(fileno(stderr)) : enabled;
+}
+
+static void format_time(double s, char *out, size_t cap) {
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(out, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(out, cap, "%ld:%02ld", t / 60, t % 60);
+}
+
+void progress_update(struct progress *p, const char *stage, int64_t step, int64_t steps,
+                     double loss, double tokens_per_s) {
+    double now = now_seconds(), elapsed = now - p->t0;
+    double left = step > 0 ? elapsed / (double)step * (double)(steps - step) : 0;
+    char eta[32];
+    format_time(left, eta, sizeof eta);
+    if (p->active) {
+        if (now - p->last < 0.1 && step < steps) return;
+        fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  %s left   ", stage,
+                (long long)step, (long long)steps, loss, tokens_per_s, eta);
+        fflush(stderr);
+    } else if (now - p->last >= 10.0 || step == steps) {
+        /* Not a terminal (a log file, CI): a plain line every ten seconds. */
+        fprintf(stderr, "[%s] step %lld/%lld  loss %.4f  %.0f tok/s  %s left\n", stage,
+                (long long)step, (long long)steps, loss, tokens_per_s, eta);
+    } else {
+        return;
+    }
+    p->last = now;
+}
+
+void progress_end(struct progress *p) {
+    if (p->active) fprintf(stderr, "\n");
+    p->active = 0;
+}

@@ -1,1 +1,405 @@
-/* to be written */ typedef int peft_placeholder_run;
+/* run.c: execute a chain of stages: reuse, train, evaluate, save, summarize. */
+#include "run.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint_hf.h"
+#include "safetensors.h"
+
+/* ---- metrics ----------------------------------------------------------------------- */
+
+void run_metric(struct run *r, char *json_line) {
+    r->metrics = xrealloc(r->metrics, sizeof *r->metrics * (size_t)(r->n_metrics + 1));
+    r->metrics[r->n_metrics++] = json_line;
+}
+
+int run_metrics_flush(struct run *r) {
+    size_t len = 0;
+    for (int32_t i = 0; i < r->n_metrics; i++) len += strlen(r->metrics[i]) + 1;
+    char *buf = xmalloc(len + 1), *p = buf;
+    for (int32_t i = 0; i < r->n_metrics; i++) {
+        size_t n = strlen(r->metrics[i]);
+        memcpy(p, r->metrics[i], n);
+        p[n] = '\n';
+        p += n + 1;
+    }
+    char *path = path_join(r->out_dir, "metrics.jsonl");
+    int rc = file_write_atomic(path, buf, len);
+    free(path);
+    free(buf);
+    return rc;
+}
+
+/* Keep earlier metrics of stages that are reused, so metrics.jsonl stays whole. */
+static void metrics_load_existing(struct run *r) {
+    char *path = path_join(r->out_dir, "metrics.jsonl"), *text;
+    size_t len;
+    if (file_read_all(path, &text, &len) == 0) {
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+            if (line[0]) run_metric(r, xstrdup(line));
+        free(text);
+    }
+    err_clear();
+    free(path);
+}
+
+/* Drop metric lines of a stage (it is about to run again from the start or a checkpoint). */
+static void metrics_drop_stage(struct run *r, const char *stage, int64_t after_step) {
+    int32_t kept = 0;
+    for (int32_t i = 0; i < r->n_metrics; i++) {
+        cJSON *j = cJSON_Parse(r->metrics[i]);
+        const cJSON *st = j ? cJSON_GetObjectItemCaseSensitive(j, "stage") : NULL;
+        const cJSON *step = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
+        int drop = cJSON_IsString(st) && strcmp(st->valuestring, stage) == 0 &&
+                   (!cJSON_IsNumber(step) || step->valuedouble > (double)after_step ||
+                    after_step < 0);
+        cJSON_Delete(j);
+        if (drop)
+            free(r->metrics[i]);
+        else
+            r->metrics[kept++] = r->metrics[i];
+    }
+    r->n_metrics = kept;
+}
+
+/* ---- stage outputs for plugins (stage_tensor / stage_delta) ------------------------ */
+
+static struct stage *stage_by_name(struct run *r, const char *name) {
+    for (int32_t i = 0; i < r->n_stages; i++)
+        if (strcmp(r->stages[i].name, name) == 0) return r->stages[i].result_params ? &r->stages[i] : NULL;
+    return NULL;
+}
+
+static int env_stage_tensor(void *ctx, const char *stage, const char *name, float *out,
+                            uint64_t numel) {
+    struct run *r = ctx;
+    struct stage *s = stage_by_name(r, stage);
+    if (!s) return err_set("stage '%s' has not finished (or does not exist)", stage);
+    char *path = path_join(s->dir, "adapter.safetensors");
+    struct st_file f;
+    int rc = st_open(&f, path);
+    free(path);
+    if (rc) return -1;
+    const struct st_tensor *t = st_find(&f, name);
+    if (!t)
+        rc = err_set("%s: no tensor '%s' in stage '%s'", f.path, name, stage);
+    else if (t->numel != numel)
+        rc = err_set("%s: tensor '%s' has %llu entries, %llu asked", f.path, name,
+                     (unsigned long long)t->numel, (unsigned long long)numel);
+    else
+        rc = st_read_f32(&f, t, out, numel);
+    st_close(&f);
+    return rc;
+}
+
+static const float *stage_start_params(struct run *r, const struct stage *s) {
+    return s->from >= 0 ? r->stages[s->from].result_params : r->base_params;
+}
+
+static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *out) {
+    struct run *r = ctx;
+    struct stage *s = stage_by_name(r, stage);
+    if (!s) return err_set("stage '%s' has not finished (or does not exist)", stage);
+    const struct model_tensor *t = &r->model.tensors[model_site_tensor(&r->model, site)];
+    const float *end = s->result_params + t->offset, *start = stage_start_params(r, s) + t->offset;
+    for (size_t i = 0; i < t->numel; i++) out[i] = end[i] - start[i];
+    return 0;
+}
+
+/* ---- one stage --------------------------------------------------------------------- */
+
+static int stage_create_method(struct run *r, struct stage *s, struct method_run **out) {
+    char where[512];
+    struct cfg_entry *e = cfg_find(&r->cfg, s->section, "method");
+    snprintf(where, sizeof where, "%s:%d: [%s]", r->cfg.path, e ? e->line : 0, s->section);
+    struct method_env env = {
+        .tasks = &r->tasks, .seed = s->seed, .stage = s->name, .where = where,
+        .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
+        .run_pass = NULL};
+    return method_run_create(out, s->pm, &r->model, &env, s->kv, s->n_kv);
+}
+
+static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
+    char *path = path_join(s->dir, "stage.json"), *text;
+    size_t len;
+    int ok = 0;
+    *info = NULL;
+    if (file_read_all(path, &text, &len) == 0) {
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *h = j ? cJSON_GetObjectItemCaseSensitive(j, "hash") : NULL;
+        char want[32];
+        snprintf(want, sizeof want, "%016llx", (unsigned long long)s->hash);
+        if (cJSON_IsString(h) && strcmp(h->valuestring, want) == 0) {
+            ok = 1;
+            *info = j;
+        } else {
+            cJSON_Delete(j);
+        }
+        free(text);
+    }
+    err_clear();
+    free(path);
+    (void)r;
+    return ok;
+}
+
+static void eval_from_json(const cJSON *arr, struct eval_result *out, const struct stage *s) {
+    for (int32_t i = 0; i < s->n_eval_tasks; i++) {
+        out[i].task = s->eval_tasks[i];
+        out[i].n = 0;
+        out[i].loss = out[i].accuracy = -1;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        int32_t task = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "task_id"));
+        for (int32_t i = 0; i < s->n_eval_tasks; i++)
+            if (out[i].task == task) {
+                out[i].n = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "n"));
+                out[i].loss = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "loss"));
+                out[i].accuracy = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "accuracy"));
+            }
+    }
+}
+
+static cJSON *eval_to_json(struct run *r, const struct eval_result *ev, int32_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "task", r->tasks.names[ev[i].task]);
+        cJSON_AddNumberToObject(o, "task_id", ev[i].task);
+        cJSON_AddNumberToObject(o, "n", ev[i].n);
+        cJSON_AddNumberToObject(o, "loss", ev[i].loss);
+        cJSON_AddNumberToObject(o, "accuracy", ev[i].accuracy);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static const char *const *stage_meta(struct run *r, struct stage *s, char **hash_out) {
+    static const char *kv[9];
+    *hash_out = xasprintf("%016llx", (unsigned long long)s->hash);
+    kv[0] = "peft.stage";
+    kv[1] = s->name;
+    kv[2] = "peft.stage_config";
+    kv[3] = s->config_json;
+    kv[4] = "peft.config_hash";
+    kv[5] = *hash_out;
+    kv[6] = "peft.run";
+    kv[7] = r->cfg.path;
+    kv[8] = NULL;
+    return kv;
+}
+
+static int stage_write_outputs(struct run *r, struct stage *s, struct method_run *mr) {
+    char *hash, *path = path_join(s->dir, "adapter.safetensors");
+    const char *const *meta = stage_meta(r, s, &hash);
+    int rc = method_run_save(mr, path, meta);
+    free(path);
+    int save_model = s->save_model;
+    if (save_model < 0) {
+        save_model = 0;
+        for (const char *const *f = s->pm->desc->features; f && *f; f++)
+            save_model |= strcmp(*f, PEFT_FEATURE_WRITES_BASE) == 0;
+    }
+    if (rc == 0 && save_model) {
+        /* The merged model: the way base models are made for later runs ([model] path). */
+        char *dir = path_join(s->dir, "model");
+        rc = hf_model_save(dir, &r->model, meta);
+        free(dir);
+    }
+    free(hash);
+    return rc;
+}
+
+static int stage_write_done(struct run *r, struct stage *s) {
+    cJSON *j = cJSON_CreateObject();
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)s->hash);
+    cJSON_AddStringToObject(j, "stage", s->name);
+    cJSON_AddStringToObject(j, "hash", hash);
+    cJSON_AddStringToObject(j, "method", s->pm->desc->id);
+    cJSON_AddStringToObject(j, "method_version", s->pm->desc->version);
+    cJSON_AddNumberToObject(j, "abi_version", PEFT_ABI_VERSION);
+    cJSON_AddNumberToObject(j, "steps", (double)s->steps);
+    cJSON_AddNumberToObject(j, "trainable_parameters", (double)s->n_trainable);
+    cJSON_AddNumberToObject(j, "train_seconds", s->train_seconds);
+    cJSON_AddNumberToObject(j, "tokens_per_second", s->tokens_per_second);
+    cJSON_AddItemToObject(j, "config", cJSON_Parse(s->config_json));
+    cJSON_AddItemToObject(j, "before", eval_to_json(r, s->before, s->n_eval_tasks));
+    cJSON_AddItemToObject(j, "after", eval_to_json(r, s->after, s->n_eval_tasks));
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    char *path = path_join(s->dir, "stage.json");
+    int rc = file_write_atomic(path, text, strlen(text));
+    free(path);
+    free(text);
+    return rc;
+}
+
+static void remove_checkpoints(struct stage *s) {
+    const char *names[] = {"checkpoint.safetensors", "checkpoint-optim.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char *p = path_join(s->dir, names[i]);
+        unlink(p);
+        free(p);
+    }
+}
+
+static int run_stage(struct run *r, struct stage *s) {
+    /* The model starts from the weights the chain left. */
+    memcpy(r->model.params, stage_start_params(r, s), r->model.n_params * sizeof(float));
+    s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
+    s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
+
+    struct method_run *mr = NULL;
+    cJSON *info = NULL;
+    if (stage_is_complete(r, s, &info)) {
+        /* Reuse: load its adapter onto the starting weights and merge. */
+        if (stage_create_method(r, s, &mr)) goto fail;
+        char *path = path_join(s->dir, "adapter.safetensors");
+        int rc = method_run_load(mr, path);
+        free(path);
+        if (rc || method_run_merge(mr)) goto fail;
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "before"), s->before, s);
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "after"), s->after, s);
+        s->train_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "train_seconds"));
+        s->tokens_per_second = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "tokens_per_second"));
+        s->n_trainable = (uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "trainable_parameters"));
+        cJSON_Delete(info);
+        info = NULL;
+        s->reused = 1;
+        if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
+    } else {
+        if (mkdir_p(s->dir)) goto fail;
+        if (stage_create_method(r, s, &mr)) goto fail;
+        s->n_trainable = method_run_trainable_count(mr);
+        if (!r->quiet)
+            printf("[%s] %s: %llu trainable parameters at %d sites, %lld steps\n", s->name,
+                   s->pm->desc->id, (unsigned long long)method_run_trainable_count(mr),
+                   method_run_site_count(mr), (long long)s->steps);
+        int rc = run_train_stage(r, s, mr);
+        if (rc > 0) { /* stopped on request (testing aid): the checkpoint is on disk */
+            method_run_free(mr);
+            return 1;
+        }
+        if (rc) goto fail;
+        if (method_run_end(mr)) goto fail;
+        if (run_eval(r, s, mr, s->after)) goto fail;
+        run_log_eval(r, s, "after", s->steps, s->after);
+        if (stage_write_outputs(r, s, mr)) goto fail;
+        /* What the next stage starts from: the adapter folded into the weights. */
+        if (method_run_merge(mr)) {
+            if (s != &r->stages[r->n_stages - 1]) goto fail;
+            err_clear(); /* the last stage need not be mergeable */
+        }
+        if (run_metrics_flush(r) || stage_write_done(r, s)) goto fail;
+        remove_checkpoints(s);
+    }
+    s->result_params = xalloc_floats(r->model.n_params);
+    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    method_run_free(mr);
+    return 0;
+fail:
+    cJSON_Delete(info);
+    if (mr) method_run_free(mr);
+    return -1;
+}
+
+/* ---- summary ----------------------------------------------------------------------- */
+
+static int write_summary(struct run *r) {
+    /* Rows: every task evaluated anywhere. Columns: the model before the first stage, then
+     * after each stage. Cells: exact-match accuracy in %. */
+    size_t cap = 4096, len = 0;
+    char *md = xmalloc(cap);
+#define EMIT(...)                                                                   \
+    do {                                                                            \
+        char probe_[1];                                                             \
+        int need_ = snprintf(probe_, sizeof probe_, __VA_ARGS__);                   \
+        if (len + (size_t)need_ + 1 > cap) md = xrealloc(md, cap = (len + (size_t)need_ + 1) * 2); \
+        len += (size_t)snprintf(md + len, cap - len, __VA_ARGS__);                  \
+    } while (0)
+    EMIT("# %s\n\nExact-match accuracy (%%) by greedy decoding on held-out examples.\n\n", r->cfg.path);
+    EMIT("| task | %s (before) |", r->stages[0].name);
+    for (int32_t i = 0; i < r->n_stages; i++) EMIT(" after %s |", r->stages[i].name);
+    EMIT("\n|---|---|");
+    for (int32_t i = 0; i < r->n_stages; i++) EMIT("---|");
+    EMIT("\n");
+    for (int32_t t = 0; t < r->tasks.n; t++) {
+        int any = 0;
+        for (int32_t i = 0; i < r->n_stages; i++)
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++) any |= r->stages[i].eval_tasks[k] == t;
+        if (!any) continue;
+        EMIT("| %s |", r->tasks.names[t]);
+        /* "before": the first stage that evaluated this task, before it trained. */
+        const char *before = " - |";
+        char cell[32];
+        for (int32_t i = 0; i < r->n_stages && before[1] == '-'; i++)
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++)
+                if (r->stages[i].eval_tasks[k] == t && i == 0 && r->stages[i].before[k].accuracy >= 0) {
+                    snprintf(cell, sizeof cell, " %.1f |", 100.0 * r->stages[i].before[k].accuracy);
+                    before = cell;
+                }
+        EMIT("%s", before);
+        for (int32_t i = 0; i < r->n_stages; i++) {
+            int done = 0;
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks && !done; k++)
+                if (r->stages[i].eval_tasks[k] == t && r->stages[i].after[k].accuracy >= 0) {
+                    EMIT(" %.1f |", 100.0 * r->stages[i].after[k].accuracy);
+                    done = 1;
+                }
+            if (!done) EMIT(" - |");
+        }
+        EMIT("\n");
+    }
+    EMIT("\n| stage | method | trainable parameters | steps | train time (s) | tokens/s |\n"
+         "|---|---|---|---|---|---|\n");
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        const struct stage *s = &r->stages[i];
+        EMIT("| %s | %s | %llu | %lld | %.1f | %.0f |\n", s->name, s->pm->desc->id,
+             (unsigned long long)s->n_trainable, (long long)s->steps, s->train_seconds,
+             s->tokens_per_second);
+    }
+#undef EMIT
+    if (!r->quiet) printf("\n%s", md);
+    char *path = path_join(r->out_dir, "summary.md");
+    int rc = file_write_atomic(path, md, len);
+    free(path);
+    free(md);
+    return rc;
+}
+
+/* Before/after table of each stage, printed as it finishes. */
+static void print_stage_table(struct run *r, const struct stage *s) {
+    if (r->quiet) return;
+    printf("[%s] accuracy %% (loss)   before -> after\n", s->name);
+    for (int32_t k = 0; k < s->n_eval_tasks; k++)
+        printf("  %-14s %6.1f (%.3f) -> %6.1f (%.3f)\n", r->tasks.names[s->eval_tasks[k]],
+               100.0 * s->before[k].accuracy, s->before[k].loss, 100.0 * s->after[k].accuracy,
+               s->after[k].loss);
+}
+
+int run_execute(struct run *r) {
+    if (mkdir_p(r->out_dir)) return -1;
+    metrics_load_existing(r);
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        struct stage *s = &r->stages[i];
+        int rc = run_stage(r, s);
+        if (rc < 0) return -1;
+        if (rc > 0) {
+            if (!r->quiet) printf("[%s] stopped after %lld steps; continue with --resume\n", s->name,
+                                  (long long)r->stop_after);
+            return run_metrics_flush(r);
+        }
+        print_stage_table(r, s);
+    }
+    return write_summary(r);
+}
+
+void run_metrics_drop_stage(struct run *r, const char *stage, int64_t after_step) {
+    metrics_drop_stage(r, stage, after_step);
+}

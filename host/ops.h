@@ -1,0 +1,70 @@
+/*
+ * ops.h: the kernels of the llama decoder, in forward/backward pairs with the same stem.
+ * Outputs first, then inputs and weights, then dimensions. Backward kernels accumulate (+=)
+ * into weight gradients; how they treat input gradients is stated per kernel.
+ *
+ * Dimension letters as in model.h: B batch, T sequence, C channels, H heads, KV kv heads,
+ * D head_dim, F d_ff, V vocab, n = B*T rows.
+ */
+#ifndef PEFT_OPS_H
+#define PEFT_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* y (n, d_out) = x (n, d_in) W^T, W (d_out, d_in). */
+void matmul_forward(float *y, const float *x, const float *w, int32_t n, int32_t d_in,
+                    int32_t d_out);
+/* dx (n, d_in) = dx_beta * dx + dy W; dw (d_out, d_in) += dy^T x. dx or dw may be NULL. */
+void matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                     int32_t n, int32_t d_in, int32_t d_out, float dx_beta);
+
+/* y (n, c) = x * rsqrt(mean(x^2) + eps) * w; rstd (n) keeps the row factor for backward. */
+void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int32_t n,
+                     int32_t c, float eps);
+/* dx (n, c) += d/dx; dw (c) += d/dw (dw may be NULL). */
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                      const float *rstd, int32_t n, int32_t c);
+
+/* cos, sin (T, D/2): angle t * theta^(-2j/D). */
+void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, float theta);
+/* In place on x (B*T, n_heads*D), HF rotate-half: element j pairs with j + D/2, position t
+ * restarts at 0 for every sequence. */
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int32_t B, int32_t T,
+                  int32_t n_heads, int32_t D);
+/* In place on dx: the transposed rotation. */
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int32_t B, int32_t T,
+                   int32_t n_heads, int32_t D);
+
+/* Causal grouped-query attention with scale 1/sqrt(D).
+ * q (n, H*D), k and v (n, KV*D) -> out (n, H*D); att (B, H, T, T) keeps the probabilities
+ * (zero above the diagonal). */
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                       int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
+/* dq (n, H*D), dk and dv (n, KV*D) are overwritten; scratch holds T*T floats. */
+void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                        const float *att, const float *q, const float *k, const float *v,
+                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
+
+/* out (len) = silu(gate) * up. */
+void swiglu_forward(float *out, const float *gate, const float *up, size_t len);
+/* dgate, dup (len) are overwritten. */
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                     const float *up, size_t len);
+
+/* out (n, C) = embed[tokens]. */
+void embedding_forward(float *out, const int32_t *tokens, const float *embed, int32_t n,
+                       int32_t C);
+/* dembed (V, C) += dout scattered by tokens. */
+void embedding_backward(float *dembed, const float *dout, const int32_t *tokens, int32_t n,
+                        int32_t C);
+
+/* Sum over rows with targets[i] >= 0 of -log softmax(logits)[target]; lse (n) keeps each
+ * row's log-sum-exp; *n_valid counts the rows. targets may be NULL (no row counts). */
+double crossentropy_forward(float *lse, const float *logits, const int32_t *targets, int32_t n,
+                            int32_t V, int32_t *n_valid);
+/* dlogits (n, V) = scale * (softmax - onehot) for rows with a target, 0 elsewhere. */
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                           const int32_t *targets, int32_t n, int32_t V, float scale);
+
+#endif
