@@ -112,7 +112,7 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
 
 /* ---- one stage --------------------------------------------------------------------- */
 
-static int stage_create_method(struct run *r, struct stage *s, struct method_run **out) {
+int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
     char where[512];
     struct cfg_entry *e = cfg_find(&r->cfg, s->section, "method");
     snprintf(where, sizeof where, "%s:%d: [%s]", r->cfg.path, e ? e->line : 0, s->section);
@@ -259,7 +259,7 @@ static int run_stage(struct run *r, struct stage *s) {
     cJSON *info = NULL;
     if (stage_is_complete(r, s, &info)) {
         /* Reuse: load its adapter onto the starting weights and merge. */
-        if (stage_create_method(r, s, &mr)) goto fail;
+        if (run_stage_method(r, s, &mr)) goto fail;
         char *path = path_join(s->dir, "adapter.safetensors");
         int rc = method_run_load(mr, path);
         free(path);
@@ -275,7 +275,7 @@ static int run_stage(struct run *r, struct stage *s) {
         if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
     } else {
         if (mkdir_p(s->dir)) goto fail;
-        if (stage_create_method(r, s, &mr)) goto fail;
+        if (run_stage_method(r, s, &mr)) goto fail;
         s->n_trainable = method_run_trainable_count(mr);
         if (!r->quiet)
             printf("[%s] %s: %llu trainable parameters at %d sites, %lld steps\n", s->name,

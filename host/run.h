@@ -89,6 +89,9 @@ int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
 int run_execute(struct run *r);
 void run_free(struct run *r);
 
+/* Create a stage's method instance on the model as it is now (create + attach + tensors). */
+int run_stage_method(struct run *r, struct stage *s, struct method_run **out);
+
 /* Pieces used by run_execute, one file each. */
 int run_train_stage(struct run *r, struct stage *s, struct method_run *mr);   /* train.c */
 int run_eval(struct run *r, struct stage *s, struct method_run *mr,

@@ -516,6 +516,13 @@ int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
     }
     dataset_free(&ds.file_train);
     dataset_free(&ds.file_eval);
+    /* Let every method check its keys against the model now, so that a bad value is reported
+     * before anything is written. */
+    for (int32_t i = 0; i < r->n_stages && rc == 0; i++) {
+        struct method_run *mr;
+        rc = run_stage_method(r, &r->stages[i], &mr);
+        if (rc == 0) method_run_free(mr);
+    }
     return rc;
 }
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The command line: plugins are found as .so files (and not linked into peft), their keys are
+# shown, the synthetic suite is listed and written as JSONL that a run can read back, and
+# usage errors exit with status 2.
+#
+# usage: cli.sh PEFT
+set -u
+PEFT=$1
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+out=$("$PEFT" plugins 2>"$TMP/err")
+echo "$out"
+for id in full lora; do
+    if echo "$out" | grep -E "^$id +[0-9]+\.[0-9]+\.[0-9]+ +1 +.*peft-$id\.so" >/dev/null; then
+        ok "peft plugins lists $id from peft-$id.so"
+    else
+        bad "peft plugins does not list $id with version, ABI 1 and its file"
+    fi
+done
+
+if ldd "$PEFT" | grep -E 'peft-(full|lora)' >/dev/null; then
+    bad "peft links a method plugin: $(ldd "$PEFT" | grep peft-)"
+else
+    ok "ldd peft shows no plugin"
+fi
+
+show=$("$PEFT" plugins lora)
+for key in r lora_alpha lora_dropout target_modules use_rslora; do
+    if echo "$show" | grep -E "^ *$key\b" >/dev/null; then ok "peft plugins lora shows key $key"; else bad "key $key missing from: $show"; fi
+done
+
+"$PEFT" plugins nosuch >/dev/null 2>"$TMP/err"
+rc=$?
+if [ $rc -eq 2 ] && grep -q "unknown method 'nosuch'" "$TMP/err"; then ok "unknown plugin id refused"; else bad "unknown plugin: status $rc, $(cat "$TMP/err")"; fi
+
+n=$("$PEFT" data --list | wc -l)
+if [ "$n" -ge 10 ]; then ok "peft data --list lists $n tasks"; else bad "only $n tasks listed"; fi
+
+"$PEFT" data --tasks upper,add --n 5 --seed 3 --out "$TMP/d.jsonl" >/dev/null &&
+    [ "$(wc -l <"$TMP/d.jsonl")" -eq 10 ] && grep -q '"task":"upper"' "$TMP/d.jsonl" &&
+    ok "peft data writes JSONL" || bad "peft data --out did not write 10 lines"
+
+# The written JSONL is valid run input.
+cat >"$TMP/j.ini" <<INI
+[run]
+out = $TMP/jrun
+[model]
+d_model = 16
+n_layers = 1
+n_heads = 2
+d_ff = 32
+max_seq = 40
+[data]
+files = $TMP/d.jsonl
+[stage.a]
+method = lora
+tasks = upper
+steps = 2
+batch_size = 2
+INI
+if "$PEFT" run "$TMP/j.ini" --quiet >/dev/null 2>"$TMP/err" && [ -f "$TMP/jrun/a/adapter.safetensors" ]; then
+    ok "a run trains from the written JSONL"
+else
+    bad "run from JSONL failed: $(cat "$TMP/err")"
+fi
+
+"$PEFT" frobnicate >/dev/null 2>&1
+[ $? -eq 2 ] && ok "unknown command exits 2" || bad "unknown command did not exit 2"
+"$PEFT" version | grep -q "plugin ABI 1" && ok "peft version names the ABI" || bad "peft version"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

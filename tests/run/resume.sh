@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# An interrupted run continued with --resume ends with the same files as an uninterrupted
+# one: the adapter of each stage byte for byte, for full fine-tuning (base weights written)
+# and for LoRA with dropout (the random stream must be restored too). A second run reuses
+# the completed stages.
+#
+# usage: resume.sh PEFT
+set -u
+PEFT=$1
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+cd "$TMP" || exit 1
+fail=0
+
+cat >chain.ini <<'INI'
+[run]
+seed = 7
+[model]
+d_model = 24
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ff = 48
+max_seq = 40
+[data]
+n_train = 64
+n_eval = 8
+[stage.base]
+method = full
+tasks = upper add
+steps = 30
+batch_size = 4
+lr = 0.003
+warmup_steps = 5
+save_every = 10
+train_norms = true
+[stage.adapt]
+method = lora
+tasks = shift
+steps = 25
+batch_size = 4
+lr = 0.01
+r = 4
+lora_dropout = 0.1
+save_every = 7
+INI
+
+run() { # LOG ARGS...: run peft, stop the test on failure
+    local log=$1; shift
+    if ! "$PEFT" run chain.ini "$@" >"$log" 2>&1; then
+        echo "FAIL peft run $* failed:"; cat "$log"
+        echo "0 passed, 1 failed"; exit 1
+    fi
+}
+
+run whole.log --quiet --set run.out="$TMP/whole"
+# Interrupt inside the first stage, then inside the second, resuming each time.
+run p1.log --quiet --set run.out="$TMP/parts" --stop-after 13
+[ -f parts/base/checkpoint.safetensors ] || { echo "FAIL no checkpoint after the interruption"; fail=1; }
+[ ! -f parts/base/stage.json ] || { echo "FAIL an interrupted stage was marked complete"; fail=1; }
+run p2.log --quiet --set run.out="$TMP/parts" --resume --stop-after 11
+[ -f parts/base/stage.json ] || { echo "FAIL the first stage did not complete"; fail=1; }
+run p3.log --quiet --set run.out="$TMP/parts" --resume
+
+for f in base/adapter.safetensors base/model/model.safetensors adapt/adapter.safetensors; do
+    if cmp -s "whole/$f" "parts/$f"; then
+        echo "ok   $f identical after resume ($(stat -c %s "whole/$f") bytes)"
+    else
+        echo "FAIL $f differs between the uninterrupted and the resumed run"
+        fail=1
+    fi
+done
+# Accuracy columns of the summary must agree too (times differ, of course).
+if cmp -s <(grep '^| [a-z]' whole/summary.md | head -n 3) <(grep '^| [a-z]' parts/summary.md | head -n 3); then
+    echo "ok   summary accuracies identical"
+else
+    echo "FAIL summaries differ"; diff whole/summary.md parts/summary.md; fail=1
+fi
+for d in whole parts; do
+    if ls "$d"/*/checkpoint* >/dev/null 2>&1; then echo "FAIL checkpoints left in $d"; fail=1; fi
+done
+# A second run reuses completed stages instead of training again.
+run again.log --set run.out="$TMP/whole"
+if [ "$(grep -c 'reused' again.log)" -eq 2 ]; then
+    echo "ok   completed stages reused"
+else
+    echo "FAIL stages not reused:"; cat again.log; fail=1
+fi
+
+if [ $fail -eq 0 ]; then echo "1 passed, 0 failed"; else echo "0 passed, 1 failed"; fi
+exit $fail
