@@ -776,7 +776,7 @@ static int cmp_entry(const void *a, const void *b) {
 int st_writer_save(struct st_writer *w, const char *path) {
     char b1[SHOW_CAP];
     if (w->misuse) return err_set("%s: %s", path, w->misuse);
-    qsort(w->v, (size_t)w->n, sizeof *w->v, cmp_entry);
+    if (w->n > 1) qsort(w->v, (size_t)w->n, sizeof *w->v, cmp_entry);
     for (int32_t i = 1; i < w->n; i++)
         if (strcmp(w->v[i - 1].name, w->v[i].name) == 0)
             return err_set("%s: tensor '%s' added more than once", path,
