@@ -22,7 +22,7 @@
 struct plugin_file {
     char *path;                      /* as resolved (realpath) */
     void *handle;
-    const peft_plugin_entry *entry;
+    const peft_plugin_entry_t *entry;
 };
 
 struct plugin_method {

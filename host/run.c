@@ -314,27 +314,19 @@ fail:
 static int write_summary(struct run *r) {
     /* Rows: every task evaluated anywhere. Columns: the model before the first stage, then
      * after each stage. Cells: exact-match accuracy in %. */
-    size_t cap = 4096, len = 0;
-    char *md = xmalloc(cap);
-#define EMIT(...)                                                                   \
-    do {                                                                            \
-        char probe_[1];                                                             \
-        int need_ = snprintf(probe_, sizeof probe_, __VA_ARGS__);                   \
-        if (len + (size_t)need_ + 1 > cap) md = xrealloc(md, cap = (len + (size_t)need_ + 1) * 2); \
-        len += (size_t)snprintf(md + len, cap - len, __VA_ARGS__);                  \
-    } while (0)
-    EMIT("# %s\n\nExact-match accuracy (%%) by greedy decoding on held-out examples.\n\n", r->cfg.path);
-    EMIT("| task | %s (before) |", r->stages[0].name);
-    for (int32_t i = 0; i < r->n_stages; i++) EMIT(" after %s |", r->stages[i].name);
-    EMIT("\n|---|---|");
-    for (int32_t i = 0; i < r->n_stages; i++) EMIT("---|");
-    EMIT("\n");
+    struct strbuf md = {0};
+    sb_printf(&md, "# %s\n\nExact-match accuracy (%%) by greedy decoding on held-out examples.\n\n", r->cfg.path);
+    sb_printf(&md, "| task | %s (before) |", r->stages[0].name);
+    for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, " after %s |", r->stages[i].name);
+    sb_printf(&md, "\n|---|---|");
+    for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, "---|");
+    sb_printf(&md, "\n");
     for (int32_t t = 0; t < r->tasks.n; t++) {
         int any = 0;
         for (int32_t i = 0; i < r->n_stages; i++)
             for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++) any |= r->stages[i].eval_tasks[k] == t;
         if (!any) continue;
-        EMIT("| %s |", r->tasks.names[t]);
+        sb_printf(&md, "| %s |", r->tasks.names[t]);
         /* "before": the first stage that evaluated this task, before it trained. */
         const char *before = " - |";
         char cell[32];
@@ -344,32 +336,31 @@ static int write_summary(struct run *r) {
                     snprintf(cell, sizeof cell, " %.1f |", 100.0 * r->stages[i].before[k].accuracy);
                     before = cell;
                 }
-        EMIT("%s", before);
+        sb_printf(&md, "%s", before);
         for (int32_t i = 0; i < r->n_stages; i++) {
             int done = 0;
             for (int32_t k = 0; k < r->stages[i].n_eval_tasks && !done; k++)
                 if (r->stages[i].eval_tasks[k] == t && r->stages[i].after[k].accuracy >= 0) {
-                    EMIT(" %.1f |", 100.0 * r->stages[i].after[k].accuracy);
+                    sb_printf(&md, " %.1f |", 100.0 * r->stages[i].after[k].accuracy);
                     done = 1;
                 }
-            if (!done) EMIT(" - |");
+            if (!done) sb_printf(&md, " - |");
         }
-        EMIT("\n");
+        sb_printf(&md, "\n");
     }
-    EMIT("\n| stage | method | trainable parameters | steps | train time (s) | tokens/s |\n"
+    sb_printf(&md, "\n| stage | method | trainable parameters | steps | train time (s) | tokens/s |\n"
          "|---|---|---|---|---|---|\n");
     for (int32_t i = 0; i < r->n_stages; i++) {
         const struct stage *s = &r->stages[i];
-        EMIT("| %s | %s | %llu | %lld | %.1f | %.0f |\n", s->name, s->pm->desc->id,
+        sb_printf(&md, "| %s | %s | %llu | %lld | %.1f | %.0f |\n", s->name, s->pm->desc->id,
              (unsigned long long)s->n_trainable, (long long)s->steps, s->train_seconds,
              s->tokens_per_second);
     }
-#undef EMIT
-    if (!r->quiet) printf("\n%s", md);
+    if (!r->quiet) printf("\n%s", md.s);
     char *path = path_join(r->out_dir, "summary.md");
-    int rc = file_write_atomic(path, md, len);
+    int rc = file_write_atomic(path, md.s, md.len);
     free(path);
-    free(md);
+    sb_free(&md);
     return rc;
 }
 

@@ -359,10 +359,12 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     s->from = r->n_stages >= 2 ? r->n_stages - 2 : -1; /* default: the previous stage */
     if (from) {
         struct cfg_entry *e = cfg_find(c, section, "from");
-        if (strcmp(from, "base") == 0 || from[0] == 0)
+        /* Empty: the [model] itself. Otherwise an earlier stage. */
+        if (from[0] == 0)
             s->from = -1;
         else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
-            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order)",
+            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
+                           "leave it empty to start from [model])",
                            cfg_where(c, e, where, sizeof where), section, from);
     }
     if (cfg_str(c, section, "tasks", NULL, &tasks) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))

@@ -301,6 +301,29 @@ void rng_seed_label(struct rng *r, uint64_t seed, const char *label) {
     rng_seed(r, seed ^ (h * 0x9e3779b97f4a7c15ull));
 }
 
+/* ---- a growing string ----------------------------------------------------------------- */
+
+void sb_printf(struct strbuf *b, const char *fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    char probe[1];
+    int n = vsnprintf(probe, sizeof probe, fmt, ap); /* the length only */
+    va_end(ap);
+    if (b->len + (size_t)n + 1 > b->cap) {
+        b->cap = (b->len + (size_t)n + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap2);
+    va_end(ap2);
+    b->len += (size_t)n;
+}
+
+void sb_free(struct strbuf *b) {
+    free(b->s);
+    memset(b, 0, sizeof *b);
+}
+
 /* ---- words --------------------------------------------------------------------------- */
 
 static int is_sep(char c) { return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; }

@@ -82,6 +82,14 @@ uint64_t rng_below(struct rng *r, uint64_t n); /* [0, n), n > 0 */
  * depend on the order in which they are made. */
 void rng_seed_label(struct rng *r, uint64_t seed, const char *label);
 
+/* ---- a growing string ----------------------------------------------------------------- */
+struct strbuf {
+    char *s;      /* NUL-terminated; NULL until the first append */
+    size_t len, cap;
+};
+void sb_printf(struct strbuf *b, const char *fmt, ...) PEFT_PRINTF(2, 3);
+void sb_free(struct strbuf *b);
+
 /* ---- words ---------------------------------------------------------------------------- */
 /* Split on commas and/or whitespace; empty items dropped. Caller frees with words_free. */
 struct words {

@@ -436,10 +436,11 @@ typedef struct peft_method_desc {
     const peft_method_vtable *vt;
 } peft_method_desc;
 
-/* The exported entry. Static const data, read by the host before any plugin code runs. */
+/* The exported entry, a const object named peft_plugin_entry of this type. Static data, read
+ * by the host before any plugin code runs. */
 typedef struct peft_plugin_entry {
     uint32_t abi_version; /* = PEFT_ABI_VERSION at build time */
-    uint32_t struct_size; /* = sizeof(peft_plugin_entry) */
+    uint32_t struct_size; /* = sizeof(peft_plugin_entry_t) */
     /* (optional) Once per loaded file, before anything else; fast, no heavy work. On failure
      * the host calls nothing else of the file, deinit included. */
     peft_status (*init)(const peft_host_api *api);
@@ -447,15 +448,15 @@ typedef struct peft_plugin_entry {
     void (*deinit)(void);
     uint32_t method_count;
     const peft_method_desc *const *methods; /* method_count descriptors */
-} peft_plugin_entry;
+} peft_plugin_entry_t;
 
 #define PEFT_PLUGIN_ENTRY_SYMBOL "peft_plugin_entry"
 
 /* Emit the exported entry: PEFT_PLUGIN_DEFINE(init_fn_or_NULL, deinit_fn_or_NULL, &desc...). */
 #define PEFT_PLUGIN_DEFINE(init_fn, deinit_fn, ...)                                          \
     static const peft_method_desc *const peft_plugin_methods_[] = {__VA_ARGS__};           \
-    PEFT_EXPORT const peft_plugin_entry peft_plugin_entry = {                              \
-        PEFT_ABI_VERSION, (uint32_t)sizeof(peft_plugin_entry), (init_fn), (deinit_fn),      \
+    PEFT_EXPORT const peft_plugin_entry_t peft_plugin_entry = {                            \
+        PEFT_ABI_VERSION, (uint32_t)sizeof(peft_plugin_entry_t), (init_fn), (deinit_fn),    \
         (uint32_t)(sizeof(peft_plugin_methods_) / sizeof(peft_plugin_methods_[0])),         \
         peft_plugin_methods_}
 
