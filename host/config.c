@@ -14,12 +14,18 @@
 struct reader {
     FILE *f;
     int32_t line;
+    int32_t header_line; /* line of the last "[section]" header */
 };
 
 static char *read_line(char *str, int num, void *stream) {
     struct reader *r = stream;
     char *s = fgets(str, num, r->f);
-    if (s) r->line++;
+    if (s) {
+        r->line++;
+        const char *p = s;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p == '[') r->header_line = r->line;
+    }
     return s;
 }
 
@@ -57,7 +63,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         add_section(c, section, lc->r->line);
         return 1;
     }
-    add_section(c, section, lc->r->line);
+    add_section(c, section, lc->r->header_line ? lc->r->header_line : lc->r->line);
     struct cfg_entry *old = cfg_find(c, section, name);
     if (old) {
         if (!lc->dup_line) {
@@ -80,7 +86,7 @@ int cfg_load(struct cfg *c, const char *path) {
         cfg_free(c);
         return -1;
     }
-    struct reader r = {f, 0};
+    struct reader r = {f, 0, 0};
     struct load_ctx lc = {c, &r, 0, ""};
     int rc = ini_parse_stream(read_line, &r, on_entry, &lc);
     fclose(f);

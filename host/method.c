@@ -1,550 +1,19 @@
 /*
- * method.c: the host side of the plugin ABI for one method instance in one stage.
+ * method.c: one method instance in one stage, driven by the host: creation (create, site
+ * matching, attach, allocation and initialization of the registered tensors), the lifecycle
+ * calls, the model hooks that dispatch to the plugin, and arithmetic (delta, merge, negate).
  *
- * A method_run owns a `struct peft_host` (what the host API functions see: the model, the
- * run's environment, the registered tensors, the instance's random stream) plus the state of
- * hook dispatch (the current batch, activation caches per pass and site).
- *
- * Errors. Every call into the plugin is bracketed by call_begin/call_end. During the call the
- * ERROR lines the plugin logs are collected; if the call fails, the error line becomes
- * "WHERE: ID: <those lines>", e.g. "conf/x.ini [stage.adapt]: lora: r must be > 0, got 0".
- * When the host refuses an API call it records why; that reason is used when the plugin
- * itself logged nothing.
- *
- * Lifecycle. Host API functions check which plugin entry is running (tensor_register only in
- * create/attach, tensor_set_mask up to stage_begin, run_pass only in batch_begin, ...) and
- * answer PEFT_E_STATE outside it.
- *
- * ALIAS_BASE tensors. Their data is the model's parameter storage; their gradient is the
- * model's own (m->grads, with m->need_grad set), so the model's backward computes it. With a
- * mask the model still forms the dense gradient; method_run_collect_grads copies the masked
- * entries into the compact gradient the optimizer reads.
- *
- * Optimizer state (adam_m, adam_v) is allocated by the optimizer and freed here, with the
- * tensor.
+ * A method_run owns a `struct peft_host` (what the host API functions see, method_api.c)
+ * plus the state of hook dispatch: the current batch, copied, and activation caches per pass
+ * and site. Optimizer state (adam_m, adam_v) is allocated by the optimizer and freed here,
+ * with the tensor. Adapter files are in method_file.c.
  */
-#include "method.h"
-
-#include <cblas.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
-
-/* Which plugin entry is running; host API calls check it. Bits so that "allowed in" is a
- * mask. */
-enum {
-    CALL_NONE = 0,
-    CALL_CREATE = 1 << 0,
-    CALL_ATTACH = 1 << 1,
-    CALL_STAGE_BEGIN = 1 << 2,
-    CALL_BATCH_BEGIN = 1 << 3,
-    CALL_OTHER = 1 << 4, /* hooks, task_begin, step_end, delta, state, ... */
-};
-
-struct peft_host {
-    struct model *m;
-    const struct plugin_method *pm;
-    const peft_method_vtable *vt;
-    peft_instance *inst;
-    struct method_env env;     /* copy; where/stage point at our own strings */
-    struct rng rng;            /* the instance's stream: rng_seed_label(seed, "method:STAGE") */
-    struct mtensor *tensors;
-    uint8_t *prev_need_grad;   /* per tensor: the model's need_grad before we aliased it */
-    int32_t n_tensors, cap_tensors;
-    int allocated;             /* tensors have storage */
-    char (*site_names)[96];    /* (n_sites) kept alive for site_info */
-    int call;                  /* CALL_* of the running entry, CALL_NONE between calls */
-    int misbehaved;            /* a contract violation during the current call */
-    char reason[1024];         /* ERROR lines logged during the current outermost call */
-    char api_reason[512];      /* why the host last refused an API call */
-};
-
-struct act_buf {
-    float *p;
-    uint64_t cap;
-    int32_t n_rows;            /* rows of the forward that filled it; -1 = none */
-};
-
-struct hook_ctx {
-    struct method_run *mr;
-    uint32_t training;
-};
-
-struct method_run {
-    struct peft_host h;        /* first member: (struct method_run *)h is the run */
-    int32_t *sites;            /* (n_sites) attached sites, ascending */
-    int32_t n_sites;
-    int32_t *slot_of_site;     /* (model n_sites) index into sites, or -1 */
-    /* The current batch, copied so the caller may reuse its buffers. */
-    int has_batch;
-    peft_batch_info binfo;
-    int32_t *tokens, *example_task, *prompt_len;
-    int32_t cap_rows, cap_batch;
-    int32_t *row_task;         /* (n_rows) example_task expanded per row */
-    int32_t row_task_n;        /* rows row_task was built for */
-    uint32_t row_seq;
-    struct act_buf **acts;     /* acts[pass][slot] */
-    uint32_t n_pass;
-    struct hook_ctx hctx[2];   /* [training] */
-    struct model_hooks hooks[2];
-    int merged;                /* after method_run_merge the site hooks no longer dispatch */
-};
-
-static const char *status_name(peft_status st) {
-    switch (st) {
-    case PEFT_OK: return "ok";
-    case PEFT_E_INVALID_ARG: return "invalid argument";
-    case PEFT_E_NOMEM: return "out of memory";
-    case PEFT_E_CONFIG: return "bad configuration";
-    case PEFT_E_SHAPE: return "shape mismatch";
-    case PEFT_E_UNSUPPORTED: return "unsupported";
-    case PEFT_E_ABI: return "ABI contract violation";
-    case PEFT_E_IO: return "I/O error";
-    case PEFT_E_STATE: return "called at the wrong point of the lifecycle";
-    case PEFT_E_INTERNAL: return "internal error";
-    default: return "unknown status";
-    }
-}
-
-static const char *method_id(const struct peft_host *h) { return h->pm->desc->id; }
-
-/* ------------------------------------------------------------------------------------------
- * Calls into the plugin.
- */
-
-static void append_line(char *buf, size_t cap, const char *msg) {
-    size_t n = strlen(buf);
-    if (n + 3 >= cap) return;
-    snprintf(buf + n, cap - n, "%s%s", n ? "; " : "", msg);
-}
-
-static int call_begin(struct peft_host *h, int kind) {
-    int prev = h->call;
-    if (prev == CALL_NONE) {
-        h->reason[0] = '\0';
-        h->api_reason[0] = '\0';
-        h->misbehaved = 0;
-    }
-    h->call = kind;
-    return prev;
-}
-
-/* End a call. On failure set "WHERE: ID: [WHAT: ]reason" and return -1. */
-static int call_end(struct peft_host *h, int prev, peft_status st, const char *what) {
-    h->call = prev;
-    if (st == PEFT_OK && h->misbehaved && prev == CALL_NONE) st = PEFT_E_ABI;
-    if (st == PEFT_OK) return 0;
-    const char *reason = h->reason[0] ? h->reason
-                         : h->api_reason[0] ? h->api_reason
-                                            : status_name(st);
-    if (what)
-        err_set("%s: %s: %s: %s", h->env.where, method_id(h), what, reason);
-    else
-        err_set("%s: %s: %s", h->env.where, method_id(h), reason);
-    return -1;
-}
-
-/* The host refuses an API call: remember why (used if the plugin logs nothing). */
-static peft_status refuse(struct peft_host *h, peft_status st, const char *fmt, ...)
-    PEFT_PRINTF(3, 4);
-static peft_status refuse(struct peft_host *h, peft_status st, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(h->api_reason, sizeof h->api_reason, fmt, ap);
-    va_end(ap);
-    return st;
-}
-
-/* A contract violation the plugin cannot see as a status (void API functions). */
-static void misbehaving(struct peft_host *h, const char *fmt, ...) PEFT_PRINTF(2, 3);
-static void misbehaving(struct peft_host *h, const char *fmt, ...) {
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    h->misbehaved = 1;
-    append_line(h->reason, sizeof h->reason, line);
-}
-
-/* ------------------------------------------------------------------------------------------
- * The host API table.
- */
-
-static void api_log(peft_host *h, int32_t level, const char *msg) {
-    if (!msg) return;
-    if (!h) {
-        if (level >= PEFT_LOG_WARN) fprintf(stderr, "peft: plugin: %s\n", msg);
-        return;
-    }
-    if (level >= PEFT_LOG_ERROR) {
-        append_line(h->reason, sizeof h->reason, msg);
-    } else if (level == PEFT_LOG_WARN) {
-        fprintf(stderr, "peft: %s: %s: warning: %s\n", h->env.where, method_id(h), msg);
-    } else if (level == PEFT_LOG_INFO || getenv("PEFT_DEBUG")) {
-        fprintf(stderr, "peft: %s: %s: %s\n", h->env.where, method_id(h), msg);
-    }
-}
-
-/* Is `call` one of `allowed`? Otherwise record the refusal. */
-static int in_call(struct peft_host *h, int allowed, const char *fn, const char *when) {
-    if (h->call & allowed) return 1;
-    refuse(h, PEFT_E_STATE, "%s is allowed %s only", fn, when);
-    return 0;
-}
-
-static void api_sgemm(peft_host *h, int32_t trans_a, int32_t trans_b, uint32_t m, uint32_t n,
-                      uint32_t k, float alpha, const float *a, uint32_t lda, const float *b,
-                      uint32_t ldb, float beta, float *c, uint32_t ldc) {
-    if (m == 0 || n == 0) return;
-    /* Row-major: a stored matrix's row length is its column count. */
-    uint32_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
-    if (!c || ldc < n || (k > 0 && (!a || !b || lda < a_cols || ldb < b_cols) )) {
-        if (h)
-            misbehaving(h, "sgemm: bad arguments (m %u n %u k %u lda %u ldb %u ldc %u)", m, n,
-                        k, lda, ldb, ldc);
-        return;
-    }
-    if (k == 0) { /* C = beta C; BLAS may reject k = 0 with these leading dimensions */
-        for (uint32_t i = 0; i < m; i++)
-            for (uint32_t j = 0; j < n; j++) c[(size_t)i * ldc + j] *= beta;
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
-                b, (int)ldb, beta, c, (int)ldc);
-}
-
-static void api_rng_uniform(peft_host *h, float *out, uint64_t n, float lo, float hi) {
-    if (!h || !out) return;
-    for (uint64_t i = 0; i < n; i++) out[i] = rng_uniform(&h->rng, lo, hi);
-}
-
-static void api_rng_normal(peft_host *h, float *out, uint64_t n, float mean, float std) {
-    if (!h || !out) return;
-    for (uint64_t i = 0; i < n; i++) out[i] = rng_normal(&h->rng, mean, std);
-}
-
-static uint64_t api_rng_u64(peft_host *h) { return h ? rng_next(&h->rng) : 0; }
-
-static peft_status api_model_info(peft_host *h, peft_model_info *out) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!out) return refuse(h, PEFT_E_INVALID_ARG, "model_info: out is NULL");
-    if (!PEFT_HAS_FIELD(out, peft_model_info, n_sites))
-        return refuse(h, PEFT_E_ABI, "model_info: out->struct_size %u is too small (host: %zu)",
-                      out->struct_size, sizeof *out);
-    const struct model_config *c = &h->m->cfg;
-    peft_model_info info = {
-        .struct_size = out->struct_size,
-        .n_layers = (uint32_t)c->n_layers,
-        .d_model = (uint32_t)c->d_model,
-        .n_heads = (uint32_t)c->n_heads,
-        .n_kv_heads = (uint32_t)c->n_kv_heads,
-        .head_dim = (uint32_t)c->head_dim,
-        .d_ff = (uint32_t)c->d_ff,
-        .vocab = (uint32_t)c->vocab,
-        .n_sites = (uint32_t)h->m->n_sites,
-    };
-    *out = info;
-    return PEFT_OK;
-}
-
-static peft_status api_site_info(peft_host *h, uint32_t site, peft_site_info *out) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!out) return refuse(h, PEFT_E_INVALID_ARG, "site_info: out is NULL");
-    if (!PEFT_HAS_FIELD(out, peft_site_info, weight))
-        return refuse(h, PEFT_E_ABI, "site_info: out->struct_size %u is too small (host: %zu)",
-                      out->struct_size, sizeof *out);
-    if (site >= (uint32_t)h->m->n_sites)
-        return refuse(h, PEFT_E_INVALID_ARG, "site_info: site %u out of range (%d sites)", site,
-                      h->m->n_sites);
-    int32_t d_in, d_out;
-    model_site_dims(h->m, (int32_t)site, &d_in, &d_out);
-    peft_site_info info = {
-        .struct_size = out->struct_size,
-        .index = site,
-        .layer = (uint32_t)model_site_layer((int32_t)site),
-        .d_in = (uint32_t)d_in,
-        .d_out = (uint32_t)d_out,
-        .name = h->site_names[site],
-        .kind = site_kind_names[model_site_kind((int32_t)site)],
-        .weight = model_site_weight(h->m, (int32_t)site),
-    };
-    *out = info;
-    return PEFT_OK;
-}
-
-static int name_ok(const char *s) {
-    size_t n = 0;
-    for (; s[n]; n++)
-        if ((unsigned char)s[n] <= 0x20 || (unsigned char)s[n] >= 0x7f) return 0;
-    return n > 0 && n < 200;
-}
-
-/* Check an ALIAS_BASE desc and find the model tensor it aliases. A name the model does not
- * have is PEFT_E_UNSUPPORTED, so a plugin can probe for optional tensors (an untied head). */
-static peft_status alias_target(struct peft_host *h, const peft_tensor_desc *d, int32_t *out) {
-    const struct model *m = h->m;
-    int32_t mt;
-    if (d->site >= 0) {
-        mt = model_site_tensor(m, d->site);
-    } else {
-        mt = model_find_tensor(m, d->name);
-        if (mt < 0)
-            return refuse(h, PEFT_E_UNSUPPORTED, "tensor_register: the model has no tensor "
-                          "'%s'", d->name);
-    }
-    const struct model_tensor *t = &m->tensors[mt];
-    int same = (int32_t)d->ndim == t->ndim;
-    for (int32_t i = 0; same && i < t->ndim; i++) same = (int64_t)d->shape[i] == t->shape[i];
-    if (!same) {
-        char a[64];
-        snprintf(a, sizeof a, t->ndim > 1 ? "[%lld, %lld]" : "[%lld]", (long long)t->shape[0],
-                 t->ndim > 1 ? (long long)t->shape[1] : 0LL);
-        return refuse(h, PEFT_E_SHAPE, "tensor_register: '%s' aliases '%s' of shape %s; the "
-                      "desc has another shape", d->name, t->name, a);
-    }
-    for (int32_t i = 0; i < h->n_tensors; i++) {
-        const struct mtensor *o = &h->tensors[i];
-        if (o->model_tensor >= 0 && m->tensors[o->model_tensor].offset == t->offset)
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s' aliases the same model "
-                          "tensor as '%s'", d->name, o->name);
-    }
-    *out = mt;
-    return PEFT_OK;
-}
-
-static peft_status api_tensor_register(peft_host *h, const peft_tensor_desc *d,
-                                       peft_tensor_id *out) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_CREATE | CALL_ATTACH, "tensor_register", "in create and attach"))
-        return PEFT_E_STATE;
-    if (!d || !out) return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: desc or out is NULL");
-    if (!PEFT_HAS_FIELD(d, peft_tensor_desc, lr_group))
-        return refuse(h, PEFT_E_ABI, "tensor_register: desc.struct_size %u is too small "
-                      "(host: %zu)", d->struct_size, sizeof *d);
-    if (!d->name || !name_ok(d->name))
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: a name must be 1..199 printable "
-                      "characters without spaces");
-    const char *nm = d->name;
-    if (strcmp(nm, "peft.state") == 0)
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: the name 'peft.state' is "
-                      "reserved");
-    for (int32_t i = 0; i < h->n_tensors; i++)
-        if (strcmp(h->tensors[i].name, nm) == 0)
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s' is already registered",
-                          nm);
-    if (d->ndim < 1 || d->ndim > 4)
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': ndim %u is not in 1..4",
-                      nm, d->ndim);
-    uint64_t numel = 1;
-    for (uint32_t i = 0; i < d->ndim; i++) {
-        if (d->shape[i] == 0 || d->shape[i] > (1ull << 40) / numel)
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': dimension %u is %llu "
-                          "(must be > 0, total below 2^40)", nm, i,
-                          (unsigned long long)d->shape[i]);
-        numel *= d->shape[i];
-    }
-    const uint32_t known = PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY | PEFT_TENSOR_NEGATE |
-                           PEFT_TENSOR_NO_SAVE | PEFT_TENSOR_ALIAS_BASE | PEFT_TENSOR_AVERAGE;
-    if (d->flags & ~known)
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': unknown flags 0x%x", nm,
-                      d->flags & ~known);
-    if (d->site < -1 || d->site >= h->m->n_sites)
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': site %d out of range",
-                      nm, d->site);
-    if (!(d->lr >= 0.0f) || !isfinite(d->lr))
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': lr must be >= 0", nm);
-    int32_t mt = -1;
-    if (d->flags & PEFT_TENSOR_ALIAS_BASE) {
-        peft_status st = alias_target(h, d, &mt);
-        if (st != PEFT_OK) return st;
-    } else {
-        if (d->init < PEFT_INIT_ZERO || d->init > PEFT_INIT_NONE)
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': unknown init %d", nm,
-                          d->init);
-        if (!isfinite(d->init_a) || !isfinite(d->init_b) ||
-            (d->init == PEFT_INIT_UNIFORM && d->init_a > d->init_b) ||
-            (d->init == PEFT_INIT_NORMAL && d->init_b < 0.0f))
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_register: '%s': bad init parameters "
-                          "(%g, %g)", nm, (double)d->init_a, (double)d->init_b);
-    }
-    if (h->n_tensors == h->cap_tensors) {
-        h->cap_tensors = h->cap_tensors ? 2 * h->cap_tensors : 16;
-        h->tensors = xrealloc(h->tensors, (size_t)h->cap_tensors * sizeof *h->tensors);
-        h->prev_need_grad = xrealloc(h->prev_need_grad, (size_t)h->cap_tensors);
-    }
-    struct mtensor *t = &h->tensors[h->n_tensors];
-    memset(t, 0, sizeof *t);
-    /* One string holds the name and, after its NUL, the lr group. */
-    const char *group = d->lr_group ? d->lr_group : "";
-    size_t ln = strlen(nm), lg = strlen(group);
-    t->name = xmalloc(ln + lg + 2);
-    memcpy(t->name, nm, ln + 1);
-    memcpy(t->name + ln + 1, group, lg + 1);
-    t->desc = *d;
-    t->desc.struct_size = (uint32_t)sizeof t->desc;
-    t->desc.name = t->name;
-    t->desc.lr_group = t->name + ln + 1;
-    t->numel = numel;
-    t->n_trainable = (d->flags & PEFT_TENSOR_TRAINABLE) ? numel : 0;
-    t->model_tensor = mt;
-    h->prev_need_grad[h->n_tensors] = 0;
-    *out = (peft_tensor_id)h->n_tensors++;
-    return PEFT_OK;
-}
-
-static peft_status check_id(struct peft_host *h, peft_tensor_id id, const char *fn) {
-    if (id >= (uint32_t)h->n_tensors)
-        return refuse(h, PEFT_E_INVALID_ARG, "%s: tensor id %u is not registered", fn, id);
-    return PEFT_OK;
-}
-
-/* Give a trainable tensor its gradient storage (after allocation, or after a new mask). */
-static void bind_grad(struct peft_host *h, struct mtensor *t) {
-    if (!(t->desc.flags & PEFT_TENSOR_TRAINABLE)) return;
-    if (t->model_tensor >= 0 && !t->mask) {
-        t->grad = h->m->grads + h->m->tensors[t->model_tensor].offset;
-    } else {
-        t->grad = xalloc_floats(t->n_trainable ? t->n_trainable : 1);
-    }
-}
-
-static int grad_owned(const struct mtensor *t) { return t->grad && (t->model_tensor < 0 || t->mask); }
-
-static peft_status api_tensor_set_mask(peft_host *h, peft_tensor_id id, const uint64_t *index,
-                                       uint64_t n) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_CREATE | CALL_ATTACH | CALL_STAGE_BEGIN, "tensor_set_mask",
-                 "in create, attach and stage_begin"))
-        return PEFT_E_STATE;
-    if (check_id(h, id, "tensor_set_mask")) return PEFT_E_INVALID_ARG;
-    struct mtensor *t = &h->tensors[id];
-    if (!(t->desc.flags & PEFT_TENSOR_TRAINABLE))
-        return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: '%s' is not trainable", t->name);
-    if (n > 0 && !index) return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: index is NULL");
-    if (t->adam_m || t->adam_v)
-        return refuse(h, PEFT_E_STATE, "tensor_set_mask: '%s' already has optimizer state",
-                      t->name);
-    for (uint64_t i = 0; i < n; i++) {
-        if (index[i] >= t->numel)
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: '%s': index %llu out of "
-                          "range (numel %llu)", t->name, (unsigned long long)index[i],
-                          (unsigned long long)t->numel);
-        if (i > 0 && index[i] <= index[i - 1])
-            return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: '%s': indices must be "
-                          "sorted and unique (position %llu)", t->name, (unsigned long long)i);
-    }
-    if (grad_owned(t)) free(t->grad);
-    t->grad = NULL;
-    free(t->mask);
-    t->mask = xmalloc((n ? n : 1) * sizeof *t->mask);
-    if (n) memcpy(t->mask, index, n * sizeof *t->mask);
-    t->n_trainable = n;
-    if (h->allocated) bind_grad(h, t);
-    return PEFT_OK;
-}
-
-static peft_status api_tensor_view(peft_host *h, peft_tensor_id id, peft_tensor_view *out) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!h->allocated)
-        return refuse(h, PEFT_E_STATE, "tensor_view is allowed once tensors are allocated "
-                      "(stage_begin and later)");
-    if (!out) return refuse(h, PEFT_E_INVALID_ARG, "tensor_view: out is NULL");
-    if (check_id(h, id, "tensor_view")) return PEFT_E_INVALID_ARG;
-    const struct mtensor *t = &h->tensors[id];
-    out->data = t->data;
-    out->grad = t->grad;
-    out->numel = t->numel;
-    out->n_trainable = t->n_trainable;
-    out->mask_index = t->mask;
-    return PEFT_OK;
-}
-
-static uint32_t api_task_count(peft_host *h) {
-    return h && h->env.tasks ? (uint32_t)h->env.tasks->n : 0;
-}
-
-static const char *api_task_name(peft_host *h, int32_t task) {
-    if (!h || !h->env.tasks || task < 0 || task >= h->env.tasks->n) return NULL;
-    return h->env.tasks->names[task];
-}
-
-static peft_status api_stage_tensor(peft_host *h, const char *stage, const char *name,
-                                    float *out, uint64_t numel) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_CREATE | CALL_ATTACH | CALL_STAGE_BEGIN, "stage_tensor",
-                 "in create, attach and stage_begin"))
-        return PEFT_E_STATE;
-    if (!stage || !name || !out)
-        return refuse(h, PEFT_E_INVALID_ARG, "stage_tensor: NULL argument");
-    if (!h->env.stage_tensor)
-        return refuse(h, PEFT_E_UNSUPPORTED, "stage_tensor: this run keeps no stage outputs");
-    if (h->env.stage_tensor(h->env.run_ctx, stage, name, out, numel) != 0)
-        return refuse(h, PEFT_E_INVALID_ARG, "stage_tensor: %s", err_msg());
-    return PEFT_OK;
-}
-
-static peft_status api_stage_delta(peft_host *h, const char *stage, uint32_t site, float *out) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_CREATE | CALL_ATTACH | CALL_STAGE_BEGIN, "stage_delta",
-                 "in create, attach and stage_begin"))
-        return PEFT_E_STATE;
-    if (!stage || !out) return refuse(h, PEFT_E_INVALID_ARG, "stage_delta: NULL argument");
-    if (site >= (uint32_t)h->m->n_sites)
-        return refuse(h, PEFT_E_INVALID_ARG, "stage_delta: site %u out of range", site);
-    if (!h->env.stage_delta)
-        return refuse(h, PEFT_E_UNSUPPORTED, "stage_delta: this run keeps no stage outputs");
-    if (h->env.stage_delta(h->env.run_ctx, stage, (int32_t)site, out) != 0)
-        return refuse(h, PEFT_E_INVALID_ARG, "stage_delta: %s", err_msg());
-    return PEFT_OK;
-}
-
-static peft_status api_run_pass(peft_host *h, uint32_t pass, uint32_t backward) {
-    if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_BATCH_BEGIN, "run_pass", "in batch_begin")) return PEFT_E_STATE;
-    if (pass == PEFT_PASS_MAIN)
-        return refuse(h, PEFT_E_INVALID_ARG, "run_pass: pass must be > 0");
-    if (!h->env.run_pass)
-        return refuse(h, PEFT_E_UNSUPPORTED, "run_pass: auxiliary passes are not available "
-                      "here");
-    if (h->env.run_pass(h->env.run_ctx, pass, backward) != 0)
-        return refuse(h, PEFT_E_INTERNAL, "run_pass: %s", err_msg());
-    return PEFT_OK;
-}
-
-static const void *api_get_extension(peft_host *h, const char *id) {
-    (void)h;
-    (void)id;
-    return NULL;
-}
-
-static const peft_host_api host_api = {
-    .abi_version = PEFT_ABI_VERSION,
-    .struct_size = (uint32_t)sizeof(peft_host_api),
-    .log = api_log,
-    .sgemm = api_sgemm,
-    .rng_uniform = api_rng_uniform,
-    .rng_normal = api_rng_normal,
-    .rng_u64 = api_rng_u64,
-    .model_info = api_model_info,
-    .site_info = api_site_info,
-    .tensor_register = api_tensor_register,
-    .tensor_set_mask = api_tensor_set_mask,
-    .tensor_view = api_tensor_view,
-    .task_count = api_task_count,
-    .task_name = api_task_name,
-    .stage_tensor = api_stage_tensor,
-    .stage_delta = api_stage_delta,
-    .run_pass = api_run_pass,
-    .get_extension = api_get_extension,
-};
-
-const peft_host_api *host_api_table(void) { return &host_api; }
+#include "method_internal.h"
 
 /* ------------------------------------------------------------------------------------------
  * Creation: create, site matching, attach, allocation and initialization.
@@ -567,10 +36,18 @@ static int site_matches(const struct peft_host *h, int32_t site, const char *wor
     return ln > lw && name[ln - lw - 1] == '.' && strcmp(name + ln - lw, word) == 0;
 }
 
-static int attach_site(struct method_run *mr, int32_t site) {
+static void attach_site(struct method_run *mr, int32_t site) {
     mr->sites[mr->n_sites] = site;
     mr->slot_of_site[site] = mr->n_sites++;
-    return 0;
+}
+
+/* Forget tensors registered from index n on (a declined attach registers nothing). */
+static void drop_tensors_from(struct peft_host *h, int32_t n) {
+    while (h->n_tensors > n) {
+        struct mtensor *t = &h->tensors[--h->n_tensors];
+        free(t->mask);
+        free(t->name);
+    }
 }
 
 static int call_attach(struct method_run *mr, int32_t site, peft_status *st) {
@@ -589,8 +66,14 @@ static int match_and_attach(struct method_run *mr, const peft_kv *cfg, uint32_t 
     if (!has_param(h->pm->desc, "target_modules")) {
         /* Every site is offered; PEFT_E_UNSUPPORTED declines it. */
         for (int32_t s = 0; s < n; s++) {
-            if (call_attach(mr, s, &st) == 0) attach_site(mr, s);
-            else if (st != PEFT_E_UNSUPPORTED) return -1;
+            int32_t before = h->n_tensors;
+            if (call_attach(mr, s, &st) == 0) {
+                attach_site(mr, s);
+            } else if (st == PEFT_E_UNSUPPORTED) {
+                drop_tensors_from(h, before);
+            } else {
+                return -1;
+            }
         }
         err_clear();
         return 0;
@@ -608,8 +91,8 @@ static int match_and_attach(struct method_run *mr, const peft_kv *cfg, uint32_t 
         if (!any) {
             char kinds[160] = "";
             for (int k = 0; k < SITE_KINDS; k++)
-                append_line(kinds, sizeof kinds, site_kind_names[k]);
-            for (char *p = kinds; *p; p++) if (*p == ';') *p = ',';
+                snprintf(kinds + strlen(kinds), sizeof kinds - strlen(kinds), "%s%s",
+                         k ? ", " : "", site_kind_names[k]);
             err_set("%s: target_modules '%s' matches no site of the model (sites are %s)",
                     h->env.where, w.v[i], kinds);
             words_free(&w);
@@ -701,7 +184,7 @@ int method_run_create(struct method_run **out, const struct plugin_method *pm, s
 
     peft_instance *inst = NULL;
     int prev = call_begin(h, CALL_CREATE);
-    peft_status st = h->vt->create(&host_api, h, all, n_all, &inst);
+    peft_status st = h->vt->create(host_api_table(), h, all, n_all, &inst);
     if (st == PEFT_OK && !inst) {
         misbehaving(h, "create returned PEFT_OK without an instance");
         st = PEFT_E_ABI;
@@ -1028,158 +511,6 @@ const struct model_hooks *method_run_hooks(struct method_run *mr, int training) 
 }
 
 /* ------------------------------------------------------------------------------------------
- * Adapter files.
- */
-
-struct membuf {
-    uint8_t *p;
-    uint64_t n, cap, pos;
-};
-
-static int64_t mem_write(const peft_ostream *s, const void *buf, uint64_t size) {
-    struct membuf *b = s->ctx;
-    if (size == 0) return 0;
-    if (!buf) return -1;
-    if (b->n + size > b->cap) {
-        b->cap = (b->n + size) * 2;
-        b->p = xrealloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, buf, size);
-    b->n += size;
-    return (int64_t)size;
-}
-
-static int64_t mem_read(const peft_istream *s, void *buf, uint64_t size) {
-    struct membuf *b = s->ctx;
-    if (size == 0) return 0;
-    if (!buf || size > b->n - b->pos) return -1;
-    memcpy(buf, b->p + b->pos, size);
-    b->pos += size;
-    return (int64_t)size;
-}
-
-static int saved(const struct mtensor *t) { return !(t->desc.flags & PEFT_TENSOR_NO_SAVE); }
-
-int method_run_save(struct method_run *mr, const char *path, const char *const *meta_kv) {
-    struct peft_host *h = &mr->h;
-    const peft_method_desc *d = h->pm->desc;
-    struct membuf state = {0};
-    if (h->vt->state_save) {
-        peft_ostream os = {&state, mem_write};
-        int prev = call_begin(h, CALL_OTHER);
-        if (call_end(h, prev, h->vt->state_save(h->inst, &os), "state_save") != 0) {
-            free(state.p);
-            return -1;
-        }
-    }
-    struct st_writer *w = st_writer_new();
-    for (int32_t i = 0; i < h->n_tensors; i++) {
-        const struct mtensor *t = &h->tensors[i];
-        if (!saved(t)) continue;
-        int64_t shape[4];
-        for (uint32_t k = 0; k < t->desc.ndim; k++) shape[k] = (int64_t)t->desc.shape[k];
-        st_writer_add_f32(w, t->name, (int32_t)t->desc.ndim, shape, t->data);
-    }
-    if (state.n) {
-        int64_t shape[1] = {(int64_t)state.n};
-        st_writer_add(w, "peft.state", ST_U8, 1, shape, state.p);
-    }
-    char abi[16];
-    snprintf(abi, sizeof abi, "%u", PEFT_ABI_VERSION);
-    st_writer_meta(w, "peft.method", d->id);
-    st_writer_meta(w, "peft.method_version", d->version);
-    st_writer_meta(w, "peft.abi_version", abi);
-    for (int i = 0; meta_kv && meta_kv[i] && meta_kv[i + 1]; i += 2)
-        st_writer_meta(w, meta_kv[i], meta_kv[i + 1]);
-    int rc = st_writer_save(w, path);
-    st_writer_free(w);
-    free(state.p);
-    return rc;
-}
-
-static void shape_text(char *out, size_t cap, uint32_t ndim, const int64_t *shape) {
-    size_t n = (size_t)snprintf(out, cap, "[");
-    for (uint32_t i = 0; i < ndim && n < cap; i++)
-        n += (size_t)snprintf(out + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (n < cap) snprintf(out + n, cap - n, "]");
-}
-
-static int major_of(const char *v) { return v ? atoi(v) : -1; }
-
-/* Check the whole file against the run before anything is overwritten. */
-static int load_check(struct method_run *mr, const struct st_file *f, const char *path) {
-    struct peft_host *h = &mr->h;
-    const peft_method_desc *d = h->pm->desc;
-    const char *id = st_meta(f, "peft.method");
-    if (!id) return err_set("%s: not a peftkit adapter (no peft.method in __metadata__)", path);
-    if (strcmp(id, d->id) != 0)
-        return err_set("%s: written by method '%s', not '%s'", path, id, d->id);
-    const char *ver = st_meta(f, "peft.method_version");
-    if (major_of(ver) != major_of(d->version))
-        return err_set("%s: written by %s %s, this plugin is %s", path, id, ver ? ver : "?",
-                       d->version);
-    for (int32_t i = 0; i < h->n_tensors; i++) {
-        const struct mtensor *t = &h->tensors[i];
-        if (!saved(t)) continue;
-        const struct st_tensor *s = st_find(f, t->name);
-        if (!s) return err_set("%s: tensor '%s' missing", path, t->name);
-        if (s->dtype != ST_F32 && s->dtype != ST_F16 && s->dtype != ST_BF16)
-            return err_set("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", path,
-                           t->name, st_dtype_name(s->dtype));
-        int64_t want[4];
-        for (uint32_t k = 0; k < t->desc.ndim; k++) want[k] = (int64_t)t->desc.shape[k];
-        int same = s->ndim == (int32_t)t->desc.ndim;
-        for (int32_t k = 0; same && k < s->ndim; k++) same = s->shape[k] == want[k];
-        if (!same) {
-            char a[96], b[96];
-            shape_text(a, sizeof a, (uint32_t)s->ndim, s->shape);
-            shape_text(b, sizeof b, t->desc.ndim, want);
-            return err_set("%s: tensor '%s' has shape %s, the method expects %s", path,
-                           t->name, a, b);
-        }
-    }
-    for (int32_t i = 0; i < f->n_tensors; i++) {
-        const char *nm = f->tensors[i].name;
-        if (strcmp(nm, "peft.state") == 0) {
-            if (!h->vt->state_load)
-                return err_set("%s: tensor 'peft.state' holds plugin state but %s has no "
-                               "state_load", path, d->id);
-            if (f->tensors[i].dtype != ST_U8)
-                return err_set("%s: tensor 'peft.state' must be U8", path);
-            continue;
-        }
-        int known = 0;
-        for (int32_t k = 0; k < h->n_tensors && !known; k++)
-            known = saved(&h->tensors[k]) && strcmp(h->tensors[k].name, nm) == 0;
-        if (!known)
-            return err_set("%s: tensor '%s' is not a tensor of this %s run (other "
-                           "target_modules or keys?)", path, nm, d->id);
-    }
-    return 0;
-}
-
-int method_run_load(struct method_run *mr, const char *path) {
-    struct peft_host *h = &mr->h;
-    struct st_file f;
-    if (st_open(&f, path) != 0) return -1;
-    int rc = load_check(mr, &f, path);
-    for (int32_t i = 0; rc == 0 && i < h->n_tensors; i++) {
-        struct mtensor *t = &h->tensors[i];
-        if (saved(t)) rc = st_read_f32(&f, st_find(&f, t->name), t->data, t->numel);
-    }
-    const struct st_tensor *s = st_find(&f, "peft.state");
-    if (rc == 0 && s) {
-        struct membuf b = {(uint8_t *)st_data(&f, s), s->numel, s->numel, 0};
-        peft_istream is = {&b, mem_read};
-        int prev = call_begin(h, CALL_OTHER);
-        rc = call_end(h, prev, h->vt->state_load(h->inst, &is), "state_load");
-        if (rc != 0) err_prefix("%s", path);
-    }
-    st_close(&f);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------------------------
  * Arithmetic: deltas, merge, negation.
  */
 
@@ -1221,37 +552,34 @@ int method_run_merge(struct method_run *mr) {
     struct peft_host *h = &mr->h;
     if (!h->vt->delta_weight && h->vt->forward)
         return err_set("%s: %s: not mergeable (no delta_weight)", h->env.where, method_id(h));
-    if (!h->vt->delta_weight) { /* aliased tensors only: already live */
-        mr->merged = 1;
-        return 0;
-    }
-    for (int32_t i = 0; i < mr->n_sites; i++) {
-        int32_t site = mr->sites[i], d_in, d_out;
-        model_site_dims(h->m, site, &d_in, &d_out);
-        size_t n = (size_t)d_in * (size_t)d_out;
-        float *w = model_site_weight(h->m, site);
-        float *tmp = xalloc_floats(n);
-        if (plugin_delta(mr, site, 1.0f, tmp) != 0) {
-            /* Take back what was merged, so a refused merge leaves the model as it was. */
-            for (int32_t k = 0; k < i; k++) {
-                int32_t s = mr->sites[k];
-                model_site_dims(h->m, s, &d_in, &d_out);
-                memset(tmp, 0, sizeof(float) * (size_t)d_in * (size_t)d_out);
-                char keep[1024];
-                snprintf(keep, sizeof keep, "%s", err_msg());
-                if (plugin_delta(mr, s, -1.0f, tmp) == 0) {
-                    float *ws = model_site_weight(h->m, s);
-                    for (size_t j = 0; j < (size_t)d_in * (size_t)d_out; j++) ws[j] += tmp[j];
-                }
-                err_set("%s", keep);
-            }
-            free(tmp);
-            return -1;
+    if (h->vt->delta_weight) {
+        size_t cap = 0;
+        for (int32_t i = 0; i < mr->n_sites; i++) {
+            int32_t d_in, d_out;
+            model_site_dims(h->m, mr->sites[i], &d_in, &d_out);
+            if ((size_t)d_in * (size_t)d_out > cap) cap = (size_t)d_in * (size_t)d_out;
         }
-        for (size_t j = 0; j < n; j++) w[j] += tmp[j];
+        float *tmp = xalloc_floats(cap ? cap : 1);
+        /* Two passes: every site's delta is asked for before any weight changes, so a
+         * refusal leaves the model as it was. */
+        for (int pass = 0; pass < 2; pass++) {
+            for (int32_t i = 0; i < mr->n_sites; i++) {
+                int32_t site = mr->sites[i], d_in, d_out;
+                model_site_dims(h->m, site, &d_in, &d_out);
+                size_t n = (size_t)d_in * (size_t)d_out;
+                memset(tmp, 0, n * sizeof(float));
+                if (plugin_delta(mr, site, 1.0f, tmp) != 0) {
+                    free(tmp);
+                    return -1;
+                }
+                if (pass == 0) continue;
+                float *w = model_site_weight(h->m, site);
+                for (size_t j = 0; j < n; j++) w[j] += tmp[j];
+            }
+        }
         free(tmp);
     }
-    mr->merged = 1;
+    mr->merged = 1; /* aliased tensors are live already; hooks stop adding from here on */
     return 0;
 }
 

@@ -32,11 +32,11 @@
 #define MAX_METHODS_PER_FILE 1024u
 
 const char *const reserved_stage_keys[] = {
-    "method",       "from",         "tasks",      "eval_tasks",      "steps",   "batch_size",
-    "lr",           "weight_decay", "beta1",      "beta2",           "eps",     "grad_clip",
-    "warmup_steps", "schedule",     "min_lr_ratio", "eval_every",    "save_every",
-    "save_model",   "seed",         "max_seq",    "eval_batch_size", "n_train", "n_eval",
-    "log_every",    NULL,
+    "method",       "from",       "tasks",        "eval_tasks", "steps",      "batch_size",
+    "lr",           "weight_decay", "beta1",      "beta2",      "eps",        "grad_clip",
+    "warmup_steps", "schedule",   "min_lr_ratio", "eval_every", "save_every", "log_every",
+    "save_model",   "seed",       "max_seq",      "eval_batch_size", "n_train", "n_eval",
+    NULL,
 };
 
 int stage_key_is_reserved(const char *key) {
@@ -358,7 +358,7 @@ static const char *dlerror_reason(const char *real) {
 }
 
 /* The entry's own checks: everything that can be read without running plugin code. */
-static int check_entry(const char *real, const peft_plugin_entry *e) {
+static int check_entry(const char *real, const peft_plugin_entry_t *e) {
     if (e->abi_version < PEFT_ABI_MIN_VERSION || e->abi_version > PEFT_ABI_VERSION)
         return err_set("%s: plugin ABI version %" PRIu32 ", this host supports %u..%u", real,
                        e->abi_version, PEFT_ABI_MIN_VERSION, PEFT_ABI_VERSION);
@@ -376,7 +376,8 @@ static int check_entry(const char *real, const peft_plugin_entry *e) {
 }
 
 /* Every descriptor, and ids unique against the registry and within the file. */
-static int check_methods(struct plugin_registry *r, const char *real, const peft_plugin_entry *e) {
+static int check_methods(struct plugin_registry *r, const char *real,
+                         const peft_plugin_entry_t *e) {
     for (uint32_t i = 0; i < e->method_count; i++) {
         const peft_method_desc *d = e->methods[i];
         if (check_desc(real, i, d) != 0) return -1;
@@ -393,7 +394,7 @@ static int check_methods(struct plugin_registry *r, const char *real, const peft
 }
 
 static void add_file(struct plugin_registry *r, char *real, void *handle,
-                     const peft_plugin_entry *e, int owes_deinit) {
+                     const peft_plugin_entry_t *e, int owes_deinit) {
     struct loaded_file *lf = xcalloc(1, sizeof *lf);
     lf->pub.path = real;
     lf->pub.handle = handle;
@@ -432,7 +433,7 @@ static int load_file(struct plugin_registry *r, const char *path, struct loaded_
         return 0;
     }
     /* The entry is data, read before any plugin function runs. */
-    const peft_plugin_entry *e = dlsym(handle, PEFT_PLUGIN_ENTRY_SYMBOL);
+    const peft_plugin_entry_t *e = dlsym(handle, PEFT_PLUGIN_ENTRY_SYMBOL);
     if (!e) {
         err_set("%s: no entry point '%s'", real, PEFT_PLUGIN_ENTRY_SYMBOL);
         free(real);

@@ -114,8 +114,10 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
 
 int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
     char where[512];
-    struct cfg_entry *e = cfg_find(&r->cfg, s->section, "method");
-    snprintf(where, sizeof where, "%s:%d: [%s]", r->cfg.path, e ? e->line : 0, s->section);
+    int32_t line = 0; /* the section's header: a plugin's complaint may concern any key */
+    for (int32_t i = 0; i < r->cfg.n_sections; i++)
+        if (strcmp(r->cfg.sections[i].name, s->section) == 0) line = r->cfg.sections[i].line;
+    snprintf(where, sizeof where, "%s:%d: [%s]", r->cfg.path, line, s->section);
     struct method_env env = {
         .tasks = &r->tasks, .seed = s->seed, .stage = s->name, .where = where,
         .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,

@@ -238,6 +238,7 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
         if (model_forward(&r->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
             model_backward(&r->model, acts, hooks))
             goto out;
+        method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double grad_norm = optim_step(mr, &s->opt, step);
         if (method_run_step_end(mr, (uint64_t)step)) goto out;
         ls.step = step;

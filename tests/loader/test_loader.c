@@ -106,7 +106,7 @@ static void test_refusals(void) {
     CHECK(env_count("INIT", "no_entry") == 0, "no_entry: init ran");
 
     snprintf(want, sizeof want, "%s: peft_plugin_entry.struct_size 8 is smaller than %zu",
-             plugin("bad_size"), sizeof(peft_plugin_entry));
+             plugin("bad_size"), sizeof(peft_plugin_entry_t));
     expect_refused(&r, "bad_size", want);
     CHECK(env_count("INIT", "bad_size") == 0, "bad_size: plugin code ran before the size check");
 
@@ -232,7 +232,8 @@ static void test_find(void) {
     const struct plugin_method *kept = registry_find(&r, "test.good");
     const struct plugin_method *other = registry_find(&r, "test.other");
     CHECK(other && r.n_methods == 2, "find test.other: %s", err_msg());
-    CHECK(kept && strcmp(kept->desc->id, "test.good") == 0 && kept == registry_find(&r, "test.good"),
+    CHECK(kept && strcmp(kept->desc->id, "test.good") == 0 &&
+              kept == registry_find(&r, "test.good"),
           "the record of test.good moved");
     registry_free(&r);
 
@@ -248,15 +249,22 @@ static void test_find(void) {
     CHECK(m && shadow_real && strcmp(m->file->path, shadow_real) == 0,
           "extra dir did not take precedence: %s", m ? m->file->path : err_msg());
     registry_free(&r);
-    char *stale = copy_plugin("bad_abi", tmp, "peft-test.good.so");
-    registry_init(&r, tmp);
+    /* (Another folder: a path once loaded stays loaded, so a file replaced under the same
+     * name would not be read again.) */
+    char tmp2[] = "/tmp/peft-loader-XXXXXX";
+    CHECK(mkdtemp(tmp2) != NULL, "mkdtemp");
+    char *stale = copy_plugin("bad_abi", tmp2, "peft-test.good.so");
+    char *stale_real = realpath(stale, NULL);
+    registry_init(&r, tmp2);
     m = registry_find(&r, "test.good");
-    CHECK(m == NULL && strstr(err_msg(), "plugin ABI version 7") &&
-              strncmp(err_msg(), shadow_real, strlen(shadow_real)) == 0,
+    CHECK(m == NULL && stale_real && strstr(err_msg(), "plugin ABI version 7") &&
+              strncmp(err_msg(), stale_real, strlen(stale_real)) == 0,
           "stale file: %s", m ? m->file->path : err_msg());
     registry_free(&r);
 
     remove_tree(tmp);
+    remove_tree(tmp2);
+    free(stale_real);
     free(shadow);
     free(shadow_real);
     free(stale);
@@ -348,18 +356,29 @@ static void test_values(void) {
               strcmp(err_msg(), "expected an integer, got '1.5'") == 0,
           "int message '%s'", err_msg());
     peft_param_spec pc = {"init", PEFT_PARAM_CHOICE, NULL, "a|b", ""};
-    CHECK(param_check_value(&pc, "c") == -1 && strcmp(err_msg(), "expected one of a|b, got 'c'") == 0,
+    CHECK(param_check_value(&pc, "c") == -1 &&
+              strcmp(err_msg(), "expected one of a|b, got 'c'") == 0,
           "choice message '%s'", err_msg());
     const char *names[] = {"int", "float", "bool", "string", "list", "choice", "stage", "files"};
     for (int32_t t = PEFT_PARAM_INT; t <= PEFT_PARAM_FILES; t++)
         CHECK(strcmp(param_type_name(t), names[t - 1]) == 0, "type %d is '%s'", (int)t,
               param_type_name(t));
-    CHECK(stage_key_is_reserved("lr") && stage_key_is_reserved("n_eval") &&
-              !stage_key_is_reserved("r") && !stage_key_is_reserved("target_modules"),
-          "reserved stage keys");
+    /* The host's stage keys are reserved (the list may grow); method keys are not. */
+    const char *host_keys[] = {"method", "from", "tasks", "eval_tasks", "steps", "batch_size",
+                               "lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+                               "warmup_steps", "schedule", "min_lr_ratio", "eval_every",
+                               "save_every", "save_model", "seed", "max_seq",
+                               "eval_batch_size", "n_train", "n_eval"};
+    for (size_t i = 0; i < sizeof host_keys / sizeof host_keys[0]; i++)
+        CHECK(stage_key_is_reserved(host_keys[i]), "'%s' is not reserved", host_keys[i]);
+    CHECK(!stage_key_is_reserved("r") && !stage_key_is_reserved("target_modules") &&
+              !stage_key_is_reserved("lora_alpha"),
+          "a method key is reserved");
     int n_reserved = 0;
-    while (reserved_stage_keys[n_reserved]) n_reserved++;
-    CHECK(n_reserved == 23, "%d reserved stage keys", n_reserved);
+    while (reserved_stage_keys[n_reserved]) {
+        CHECK(stage_key_is_reserved(reserved_stage_keys[n_reserved]), "list and lookup differ");
+        n_reserved++;
+    }
     printf("values: %d cases, %d accepted; %d reserved stage keys\n",
            (int)(sizeof cases / sizeof cases[0]), n_ok, n_reserved);
 }
@@ -381,11 +400,11 @@ static void test_cmd(void) {
         "version      1.2.3\n",
         "features     mergeable\n",
         "description  a method that only exists to be loaded (good)\n",
-        "  r               int                  default 8\n",
+        "  r               int                   default 8\n",
         "  init            choice (zero|normal)  default zero\n",
-        "  target_modules  list                 default \"q_proj v_proj\"\n",
-        "  note            string               default \"\"\n",
-        "  source          stage                required\n",
+        "  target_modules  list                  default \"q_proj v_proj\"\n",
+        "  note            string                default \"\"\n",
+        "  source          stage                 required\n",
         "                  the stage to start from\n",
     };
     for (size_t i = 0; i < sizeof want_lines / sizeof want_lines[0]; i++)
@@ -410,9 +429,22 @@ static void test_cmd(void) {
     fclose(out);
     fclose(err);
     CHECK(text && strncmp(text, "ID ", 3) == 0, "list header: '%s'", text ? text : "");
-    char *row = xasprintf("1.2.3    1    %s  a method that only exists to be loaded (good)\n",
-                          plugin("good"));
-    CHECK(text && strstr(text, row), "list lacks '%s'", row);
+    /* The row of test.good, column by column. */
+    const char *line = text ? strstr(text, "\ntest.good ") : NULL;
+    char id[64] = "", version[64] = "", abi[16] = "", file[PATH_MAX] = "";
+    int desc_at = 0;
+    CHECK(line && sscanf(line + 1, "%63s %63s %15s %4095s %n", id, version, abi, file,
+                         &desc_at) == 4,
+          "no row for test.good");
+    const char *desc = line ? line + 1 + desc_at : "";
+    char *row = xasprintf("%s|%s|%s|%s|%.*s", id, version, abi, file, (int)strcspn(desc, "\n"),
+                          desc);
+    char *want_row = xasprintf("test.good|1.2.3|%u|%s|%s", PEFT_ABI_VERSION, plugin("good"),
+                               "a method that only exists to be loaded (good)");
+    CHECK(strcmp(row, want_row) == 0, "row '%s', want '%s'", row, want_row);
+    const char *other_line = text ? strstr(text, "\ntest.other ") : NULL;
+    CHECK(line && other_line && line < other_line, "rows are not sorted by id");
+    free(want_row);
     int err_lines = 0;
     for (const char *p = etext; p && *p; p++) err_lines += *p == '\n';
     CHECK(err_lines >= n_plugins - 2, "list printed %d refusal lines, want >= %d", err_lines,

@@ -64,11 +64,13 @@ static peft_status test_create(const peft_host_api *api, peft_host *h, const pef
 
 static void test_destroy(peft_instance *self) { free(self); }
 
+#if !defined(DEFECT_NO_ATTACH)
 static peft_status test_attach(peft_instance *self, uint32_t site) {
     (void)site;
     self->n_sites++;
     return PEFT_OK;
 }
+#endif
 
 static const peft_method_vtable test_vt = {
 #if defined(DEFECT_BAD_VT_SIZE)
@@ -124,9 +126,9 @@ static const peft_method_desc test_desc = {
 static const peft_method_desc *const test_methods[] = {&test_desc};
 #if defined(DEFECT_NO_ENTRY)
 /* Not exported: with hidden visibility the loader cannot see it. */
-const peft_plugin_entry peft_plugin_entry = {
+const peft_plugin_entry_t peft_plugin_entry = {
 #else
-PEFT_EXPORT const peft_plugin_entry peft_plugin_entry = {
+PEFT_EXPORT const peft_plugin_entry_t peft_plugin_entry = {
 #endif
 #if defined(DEFECT_BAD_ABI)
     .abi_version = 7,
@@ -136,7 +138,7 @@ PEFT_EXPORT const peft_plugin_entry peft_plugin_entry = {
 #if defined(DEFECT_BAD_SIZE)
     .struct_size = 8,
 #else
-    .struct_size = sizeof(peft_plugin_entry),
+    .struct_size = sizeof(peft_plugin_entry_t),
 #endif
     .init = test_init,
     .deinit = test_deinit,

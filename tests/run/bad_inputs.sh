@@ -5,7 +5,7 @@
 #
 # usage: bad_inputs.sh PEFT BAD_ABI_PLUGIN
 set -u
-PEFT=$1
+PEFT=$(realpath "$1")
 BAD_ABI=$2
 FIX="$PEFT_SOURCE_ROOT/tests/fixtures"
 TMP=$(mktemp -d)
@@ -81,58 +81,58 @@ check unknown_section "unknown_section.ini:" "[colour]" "unknown section"
 check unknown_run_key "unknown_run_key.ini:3:" "[run] sed" "unknown key"
 
 { base; echo "rank = 8"; } >unknown_stage_key.ini
-check unknown_stage_key "unknown_stage_key.ini:20:" "[stage.a] rank" "unknown key"
+check unknown_stage_key "unknown_stage_key.ini:18:" "[stage.a] rank" "unknown key"
 
 { base | sed 's/^steps = 2/steps = ten/'; } >bad_integer.ini
-check bad_integer "bad_integer.ini:18:" "[stage.a] steps" "expected an integer"
+check bad_integer "bad_integer.ini:16:" "[stage.a] steps" "expected an integer"
 
 { base; echo "lr = 1e-3x"; } >bad_float.ini
-check bad_float "bad_float.ini:20:" "[stage.a] lr" "expected a number"
+check bad_float "bad_float.ini:18:" "[stage.a] lr" "expected a number"
 
 { base | sed 's/^batch_size = 2/batch_size = 0/'; } >zero_batch.ini
-check zero_batch "zero_batch.ini:19:" "[stage.a] batch_size"
+check zero_batch "zero_batch.ini:17:" "[stage.a] batch_size"
 
 { base; echo "schedule = wavy"; } >bad_choice.ini
-check bad_choice "bad_choice.ini:20:" "[stage.a] schedule" "cosine|linear|constant"
+check bad_choice "bad_choice.ini:18:" "[stage.a] schedule" "cosine|linear|constant"
 
 { base; echo "r = abc"; } >bad_method_int.ini
-check bad_method_int "bad_method_int.ini:20:" "[stage.a] r" "expected"
+check bad_method_int "bad_method_int.ini:18:" "[stage.a] r" "expected"
 
 { base; echo "use_rslora = maybe"; } >bad_method_bool.ini
-check bad_method_bool "bad_method_bool.ini:20:" "[stage.a] use_rslora"
+check bad_method_bool "bad_method_bool.ini:18:" "[stage.a] use_rslora"
 
 { base; echo "r = 0"; } >lora_rank_zero.ini
-check lora_rank_zero "lora_rank_zero.ini" "[stage.a]" "r"
+check lora_rank_zero "lora_rank_zero.ini:13:" "[stage.a]" "r must be"
 
 { base; echo "lora_dropout = 1.5"; } >lora_dropout.ini
-check lora_dropout "lora_dropout.ini" "[stage.a]" "lora_dropout"
+check lora_dropout "lora_dropout.ini:13:" "[stage.a]" "lora_dropout"
 
 { base; echo "target_modules = nothing_proj"; } >no_target.ini
-check no_target "no_target.ini" "[stage.a]" "nothing_proj" "matches no site"
+check no_target "no_target.ini:13:" "[stage.a]" "nothing_proj" "matches no site"
 
 { base | sed 's/^method = lora/method = nosuch/'; } >unknown_method.ini
-check unknown_method "unknown_method.ini:16:" "[stage.a] method" "unknown method 'nosuch'"
+check unknown_method "unknown_method.ini:14:" "[stage.a] method" "unknown method 'nosuch'"
 
 { base | sed '/^method = lora/d'; } >missing_method.ini
-check missing_method "missing_method.ini:15:" "[stage.a] method" "missing"
+check missing_method "missing_method.ini:13:" "[stage.a] method" "missing"
 
 { base; printf '[stage.b]\nmethod = lora\ntasks = upper\nfrom = nostage\n'; } >unknown_from.ini
-check unknown_from "unknown_from.ini:23:" "[stage.b] from" "nostage"
+check unknown_from "unknown_from.ini:21:" "[stage.b] from" "nostage"
 
 { base | sed 's/^tasks = upper/tasks = upper nosuchtask/'; } >unknown_task.ini
-check unknown_task "unknown_task.ini:17:" "[stage.a] tasks" "unknown task 'nosuchtask'"
+check unknown_task "unknown_task.ini:15:" "[stage.a] tasks" "unknown task 'nosuchtask'"
 
 { base | sed '/^tasks = upper/d'; } >missing_tasks.ini
-check missing_tasks "missing_tasks.ini:15:" "[stage.a] tasks" "missing"
+check missing_tasks "missing_tasks.ini:13:" "[stage.a] tasks" "missing"
 
 { base | sed '/^\[stage.a\]/,$d'; } >no_stage.ini
 check no_stage "no_stage.ini" "no [stage.NAME] section"
 
 { base; echo "this line is not ini"; } >syntax.ini
-check syntax "syntax.ini:20:" "syntax error"
+check syntax "syntax.ini:18:" "syntax error"
 
 { base; echo "steps = 3"; } >duplicate_key.ini
-check duplicate_key "duplicate_key.ini:20:" "[stage.a] steps" "given twice"
+check duplicate_key "duplicate_key.ini:18:" "[stage.a] steps" "given twice"
 
 check missing_file "missing_file.ini" "cannot open"
 
@@ -154,44 +154,44 @@ check set_bad_value "set_bad_value.ini (--set)" "[stage.a] steps"
 
 # ---- data files ------------------------------------------------------------------------
 { base | sed 's/^n_eval = 4/n_eval = 4\nfiles = nothere.jsonl/'; } >missing_jsonl.ini
-check missing_jsonl "missing_jsonl.ini:14:" "[data] files" "nothere.jsonl" "cannot open"
+check missing_jsonl "missing_jsonl.ini:13:" "[data] files" "nothere.jsonl" "cannot open"
 
 printf '{"task":"t","prompt":"a=","completion":"b"}\n{"task":"t","prompt":"a=", "completion":\n' >broken.jsonl
 { base | sed "s|^n_eval = 4|n_eval = 4\nfiles = $TMP/broken.jsonl|"; } >bad_jsonl.ini
-check bad_jsonl "bad_jsonl.ini:14:" "[data] files" "broken.jsonl:2:"
+check bad_jsonl "bad_jsonl.ini:13:" "[data] files" "broken.jsonl:2:"
 
 printf '{"task":"t","prompt":"a="}\n' >nocompletion.jsonl
 { base | sed "s|^n_eval = 4|n_eval = 4\nfiles = $TMP/nocompletion.jsonl|"; } >jsonl_field.ini
-check jsonl_field "jsonl_field.ini:14:" "nocompletion.jsonl:1:" "completion"
+check jsonl_field "jsonl_field.ini:13:" "nocompletion.jsonl:1:" "completion"
 
 # ---- model files -----------------------------------------------------------------------
 model_case() { # NAME DIR: a run whose [model] is path = DIR
     base | sed "/^d_model/d;/^n_layers/d;/^n_heads/d;/^d_ff/d;/^max_seq/d;s|^\[model\]|[model]\npath = $2|" >"$1.ini"
 }
 model_case no_model_dir "$TMP/nomodel"
-check no_model_dir "no_model_dir.ini:6:" "[model] path" "config.json"
+check no_model_dir "no_model_dir.ini:5:" "[model] path" "config.json"
 
 mkdir -p trunc && cp "$FIX/hf_f16_v4_gqa/config.json" trunc/ &&
     head -c 1000 "$FIX/hf_f16_v4_gqa/model.safetensors" >trunc/model.safetensors
 model_case truncated_weights "$TMP/trunc"
-check truncated_weights "truncated_weights.ini:6:" "model.safetensors"
+check truncated_weights "truncated_weights.ini:5:" "model.safetensors"
 
 mkdir -p shape && cp "$FIX/hf_f16_v4_gqa/model.safetensors" shape/ &&
     sed 's/"intermediate_size": *\([0-9]*\)/"intermediate_size": 999/' "$FIX/hf_f16_v4_gqa/config.json" >shape/config.json
 model_case shape_mismatch "$TMP/shape"
-check shape_mismatch "shape_mismatch.ini:6:" "model.safetensors" "999"
+check shape_mismatch "shape_mismatch.ini:5:" "model.safetensors" "999"
 
 mkdir -p garbage && cp "$FIX/hf_f16_v4_gqa/config.json" garbage/ &&
     printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}' >garbage/model.safetensors
 model_case inconsistent_weights "$TMP/garbage"
-check inconsistent_weights "inconsistent_weights.ini:6:" "model.safetensors"
+check inconsistent_weights "inconsistent_weights.ini:5:" "model.safetensors"
 
 { base; echo "d_ff = 64"; } | sed '0,/^\[model\]/s|^\[model\]|[model]\npath = /tmp|' >model_keys_with_path.ini
 check model_keys_with_path "model_keys_with_path.ini" "[model]"
 
 # ---- plugins ---------------------------------------------------------------------------
 { base | sed "s|^method = lora|method = $BAD_ABI|"; } >bad_plugin.ini
-check bad_plugin "bad_plugin.ini:16:" "[stage.a] method" "ABI version"
+check bad_plugin "bad_plugin.ini:14:" "[stage.a] method" "ABI version"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -ge 25 ]

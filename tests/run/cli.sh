@@ -5,7 +5,7 @@
 #
 # usage: cli.sh PEFT
 set -u
-PEFT=$1
+PEFT=$(realpath "$1")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 passed=0

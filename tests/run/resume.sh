@@ -6,7 +6,7 @@
 #
 # usage: resume.sh PEFT
 set -u
-PEFT=$1
+PEFT=$(realpath "$1")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cd "$TMP" || exit 1
