@@ -106,6 +106,14 @@ static void add_exe_relative_dir(struct plugin_registry *r) {
     char *bin = path_dirname(exe);
     char *dir = path_join(bin, "../lib/peft/plugins");
     add_dir(r, dir);
+#ifdef PEFT_BUILD_EXE_DIR
+    /* `peft` run from its build tree (not installed) finds the plugins built beside it. */
+    char *real_bin = realpath(bin, NULL), *real_build = realpath(PEFT_BUILD_EXE_DIR, NULL);
+    if (real_bin && real_build && strcmp(real_bin, real_build) == 0)
+        add_dir_list(r, PEFT_BUILD_PLUGIN_PATH, ":");
+    free(real_bin);
+    free(real_build);
+#endif
     free(dir);
     free(bin);
 }
