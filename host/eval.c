@@ -43,8 +43,11 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
             int32_t nb = (int32_t)((n - at) < (size_t)s->eval_batch_size ? n - at : (size_t)s->eval_batch_size);
             batch_make(&b, &r->eval, idx + at, nb, r->model.cfg.max_seq);
             float loss;
-            if (method_run_batch_begin(mr, &b, 0, 0) ||
-                model_forward(&r->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss)) {
+            run_set_batch(r, mr, &b, 0);
+            int failed = method_run_batch_begin(mr, &b, 0, 0) ||
+                         model_forward(&r->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss);
+            run_set_batch(r, NULL, NULL, 0);
+            if (failed) {
                 rc = -1;
                 break;
             }

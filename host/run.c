@@ -110,6 +110,30 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
     return 0;
 }
 
+/* ---- auxiliary passes (run_pass) --------------------------------------------------- */
+
+void run_set_batch(struct run *r, struct method_run *mr, const struct batch *b, int training) {
+    r->cur_mr = mr;
+    r->cur_batch = b;
+    r->cur_training = training;
+}
+
+/* A forward of the current batch whose hooks see `pass`, with no language-model loss (only
+ * what the hidden hook adds), and its backward when asked in training. Its activations are
+ * kept apart from the main pass's. */
+static int env_run_pass(void *ctx, uint32_t pass, uint32_t backward) {
+    struct run *r = ctx;
+    const struct batch *b = r->cur_batch;
+    if (!b || !r->cur_mr) return err_set("run_pass: no batch is being processed");
+    struct model_hooks hooks = *method_run_hooks(r->cur_mr, r->cur_training);
+    hooks.pass = pass;
+    if (!r->aux_acts) r->aux_acts = model_acts_new();
+    float loss;
+    if (model_forward(&r->model, r->aux_acts, b->tokens, NULL, b->B, b->T, &hooks, &loss)) return -1;
+    if (backward && r->cur_training) return model_backward(&r->model, r->aux_acts, &hooks);
+    return 0;
+}
+
 /* ---- one stage --------------------------------------------------------------------- */
 
 int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
@@ -121,7 +145,7 @@ int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
     struct method_env env = {
         .tasks = &r->tasks, .seed = s->seed, .stage = s->name, .where = where,
         .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
-        .run_pass = NULL};
+        .run_pass = env_run_pass};
     return method_run_create(out, s->pm, &r->model, &env, s->kv, s->n_kv);
 }
 

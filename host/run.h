@@ -74,6 +74,11 @@ struct run {
     /* metrics lines (rewritten atomically to OUT/metrics.jsonl) */
     char **metrics;
     int32_t n_metrics;
+    /* the batch being processed, for auxiliary passes a plugin asks for (run_pass) */
+    struct method_run *cur_mr;
+    const struct batch *cur_batch;
+    int32_t cur_training;
+    struct model_acts *aux_acts;
     /* options */
     int32_t resume;
     int64_t stop_after;         /* testing aid: stop a stage after this many steps (0 = off) */
@@ -88,6 +93,10 @@ int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
 /* Execute the chain. -1 with one line. */
 int run_execute(struct run *r);
 void run_free(struct run *r);
+
+/* Mark the batch about to be processed (NULL after it), so plugins can run auxiliary passes
+ * of it from batch_begin. */
+void run_set_batch(struct run *r, struct method_run *mr, const struct batch *b, int training);
 
 /* Create a stage's method instance on the model as it is now (create + attach + tensors). */
 int run_stage_method(struct run *r, struct stage *s, struct method_run **out);

@@ -549,6 +549,7 @@ void run_free(struct run *r) {
     dataset_free(&r->eval);
     task_table_free(&r->tasks);
     model_free(&r->model);
+    if (r->aux_acts) model_acts_free(r->aux_acts);
     free(r->base_params);
     registry_free(&r->reg);
     free(r->out_dir);

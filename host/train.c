@@ -232,12 +232,15 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     for (int64_t step = ls.step + 1; step <= s->steps; step++) {
         for (int64_t i = 0; i < s->batch_size; i++) idx[i] = pool[rng_below(&ls.data_rng, n_pool)];
         batch_make(&b, &r->train, idx, (int32_t)s->batch_size, r->model.cfg.max_seq);
-        if (method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1))) goto out;
+        /* Zero first: batch_begin may run an auxiliary pass that accumulates gradients. */
         method_run_zero_grads(mr);
+        run_set_batch(r, mr, &b, 1);
+        int failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1));
         float loss;
-        if (model_forward(&r->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
-            model_backward(&r->model, acts, hooks))
-            goto out;
+        failed = failed || model_forward(&r->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
+                 model_backward(&r->model, acts, hooks);
+        run_set_batch(r, NULL, NULL, 0);
+        if (failed) goto out;
         method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double grad_norm = optim_step(mr, &s->opt, step);
         if (method_run_step_end(mr, (uint64_t)step)) goto out;
