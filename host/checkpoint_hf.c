@@ -340,13 +340,6 @@ static int open_weights(const char *dir, struct weight_files *w) {
     return rc;
 }
 
-static void fmt_shape(char *buf, size_t cap, int32_t ndim, const int64_t *shape) {
-    size_t j = (size_t)snprintf(buf, cap, "[");
-    for (int32_t i = 0; i < ndim && j < cap; i++)
-        j += (size_t)snprintf(buf + j, cap - j, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (j < cap) snprintf(buf + j, cap - j, "]");
-}
-
 static int is_float_dtype(int32_t dtype) {
     return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16;
 }
@@ -360,8 +353,8 @@ static int load_tensor(const struct st_file *f, const struct st_tensor *t,
     for (int32_t k = 0; same && k < mt->ndim; k++) same = t->shape[k] == mt->shape[k];
     if (!same) {
         char have[128], want[64];
-        fmt_shape(have, sizeof have, t->ndim, t->shape);
-        fmt_shape(want, sizeof want, mt->ndim, mt->shape);
+        st_shape_text(have, sizeof have, t->ndim, t->shape);
+        st_shape_text(want, sizeof want, mt->ndim, mt->shape);
         return err_set("%s: tensor '%s' has shape %s but config.json says %s", f->path, t->name,
                        have, want);
     }

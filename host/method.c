@@ -463,26 +463,9 @@ static int hook_site_backward(void *ctx, uint32_t pass, int32_t site, const floa
     return call_end(h, prev, st, what);
 }
 
-static int hook_hidden_forward(void *ctx, uint32_t pass, const float *hs, int32_t n_rows,
-                               float *loss) {
-    struct method_run *mr = ((struct hook_ctx *)ctx)->mr;
-    struct peft_host *h = &mr->h;
-    peft_hidden_io io = {
-        .struct_size = (uint32_t)sizeof io,
-        .pass = pass,
-        .n_rows = (uint32_t)n_rows,
-        .d_model = (uint32_t)h->m->cfg.d_model,
-        .batch = &mr->binfo,
-        .h = hs,
-        .dh = NULL,
-        .loss = loss,
-    };
-    int prev = call_begin(h, CALL_OTHER);
-    return call_end(h, prev, h->vt->hidden_forward(h->inst, &io), "hidden_forward");
-}
-
-static int hook_hidden_backward(void *ctx, uint32_t pass, const float *hs, float *dh,
-                                int32_t n_rows) {
+/* Both hidden-state hooks: the forward fills *loss (dh NULL), the backward dh (loss NULL). */
+static int call_hidden(void *ctx, int backward, uint32_t pass, const float *hs, int32_t n_rows,
+                       float *dh, float *loss) {
     struct method_run *mr = ((struct hook_ctx *)ctx)->mr;
     struct peft_host *h = &mr->h;
     peft_hidden_io io = {
@@ -493,10 +476,22 @@ static int hook_hidden_backward(void *ctx, uint32_t pass, const float *hs, float
         .batch = &mr->binfo,
         .h = hs,
         .dh = dh,
-        .loss = NULL,
+        .loss = loss,
     };
     int prev = call_begin(h, CALL_OTHER);
-    return call_end(h, prev, h->vt->hidden_backward(h->inst, &io), "hidden_backward");
+    peft_status st = backward ? h->vt->hidden_backward(h->inst, &io)
+                              : h->vt->hidden_forward(h->inst, &io);
+    return call_end(h, prev, st, backward ? "hidden_backward" : "hidden_forward");
+}
+
+static int hook_hidden_forward(void *ctx, uint32_t pass, const float *hs, int32_t n_rows,
+                               float *loss) {
+    return call_hidden(ctx, 0, pass, hs, n_rows, NULL, loss);
+}
+
+static int hook_hidden_backward(void *ctx, uint32_t pass, const float *hs, float *dh,
+                                int32_t n_rows) {
+    return call_hidden(ctx, 1, pass, hs, n_rows, dh, NULL);
 }
 
 const struct model_hooks *method_run_hooks(struct method_run *mr, int training) {

@@ -116,7 +116,8 @@ static void api_log(peft_host *h, int32_t level, const char *msg) {
     } else if (level == PEFT_LOG_WARN) {
         fprintf(stderr, "peft: %s: %s: warning: %s\n", h->env.where, method_id(h), msg);
     } else if (level == PEFT_LOG_INFO || getenv("PEFT_DEBUG")) {
-        fprintf(stderr, "peft: %s: %s: %s\n", h->env.where, method_id(h), msg);
+        /* Information, not a failure: no "peft:" prefix, which marks errors. */
+        fprintf(stderr, "[%s] %s: %s\n", h->env.stage ? h->env.stage : "-", method_id(h), msg);
     }
 }
 

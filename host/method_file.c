@@ -78,13 +78,6 @@ int method_run_save(struct method_run *mr, const char *path, const char *const *
     return rc;
 }
 
-static void shape_text(char *out, size_t cap, uint32_t ndim, const int64_t *shape) {
-    size_t n = (size_t)snprintf(out, cap, "[");
-    for (uint32_t i = 0; i < ndim && n < cap; i++)
-        n += (size_t)snprintf(out + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (n < cap) snprintf(out + n, cap - n, "]");
-}
-
 static int major_of(const char *v) { return v ? atoi(v) : -1; }
 
 /* Check the whole file against the run before anything is overwritten. */
@@ -113,8 +106,8 @@ static int load_check(struct method_run *mr, const struct st_file *f, const char
         for (int32_t k = 0; same && k < s->ndim; k++) same = s->shape[k] == want[k];
         if (!same) {
             char a[96], b[96];
-            shape_text(a, sizeof a, (uint32_t)s->ndim, s->shape);
-            shape_text(b, sizeof b, t->desc.ndim, want);
+            st_shape_text(a, sizeof a, s->ndim, s->shape);
+            st_shape_text(b, sizeof b, (int32_t)t->desc.ndim, want);
             return err_set("%s: tensor '%s' has shape %s, the method expects %s", path,
                            t->name, a, b);
         }

@@ -482,7 +482,7 @@ static int is_path(const char *id) {
     return strchr(id, '/') != NULL || (n >= 3 && strcmp(id + n - 3, ".so") == 0);
 }
 
-static char *dirs_text(const struct plugin_registry *r) {
+char *registry_dirs_text(const struct plugin_registry *r) {
     if (r->n_dirs == 0) return xstrdup("no plugin directory exists");
     size_t len = 1;
     for (int32_t i = 0; i < r->n_dirs; i++) len += strlen(r->dirs[i]) + 2;
@@ -523,7 +523,7 @@ const struct plugin_method *registry_find(struct plugin_registry *r, const char 
                 lf->methods[0].desc->id);
         return NULL;
     }
-    char *dirs = dirs_text(r);
+    char *dirs = registry_dirs_text(r);
     err_set("unknown method '%s' (searched: %s)", id, dirs);
     free(dirs);
     return NULL;

@@ -51,6 +51,9 @@ const struct plugin_method *registry_find(struct plugin_registry *r, const char 
  * and do not stop the scan. */
 void registry_scan(struct plugin_registry *r, void (*on_refused)(void *ctx, const char *line),
                    void *ctx);
+/* The search path as "DIR, DIR" for messages, or "no plugin directory exists". Caller
+ * frees. */
+char *registry_dirs_text(const struct plugin_registry *r);
 /* Human name of a PEFT_PARAM_* type ("int", "float", ...). */
 const char *param_type_name(int32_t type);
 /* Check value text against a key's type. -1 with "expected ..., got '...'" (no place). */

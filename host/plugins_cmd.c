@@ -36,16 +36,9 @@ int plugins_list(struct plugin_registry *r, FILE *out, FILE *err) {
     struct refusal_sink sink = {err, 0};
     registry_scan(r, print_refusal, &sink);
     if (r->n_methods == 0) {
-        if (r->n_dirs == 0) return err_set("no method plugins found: no plugin directory exists");
-        size_t len = 1;
-        for (int32_t i = 0; i < r->n_dirs; i++) len += strlen(r->dirs[i]) + 2;
-        char *dirs = xmalloc(len);
-        dirs[0] = '\0';
-        for (int32_t i = 0; i < r->n_dirs; i++) {
-            if (i) strcat(dirs, ", ");
-            strcat(dirs, r->dirs[i]);
-        }
-        err_set("no method plugins found (searched: %s)", dirs);
+        char *dirs = registry_dirs_text(r);
+        if (r->n_dirs == 0) err_set("no method plugins found: %s", dirs);
+        else err_set("no method plugins found (searched: %s)", dirs);
         free(dirs);
         return -1;
     }

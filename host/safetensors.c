@@ -157,7 +157,7 @@ static const char *show(const char *s, char *buf, size_t cap) {
 
 #define SHOW_CAP 200
 
-static void fmt_shape(char *buf, size_t cap, int32_t ndim, const int64_t *shape) {
+void st_shape_text(char *buf, size_t cap, int32_t ndim, const int64_t *shape) {
     size_t j = (size_t)snprintf(buf, cap, "[");
     for (int32_t i = 0; i < ndim && j < cap; i++)
         j += (size_t)snprintf(buf + j, cap - j, "%s%lld", i ? ", " : "", (long long)shape[i]);
@@ -429,7 +429,7 @@ static int parse_tensor(struct st_file *f, const cJSON *e, struct st_tensor *t) 
     if (__builtin_mul_overflow(numel, (uint64_t)dtype_info[t->dtype].size, &nbytes))
         return err_set("%s: tensor '%s': byte size of shape overflows 64 bits", path, name);
     if (nbytes != t->end - t->begin) {
-        fmt_shape(b2, sizeof b2, t->ndim, t->shape);
+        st_shape_text(b2, sizeof b2, t->ndim, t->shape);
         return err_set("%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s "
                        "of %s needs %llu", path, name, (unsigned long long)t->begin,
                        (unsigned long long)t->end, (unsigned long long)(t->end - t->begin), b2,

@@ -52,6 +52,8 @@ const char *st_meta(const struct st_file *f, const char *key); /* NULL if absent
 int st_read_f32(const struct st_file *f, const struct st_tensor *t, float *out, uint64_t n);
 /* Raw bytes of a tensor (any dtype). */
 const void *st_data(const struct st_file *f, const struct st_tensor *t);
+/* A shape as error lines write it, "[2, 3]" (cut short where cap is too small). */
+void st_shape_text(char *buf, size_t cap, int32_t ndim, const int64_t *shape);
 
 struct st_writer;
 struct st_writer *st_writer_new(void);

@@ -47,46 +47,46 @@ static void rand_word(struct rng *r, char *w, int32_t n) {
 
 /* ---- string transforms ------------------------------------------------------------------ */
 
+/* A word of 4 to 6 letters into w and the prompt "<tag> <w>="; returns the word's length. */
+static int32_t transform_word(struct rng *r, const char *tag, char *w, char *prompt) {
+    int32_t n = rand_int(r, 4, 6);
+    rand_word(r, w, n);
+    snprintf(prompt, SYNTH_BUF, "%s %s=", tag, w);
+    return n;
+}
+
 static void make_reverse(struct rng *r, int32_t label, char *prompt, char *completion) {
     (void)label;
     char w[WORD_BUF];
-    int32_t n = rand_int(r, 4, 6);
-    rand_word(r, w, n);
+    int32_t n = transform_word(r, "rev", w, prompt);
     for (int32_t i = 0; i < n; i++)
         completion[i] = w[n - 1 - i];
     completion[n] = '\0';
-    snprintf(prompt, SYNTH_BUF, "rev %s=", w);
 }
 
 static void make_upper(struct rng *r, int32_t label, char *prompt, char *completion) {
     (void)label;
     char w[WORD_BUF];
-    int32_t n = rand_int(r, 4, 6);
-    rand_word(r, w, n);
+    int32_t n = transform_word(r, "upp", w, prompt);
     for (int32_t i = 0; i <= n; i++)
         completion[i] = w[i] ? (char)(w[i] - 'a' + 'A') : '\0';
-    snprintf(prompt, SYNTH_BUF, "upp %s=", w);
 }
 
 static void make_shift(struct rng *r, int32_t label, char *prompt, char *completion) {
     (void)label;
     char w[WORD_BUF];
-    int32_t n = rand_int(r, 4, 6);
-    rand_word(r, w, n);
+    int32_t n = transform_word(r, "shf", w, prompt);
     for (int32_t i = 0; i <= n; i++)
         completion[i] = w[i] ? (char)('a' + (w[i] - 'a' + 1) % 26) : '\0';
-    snprintf(prompt, SYNTH_BUF, "shf %s=", w);
 }
 
 static void make_swap(struct rng *r, int32_t label, char *prompt, char *completion) {
     (void)label;
     char w[WORD_BUF];
-    int32_t n = rand_int(r, 4, 6);
-    rand_word(r, w, n);
+    int32_t n = transform_word(r, "swp", w, prompt);
     memcpy(completion, w, (size_t)n + 1);
     completion[0] = w[n - 1];
     completion[n - 1] = w[0];
-    snprintf(prompt, SYNTH_BUF, "swp %s=", w);
 }
 
 /* ---- arithmetic ------------------------------------------------------------------------- */

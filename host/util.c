@@ -72,16 +72,23 @@ char *xstrndup(const char *s, size_t n) {
     return p;
 }
 
-char *xasprintf(const char *fmt, ...) {
-    va_list ap, ap2;
-    va_start(ap, fmt);
-    va_copy(ap2, ap);
+/* The length vsnprintf would write for fmt and ap; works on a copy, so ap stays usable. */
+static size_t fmt_length(const char *fmt, va_list ap) {
+    va_list cp;
+    va_copy(cp, ap);
     char probe[1];
-    int n = vsnprintf(probe, sizeof probe, fmt, ap); /* the length only */
+    int n = vsnprintf(probe, sizeof probe, fmt, cp);
+    va_end(cp);
+    return (size_t)n;
+}
+
+char *xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = fmt_length(fmt, ap);
+    char *p = xmalloc(n + 1);
+    vsnprintf(p, n + 1, fmt, ap);
     va_end(ap);
-    char *p = xmalloc((size_t)n + 1);
-    vsnprintf(p, (size_t)n + 1, fmt, ap2);
-    va_end(ap2);
     return p;
 }
 
@@ -304,19 +311,16 @@ void rng_seed_label(struct rng *r, uint64_t seed, const char *label) {
 /* ---- a growing string ----------------------------------------------------------------- */
 
 void sb_printf(struct strbuf *b, const char *fmt, ...) {
-    va_list ap, ap2;
+    va_list ap;
     va_start(ap, fmt);
-    va_copy(ap2, ap);
-    char probe[1];
-    int n = vsnprintf(probe, sizeof probe, fmt, ap); /* the length only */
-    va_end(ap);
-    if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = (b->len + (size_t)n + 1) * 2;
+    size_t n = fmt_length(fmt, ap);
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
         b->s = xrealloc(b->s, b->cap);
     }
-    vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap2);
-    va_end(ap2);
-    b->len += (size_t)n;
+    vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    b->len += n;
 }
 
 void sb_free(struct strbuf *b) {

@@ -62,11 +62,11 @@ static void test_roundtrip(const char *scratch, int tied) {
 
     char *dir = xasprintf("%s/roundtrip_%s/model", scratch, tied ? "tied" : "untied");
     const char *meta[] = {"peft.method", "full", "peft.stage", "adapt", NULL};
-    CHECK_MSG(hf_model_save(dir, &m, meta) == 0, "%s", err_msg());
+    CHECK(hf_model_save(dir, &m, meta) == 0, "%s", err_msg());
 
     struct model back;
     int rc = hf_model_load(dir, &back);
-    CHECK_MSG(rc == 0, "%s", err_msg());
+    CHECK(rc == 0, "%s", err_msg());
     if (rc == 0) {
         CHECK(same_config(&m.cfg, &back.cfg));
         CHECK(back.n_params == m.n_params && back.n_tensors == m.n_tensors);
@@ -138,10 +138,10 @@ static void test_fixture(const char *name, int32_t want_dtype) {
     char *model_path = path_join(dir, "model.safetensors");
     struct model m;
     int rc = hf_model_load(dir, &m);
-    CHECK_MSG(rc == 0, "%s: %s", name, err_msg());
+    CHECK(rc == 0, "%s: %s", name, err_msg());
     struct st_file e, src;
     if (rc != 0 || st_open(&e, exp_path) != 0) {
-        CHECK_MSG(0, "%s: %s", name, err_msg());
+        CHECK(0, "%s: %s", name, err_msg());
         if (rc == 0) model_free(&m);
         goto out;
     }
@@ -166,7 +166,7 @@ static void test_fixture(const char *name, int32_t want_dtype) {
         const struct model_tensor *mt = &m.tensors[i];
         const struct st_tensor *t = st_find(&e, mt->name);
         const struct st_tensor *s = st_find(&src, mt->name);
-        CHECK_MSG(t && t->numel == mt->numel && t->dtype == ST_F32, "%s", mt->name);
+        CHECK(t && t->numel == mt->numel && t->dtype == ST_F32, "%s", mt->name);
         if (!t || t->numel != mt->numel) continue;
         if (s && s->dtype == want_dtype) stored_as++;
         const float *want = st_data(&e, t); /* F32, 8-aligned by the writer */
@@ -252,7 +252,7 @@ static void test_sharded(const char *scratch) {
     remove(single);
     write_shards(dir, &m, NULL);
     int rc = hf_model_load(dir, &back);
-    CHECK_MSG(rc == 0, "%s", err_msg());
+    CHECK(rc == 0, "%s", err_msg());
     if (rc == 0) {
         CHECK(back.n_params == m.n_params &&
               memcmp(back.params, m.params, m.n_params * sizeof(float)) == 0);
@@ -434,14 +434,14 @@ static void test_bad(const char *scratch) {
         int rc = hf_model_load(dir, &back);
         const char *msg = err_msg();
         char *file = path_join(dir, bc->file);
-        CHECK_MSG(rc == -1, "%s loaded", bc->name);
-        CHECK_MSG(strstr(msg, file) == msg, "%s: message does not start with %s: %s", bc->name,
-                  file, msg);
-        CHECK_MSG(strstr(msg, bc->phrase) != NULL, "%s: want '%s' in: %s", bc->name,
-                  bc->phrase, msg);
-        CHECK_MSG(strchr(msg, '\n') == NULL, "%s: message spans lines", bc->name);
-        CHECK_MSG(back.params == NULL && back.tensors == NULL, "%s: failed load left state",
-                  bc->name);
+        CHECK(rc == -1, "%s loaded", bc->name);
+        CHECK(strstr(msg, file) == msg, "%s: message does not start with %s: %s", bc->name,
+              file, msg);
+        CHECK(strstr(msg, bc->phrase) != NULL, "%s: want '%s' in: %s", bc->name,
+              bc->phrase, msg);
+        CHECK(strchr(msg, '\n') == NULL, "%s: message spans lines", bc->name);
+        CHECK(back.params == NULL && back.tensors == NULL, "%s: failed load left state",
+              bc->name);
         if (rc == -1) refused++;
         else model_free(&back);
         printf("  %-22s -> %s\n", bc->name, msg + strlen(scratch) + 1);
@@ -468,7 +468,7 @@ static void test_bad(const char *scratch) {
     CHECK(st_writer_save(w, path) == 0);
     st_writer_free(w);
     int rc = hf_model_load(dir, &back);
-    CHECK_MSG(rc == 0, "%s", err_msg());
+    CHECK(rc == 0, "%s", err_msg());
     if (rc == 0) {
         printf("  %-22s -> loads (lm_head.weight equals the embedding)\n", "tied_with_copy");
         model_free(&back);
@@ -492,6 +492,5 @@ int main(void) {
     test_bad(scratch);
     remove_tree(scratch);
     free(scratch);
-    printf("%s (%d failed checks)\n", io_failures() ? "FAIL" : "ok", io_failures());
-    return io_failures() != 0;
+    return check_summary("ok", "failed checks");
 }

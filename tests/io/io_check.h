@@ -1,7 +1,6 @@
 /*
- * io_check.h: the small assertion and scratch-folder helpers shared by the io tests.
- * A failed CHECK prints the place and the condition and counts the failure; main() returns
- * io_failures() != 0 at the end so every check runs and reports.
+ * io_check.h: the scratch-folder and file helpers shared by the io tests (the assertions
+ * are tests/check.h).
  */
 #ifndef PEFT_TESTS_IO_CHECK_H
 #define PEFT_TESTS_IO_CHECK_H
@@ -10,29 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "util.h"
-
-static int io_fail_count;
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
-            io_fail_count++;                                                               \
-        }                                                                                  \
-    } while (0)
-
-#define CHECK_MSG(cond, ...)                                                               \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            io_fail_count++;                                                               \
-        }                                                                                  \
-    } while (0)
-
-static inline int io_failures(void) { return io_fail_count; }
 
 /* A fresh scratch folder under $TMPDIR (or /tmp); caller frees and removes it. */
 static inline char *io_scratch_dir(const char *tag) {

@@ -173,19 +173,19 @@ static void test_cases(const char *dir) {
         int rc = st_open(&f, path);
         if (c->phrase) {
             const char *msg = err_msg();
-            CHECK_MSG(rc == -1, "%s opened", c->name);
-            CHECK_MSG(strstr(msg, path) == msg, "%s: message does not start with the path: %s",
-                      c->name, msg);
-            CHECK_MSG(strstr(msg, c->phrase) != NULL, "%s: want '%s' in: %s", c->name,
-                      c->phrase, msg);
-            CHECK_MSG(strchr(msg, '\n') == NULL, "%s: message spans lines", c->name);
-            CHECK_MSG(f.map == NULL && f.tensors == NULL && f.path == NULL,
-                      "%s: failed open left state", c->name);
+            CHECK(rc == -1, "%s opened", c->name);
+            CHECK(strstr(msg, path) == msg, "%s: message does not start with the path: %s",
+                  c->name, msg);
+            CHECK(strstr(msg, c->phrase) != NULL, "%s: want '%s' in: %s", c->name,
+                  c->phrase, msg);
+            CHECK(strchr(msg, '\n') == NULL, "%s: message spans lines", c->name);
+            CHECK(f.map == NULL && f.tensors == NULL && f.path == NULL,
+                  "%s: failed open left state", c->name);
             printf("  %-22s -> %s\n", c->name, msg + strlen(dir) + 1);
             if (rc == -1) refused++;
             if (rc == 0) st_close(&f);
         } else {
-            CHECK_MSG(rc == 0, "%s: %s", c->name, err_msg());
+            CHECK(rc == 0, "%s: %s", c->name, err_msg());
             if (rc == 0) {
                 CHECK(layout_consistent(&f));
                 printf("  %-22s -> opens, %d tensors\n", c->name, f.n_tensors);
@@ -279,6 +279,5 @@ int main(void) {
     test_mutations(dir);
     remove_tree(dir);
     free(dir);
-    printf("%s (%d failed checks)\n", io_failures() ? "FAIL" : "ok", io_failures());
-    return io_failures() != 0;
+    return check_summary("ok", "failed checks");
 }

@@ -97,16 +97,16 @@ static void test_file_roundtrip(const char *dir) {
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const struct st_tensor *t = st_find(&f, want[i].name);
-        CHECK_MSG(t != NULL, "%s", want[i].name);
+        CHECK(t != NULL, "%s", want[i].name);
         if (!t) continue;
-        CHECK_MSG(t->dtype == want[i].dtype, "%s", want[i].name);
-        CHECK_MSG(t->ndim == want[i].ndim, "%s", want[i].name);
+        CHECK(t->dtype == want[i].dtype, "%s", want[i].name);
+        CHECK(t->ndim == want[i].ndim, "%s", want[i].name);
         for (int32_t k = 0; k < t->ndim && k < want[i].ndim; k++)
-            CHECK_MSG(t->shape[k] == want[i].shape[k], "%s dim %d", want[i].name, k);
-        CHECK_MSG(t->end - t->begin == want[i].nbytes, "%s", want[i].name);
+            CHECK(t->shape[k] == want[i].shape[k], "%s dim %d", want[i].name, k);
+        CHECK(t->end - t->begin == want[i].nbytes, "%s", want[i].name);
         if (want[i].nbytes)
-            CHECK_MSG(memcmp(st_data(&f, t), want[i].data, want[i].nbytes) == 0, "%s bytes",
-                      want[i].name);
+            CHECK(memcmp(st_data(&f, t), want[i].data, want[i].nbytes) == 0, "%s bytes",
+                  want[i].name);
         printf("  %-9s %-4s ndim %d  bytes [%llu, %llu)\n", t->name, st_dtype_name(t->dtype),
                t->ndim, (unsigned long long)t->begin, (unsigned long long)t->end);
     }
@@ -165,19 +165,19 @@ static void test_file_roundtrip(const char *dir) {
     for (int32_t i = 0; i < f.n_tensors; i++) {
         const struct st_tensor *t = by_offset[i];
         printf(" %s(%s)", t->name, st_dtype_name(t->dtype));
-        CHECK_MSG((8 + n + t->begin) % st_dtype_size(t->dtype) == 0, "%s misaligned", t->name);
+        CHECK((8 + n + t->begin) % st_dtype_size(t->dtype) == 0, "%s misaligned", t->name);
         if (i > 0) {
             const struct st_tensor *p = by_offset[i - 1];
             size_t sp = st_dtype_size(p->dtype), st = st_dtype_size(t->dtype);
-            CHECK_MSG(sp > st || (sp == st && strcmp(p->name, t->name) < 0), "%s before %s",
-                      p->name, t->name);
+            CHECK(sp > st || (sp == st && strcmp(p->name, t->name) < 0), "%s before %s",
+                  p->name, t->name);
         }
     }
     printf("\n");
     /* expected order, spelled out */
     const char *order[] = {"idx", "a.weight", "empty", "scalar", "a.bf16", "b.half", "u8"};
     for (int i = 0; i < 7; i++)
-        CHECK_MSG(by_offset[i] && strcmp(by_offset[i]->name, order[i]) == 0, "position %d", i);
+        CHECK(by_offset[i] && strcmp(by_offset[i]->name, order[i]) == 0, "position %d", i);
     st_close(&f);
     free(raw);
 
@@ -405,6 +405,5 @@ int main(void) {
     test_against_torch();
     remove_tree(dir);
     free(dir);
-    printf("%s (%d failed checks)\n", io_failures() ? "FAIL" : "ok", io_failures());
-    return io_failures() != 0;
+    return check_summary("ok", "failed checks");
 }

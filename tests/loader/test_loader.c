@@ -15,23 +15,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "plugin_loader.h"
 #include "plugins_cmd.h"
 #include "stage_keys.h"
 #include "util.h"
-
-static int failures, checks;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);        \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 // ---------------------------------------------------------------------------------------
 // The plugins given on the command line
@@ -480,10 +468,9 @@ int main(int argc, char **argv) {
     test_values();
     test_cmd();
     for (int i = 0; i < n_plugins; i++) free(plugins[i].path);
-    if (failures) {
-        fprintf(stderr, "test_loader: %d of %d checks failed\n", failures, checks);
-        return 1;
-    }
-    printf("test_loader: all %d checks passed\n", checks);
-    return 0;
+    if (check_failures)
+        fprintf(stderr, "test_loader: %d of %d checks failed\n", check_failures, check_count);
+    else
+        printf("test_loader: all %d checks passed\n", check_count);
+    return check_status();
 }

@@ -299,5 +299,5 @@ int main(int argc, char **argv) {
     model_free(&f.m);
     registry_free(&reg);
     printf("%d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_status();
 }

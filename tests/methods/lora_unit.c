@@ -319,5 +319,5 @@ int main(int argc, char **argv) {
     remove_tree(dir);
     registry_free(&reg);
     printf("%d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_status();
 }

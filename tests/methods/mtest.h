@@ -1,6 +1,7 @@
 /*
- * mtest.h: helpers shared by the methods tests: a failure counter, a tiny random model, a
- * batch that mixes two tasks, method keys from a plugin's schema, and a precise loss.
+ * mtest.h: helpers shared by the methods tests: a tiny random model, a batch that mixes two
+ * tasks, method keys from a plugin's schema, and a precise loss (the assertions are
+ * tests/check.h).
  */
 #ifndef PEFT_TESTS_MTEST_H
 #define PEFT_TESTS_MTEST_H
@@ -10,34 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "data.h"
 #include "method.h"
 #include "model.h"
 #include "plugin_loader.h"
 #include "util.h"
-
-static int check_failures;
-
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            check_failures++;                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);        \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-        }                                                                                    \
-    } while (0)
-
-/* Stop at a failure that makes the rest meaningless. */
-#define REQUIRE(cond, ...)                                                                   \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: required: %s: ", __FILE__, __LINE__, #cond);            \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
 
 /* ---- the model ------------------------------------------------------------------------- */
 

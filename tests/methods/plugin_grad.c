@@ -70,29 +70,26 @@ static double fd(struct run *r, float *p) {
     return (8.0 * (v[0] - v[1]) - (v[2] - v[3])) / (12.0 * FD_STEP);
 }
 
-struct err {
-    double max_abs, max_rel;     /* over all entries */
+/* The error statistics over all entries, plus the largest error of a tensor relative to
+ * its largest |fd|, and the names where the worst of each was seen. */
+struct grad_err {
+    struct err_stats all;
     double t_abs, t_scale;       /* the current tensor: largest error, largest |fd| */
     double max_norm;             /* over tensors: t_abs / t_scale */
-    size_t count;
     const char *worst_rel, *worst_norm;
 };
 
-static void err_add(struct err *e, double got, double want, const char *name) {
+static void grad_err_add(struct grad_err *e, double got, double want, const char *name) {
+    double before = e->all.max_rel;
+    double rel = err_add(&e->all, got, want, ABS_FLOOR);
     double a = fabs(got - want);
-    double rel = a / fmax(fmax(fabs(got), fabs(want)), ABS_FLOOR);
-    if (!(a <= e->max_abs)) e->max_abs = a; /* NaN counts as a failure */
     if (!(a <= e->t_abs)) e->t_abs = a;
     e->t_scale = fmax(e->t_scale, fabs(want));
-    if (!(rel <= e->max_rel)) {
-        e->max_rel = rel;
-        e->worst_rel = name;
-    }
-    e->count++;
+    if (!(rel <= before)) e->worst_rel = name;
 }
 
 /* Close the current tensor. */
-static void err_tensor(struct err *e, const char *name) {
+static void grad_err_tensor(struct grad_err *e, const char *name) {
     double norm = e->t_abs / fmax(e->t_scale, 1e-30);
     if (!(norm <= e->max_norm)) {
         e->max_norm = norm;
@@ -101,8 +98,8 @@ static void err_tensor(struct err *e, const char *name) {
     e->t_abs = e->t_scale = 0.0;
 }
 
-static int err_ok(const struct err *e) {
-    return e->count > 0 && e->max_rel < REL_TOL && e->max_norm < NORM_TOL;
+static int grad_err_ok(const struct grad_err *e) {
+    return e->all.count > 0 && e->all.max_rel < REL_TOL && e->max_norm < NORM_TOL;
 }
 
 /* Up to MAX_ENTRIES distinct positions of [0, n), ascending. */
@@ -184,7 +181,7 @@ static void check_grads(struct run *r, const char *label) {
 
     struct rng g;
     rng_seed(&g, 99);
-    struct err e = {0};
+    struct grad_err e = {0};
     for (int32_t i = 0; i < method_run_tensor_count(r->mr); i++) {
         struct mtensor *t = method_run_tensor(r->mr, i);
         if (!t->grad) continue;
@@ -192,34 +189,35 @@ static void check_grads(struct run *r, const char *label) {
         for (uint64_t s = 0; s < k; s++) {
             uint64_t j = sample(&g, t->n_trainable, k, s);
             uint64_t at = t->mask ? t->mask[j] : j;
-            err_add(&e, t->grad[j], fd(r, &t->data[at]), t->name);
+            grad_err_add(&e, t->grad[j], fd(r, &t->data[at]), t->name);
         }
-        err_tensor(&e, t->name);
+        grad_err_tensor(&e, t->name);
     }
     printf("  %s: parameter gradients: %zu entries, max abs err %.3g, max rel err %.3g (%s), "
-           "max err / max |grad| of a tensor %.3g (%s)\n", label, e.count, e.max_abs,
-           e.max_rel, e.worst_rel ? e.worst_rel : "-", e.max_norm,
+           "max err / max |grad| of a tensor %.3g (%s)\n", label, e.all.count,
+           e.all.max_abs, e.all.max_rel, e.worst_rel ? e.worst_rel : "-", e.max_norm,
            e.worst_norm ? e.worst_norm : "-");
-    CHECK(err_ok(&e), "%s: parameter gradients: rel err %.3g (%s), normalized err %.3g (%s)",
-          label, e.max_rel, e.worst_rel, e.max_norm, e.worst_norm);
+    CHECK(grad_err_ok(&e),
+          "%s: parameter gradients: rel err %.3g (%s), normalized err %.3g (%s)", label,
+          e.all.max_rel, e.worst_rel, e.max_norm, e.worst_norm);
 
     /* The embedding: dL/dx through every site. */
     int32_t emb = model_find_tensor(&r->m, "model.embed_tokens.weight");
     const struct model_tensor *mt = &r->m.tensors[emb];
     float *w = r->m.params + mt->offset, *gw = r->m.grads + mt->offset;
-    struct err ex = {0};
+    struct grad_err ex = {0};
     double gmax = 0.0;
     for (size_t j = 0; j < mt->numel; j++) {
-        err_add(&ex, gw[j], fd(r, &w[j]), "embed_tokens");
+        grad_err_add(&ex, gw[j], fd(r, &w[j]), "embed_tokens");
         gmax = fmax(gmax, fabs(gw[j]));
     }
-    err_tensor(&ex, "embed_tokens");
+    grad_err_tensor(&ex, "embed_tokens");
     printf("  %s: embed_tokens gradient (checks dx): %zu entries, max |grad| %.3g, max abs "
-           "err %.3g, max rel err %.3g, max err / max |grad| %.3g\n", label, ex.count, gmax,
-           ex.max_abs, ex.max_rel, ex.max_norm);
+           "err %.3g, max rel err %.3g, max err / max |grad| %.3g\n", label, ex.all.count,
+           gmax, ex.all.max_abs, ex.all.max_rel, ex.max_norm);
     CHECK(gmax > 1e-3, "%s: embedding gradient is zero", label);
-    CHECK(err_ok(&ex), "%s: embedding gradient: rel err %.3g, normalized err %.3g", label,
-          ex.max_rel, ex.max_norm);
+    CHECK(grad_err_ok(&ex), "%s: embedding gradient: rel err %.3g, normalized err %.3g", label,
+          ex.all.max_rel, ex.max_norm);
 }
 
 /* 5. negate gives -delta. */
@@ -398,5 +396,5 @@ int main(int argc, char **argv) {
     registry_free(&reg);
     printf("%d methods from %d plugin files checked; %d failures\n", n_methods, argc - 1,
            check_failures);
-    return check_failures ? 1 : 0;
+    return check_status();
 }

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model.h"
-#include "model_check.h"
 #include "util.h"
 
 static struct model_config base_config(void)
@@ -253,6 +253,5 @@ int main(void)
     test_init_random();
     test_causal_and_batch();
     test_flops();
-    printf("%s (%d failures)\n", check_failures ? "FAIL" : "OK", check_failures);
-    return check_failures ? 1 : 0;
+    return check_summary("OK", "failures");
 }

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model.h"
-#include "model_check.h"
 #include "util.h"
 
 enum { B = 2, T = 5, N = B * T };
@@ -513,6 +513,5 @@ int main(void)
     test_hooks(1);
     test_targets();
     test_bad_inputs();
-    printf("%s (%d failures)\n", check_failures ? "FAIL" : "OK", check_failures);
-    return check_failures ? 1 : 0;
+    return check_summary("OK", "failures");
 }

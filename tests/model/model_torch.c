@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "model.h"
-#include "model_check.h"
 #include "util.h"
 
 #define FIXTURE_MAGIC 0x4d544650u
@@ -34,41 +34,40 @@ static const void *take(struct reader *r, size_t n)
     return at;
 }
 
+/* Copy n bytes out (they need not be aligned); out is left as it is past the end. */
+static int take_bytes(struct reader *r, void *out, size_t n)
+{
+    const void *at = take(r, n);
+    if (!at)
+        return -1;
+    memcpy(out, at, n);
+    return 0;
+}
+
 static int32_t take_i32(struct reader *r)
 {
     int32_t v = 0;
-    const void *at = take(r, sizeof v);
-    if (at)
-        memcpy(&v, at, sizeof v);
+    take_bytes(r, &v, sizeof v);
     return v;
 }
 
 static float take_f32(struct reader *r)
 {
     float v = 0.0f;
-    const void *at = take(r, sizeof v);
-    if (at)
-        memcpy(&v, at, sizeof v);
+    take_bytes(r, &v, sizeof v);
     return v;
 }
 
 static double take_f64(struct reader *r)
 {
     double v = 0.0;
-    const void *at = take(r, sizeof v);
-    if (at)
-        memcpy(&v, at, sizeof v);
+    take_bytes(r, &v, sizeof v);
     return v;
 }
 
-/* Copy n floats out (the bytes need not be aligned). */
 static int take_floats(struct reader *r, float *out, size_t n)
 {
-    const void *at = take(r, n * sizeof(float));
-    if (!at)
-        return -1;
-    memcpy(out, at, n * sizeof(float));
-    return 0;
+    return take_bytes(r, out, n * sizeof(float));
 }
 
 /* max |got - want| / max |want| over a tensor; *max_abs = max |got - want| */
@@ -200,6 +199,5 @@ int main(void)
     }
     run_fixture(root, "model_tied_gqa.bin");
     run_fixture(root, "model_untied_mha.bin");
-    printf("%s (%d failures)\n", check_failures ? "FAIL" : "OK", check_failures);
-    return check_failures ? 1 : 0;
+    return check_summary("OK", "failures");
 }
