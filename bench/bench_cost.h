@@ -1,0 +1,42 @@
+/*
+ * bench_cost.h: what one training step of a method computes: the FLOPs per token it is
+ * credited with and the list of its sgemm calls.
+ *
+ * FLOPs per token, with P = the weights used in matrix products (the seven projections of
+ * every layer plus the head; the embedding lookup is not a product):
+ *   forward            2 P
+ *   backward dx        2 P          (every layer's input gradient is formed)
+ *   backward dW        2 * (trainable weights the model forms a dense gradient for:
+ *                      ALIAS_BASE tensors, e.g. the projections under `full`)
+ *   adapter            6 * (trainable entries the plugin owns, e.g. LoRA's A and B:
+ *                      2 forward, 4 backward per entry, exact for LoRA)
+ *   attention          12 L T H D   (as model_train_flops_per_token counts it)
+ * With every weight trainable this is model_train_flops_per_token (6 P + attention); `full`
+ * on all-linear with a tied head forms no head gradient, so it is that minus 2 V C; LoRA
+ * forms no base gradient at all, so it is 4 P + 6 (LoRA entries) + attention.
+ */
+#ifndef PEFT_BENCH_COST_H
+#define PEFT_BENCH_COST_H
+
+#include <stdint.h>
+
+#include "bench_gemm.h"
+#include "method.h"
+#include "model.h"
+
+struct step_cost {
+    double matmul_weights;     /* P */
+    double dense_grad_weights; /* weights with a dense dW */
+    double adapter_entries;    /* trainable entries owned by the plugin */
+    double attention;          /* 12 L T H D */
+    double flops_per_token;    /* the sum above */
+    double model_flops;        /* model_train_flops_per_token (every weight trained) */
+    struct gemm_list gemms;    /* the step's sgemm calls */
+};
+
+/* Cost of one step of `mr` on `m` with a (B, T) batch. */
+void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr, int32_t B,
+                     int32_t T);
+void step_cost_free(struct step_cost *c);
+
+#endif
