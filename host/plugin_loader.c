@@ -35,7 +35,7 @@ const char *const reserved_stage_keys[] = {
     "method",       "from",       "tasks",        "eval_tasks", "steps",      "batch_size",
     "lr",           "weight_decay", "beta1",      "beta2",      "eps",        "grad_clip",
     "warmup_steps", "schedule",   "min_lr_ratio", "eval_every", "save_every", "log_every",
-    "save_model",   "seed",       "max_seq",      "eval_batch_size", "n_train", "n_eval",
+    "save_model",   "seed",       "eval_batch_size", "n_train",
     NULL,
 };
 

@@ -40,6 +40,7 @@ struct stage {
     int32_t *train_tasks, n_train_tasks;
     int32_t *eval_tasks, n_eval_tasks;
     int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
+    int64_t n_train;            /* examples per task this stage trains on (0 = all) */
     struct optim_params opt;
     uint64_t seed;
     int32_t save_model;

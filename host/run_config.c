@@ -402,6 +402,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         cfg_int(c, section, "eval_every", 0, 0, 100000000, &s->eval_every) ||
         cfg_int(c, section, "save_every", 100, 0, 100000000, &s->save_every) ||
         cfg_int(c, section, "log_every", 10, 1, 100000000, &s->log_every) ||
+        cfg_int(c, section, "n_train", 0, 0, 100000000, &s->n_train) ||
         cfg_float(c, section, "lr", 1e-3, 0.0, 100.0, &o->lr) ||
         cfg_float(c, section, "weight_decay", 0.0, 0.0, 100.0, &o->weight_decay) ||
         cfg_float(c, section, "beta1", 0.9, 0.0, 0.999999, &o->beta1) ||

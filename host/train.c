@@ -194,10 +194,16 @@ void run_log_eval(struct run *r, const struct stage *s, const char *point, int64
 
 int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     /* The pool: every training example of the stage's tasks. */
+    /* With n_train, only the first n_train examples of each task (few-shot stages). */
     size_t *pool = xmalloc(sizeof *pool * (r->train.n + 1)), n_pool = 0;
+    int64_t *taken = xcalloc((size_t)s->n_train_tasks + 1, sizeof *taken);
     for (size_t i = 0; i < r->train.n; i++)
         for (int32_t k = 0; k < s->n_train_tasks; k++)
-            if (r->train.ex[i].task == s->train_tasks[k]) pool[n_pool++] = i;
+            if (r->train.ex[i].task == s->train_tasks[k] && (s->n_train == 0 || taken[k] < s->n_train)) {
+                taken[k]++;
+                pool[n_pool++] = i;
+            }
+    free(taken);
     struct loop_state ls = {0};
     rng_seed_label(&ls.data_rng, s->seed, "data-order");
     char *before_json = NULL;

@@ -355,8 +355,8 @@ static void test_values(void) {
     const char *host_keys[] = {"method", "from", "tasks", "eval_tasks", "steps", "batch_size",
                                "lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
                                "warmup_steps", "schedule", "min_lr_ratio", "eval_every",
-                               "save_every", "save_model", "seed", "max_seq",
-                               "eval_batch_size", "n_train", "n_eval"};
+                               "save_every", "save_model", "seed", "log_every",
+                               "eval_batch_size", "n_train"};
     for (size_t i = 0; i < sizeof host_keys / sizeof host_keys[0]; i++)
         CHECK(stage_key_is_reserved(host_keys[i]), "'%s' is not reserved", host_keys[i]);
     CHECK(!stage_key_is_reserved("r") && !stage_key_is_reserved("target_modules") &&

@@ -69,6 +69,50 @@ else
     bad "run from JSONL failed: $(cat "$TMP/err")"
 fi
 
+# Every stage key the host reserves is accepted by a stage.
+cat >"$TMP/keys.ini" <<INI
+[run]
+out = $TMP/keys
+[model]
+d_model = 16
+n_layers = 1
+n_heads = 2
+d_ff = 32
+max_seq = 40
+[data]
+n_train = 16
+n_eval = 4
+[stage.a]
+method = lora
+from =
+tasks = upper
+eval_tasks = upper
+steps = 3
+batch_size = 2
+eval_batch_size = 4
+lr = 0.001
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.99
+eps = 1e-8
+grad_clip = 1
+warmup_steps = 1
+schedule = linear
+min_lr_ratio = 0.1
+eval_every = 1
+save_every = 1
+log_every = 1
+save_model = true
+seed = 3
+n_train = 4
+INI
+if "$PEFT" run "$TMP/keys.ini" --quiet >/dev/null 2>"$TMP/err" && [ -f "$TMP/keys/a/model/model.safetensors" ] &&
+    [ "$(grep -c '"point":"step"' "$TMP/keys/metrics.jsonl")" -eq 2 ]; then
+    ok "every stage key accepted (save_model and eval_every take effect)"
+else
+    bad "stage keys: $(cat "$TMP/err")"
+fi
+
 "$PEFT" frobnicate >/dev/null 2>&1
 [ $? -eq 2 ] && ok "unknown command exits 2" || bad "unknown command did not exit 2"
 "$PEFT" version | grep -q "plugin ABI 1" && ok "peft version names the ABI" || bad "peft version"
