@@ -32,6 +32,7 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
     size_t *idx = xmalloc(sizeof *idx * (r->eval.n + 1));
     const struct model_hooks *hooks = method_run_hooks(mr, 0);
     int rc = 0;
+    double t0 = now_seconds();
     for (int32_t k = 0; k < s->n_eval_tasks && rc == 0; k++) {
         int32_t task = s->eval_tasks[k];
         size_t n = 0;
@@ -72,5 +73,6 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
     free(idx);
     batch_free(&b);
     model_acts_free(acts);
+    s->eval_seconds += now_seconds() - t0;
     return rc;
 }

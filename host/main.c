@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compare.h"
 #include "data.h"
 #include "plugins_cmd.h"
 #include "run.h"
@@ -14,6 +15,8 @@ static const char *usage =
     "\n"
     "  peft run FILE.ini [--set section.key=value]... [--resume] [--plugin-path DIRS] [--quiet]\n"
     "      run the chain of stages FILE.ini describes; outputs go to [run] out\n"
+    "  peft compare FILE.ini [--jobs N] [--resume] [--plugin-path DIRS]\n"
+    "      run the arms of an A/B comparison; report.md, results.csv and plots in [compare] out\n"
     "  peft plugins [ID] [--plugin-path DIRS]\n"
     "      list the method plugins found, or show one method's keys\n"
     "  peft data --list | --tasks T1,T2 [--n N] [--split train|eval] [--seed S] --out FILE\n"
@@ -78,6 +81,34 @@ static int cmd_run(int argc, char **argv) {
     if (code == 0 && !quiet) printf("outputs in %s\n", r.out_dir);
     run_free(&r);
     return code;
+}
+
+static int cmd_compare(int argc, char **argv) {
+    const char *file = NULL, *plugin_path = NULL;
+    int64_t jobs = 0;
+    int32_t resume = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--jobs") == 0 && i + 1 < argc) {
+            if (parse_i64(argv[++i], &jobs) || jobs < 1 || jobs > 64) {
+                err_set("compare: --jobs: expected 1..64, got '%s'", argv[i]);
+                return fail();
+            }
+        } else if (strcmp(argv[i], "--resume") == 0) {
+            resume = 1;
+        } else if (strcmp(argv[i], "--plugin-path") == 0 && i + 1 < argc) {
+            plugin_path = argv[++i];
+        } else if (argv[i][0] == '-' || file) {
+            err_set("compare: unexpected argument '%s'", argv[i]);
+            return fail();
+        } else {
+            file = argv[i];
+        }
+    }
+    if (!file) {
+        err_set("compare: no compare file given");
+        return fail();
+    }
+    return compare_main(file, (int32_t)jobs, resume, plugin_path);
 }
 
 static int cmd_plugins(int argc, char **argv) {
@@ -168,12 +199,13 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "plugins") == 0) return cmd_plugins(argc - 2, argv + 2);
+    if (strcmp(cmd, "compare") == 0) return cmd_compare(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0) return cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("peft %s (plugin ABI %u)\n", PEFT_VERSION, PEFT_ABI_VERSION);
         return 0;
     }
-    err_set("unknown command '%s' (commands: run, plugins, data, version)", cmd);
+    err_set("unknown command '%s' (commands: run, compare, plugins, data, version)", cmd);
     fprintf(stderr, "%s", usage);
     return fail();
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "checkpoint_hf.h"
@@ -254,6 +255,8 @@ static int stage_write_done(struct run *r, struct stage *s) {
     cJSON_AddNumberToObject(j, "trainable_parameters", (double)s->n_trainable);
     cJSON_AddNumberToObject(j, "train_seconds", s->train_seconds);
     cJSON_AddNumberToObject(j, "tokens_per_second", s->tokens_per_second);
+    cJSON_AddNumberToObject(j, "eval_seconds", s->eval_seconds);
+    cJSON_AddNumberToObject(j, "peak_rss_kb", (double)s->peak_rss_kb);
     cJSON_AddItemToObject(j, "config", cJSON_Parse(s->config_json));
     cJSON_AddItemToObject(j, "before", eval_to_json(r, s->before, s->n_eval_tasks));
     cJSON_AddItemToObject(j, "after", eval_to_json(r, s->after, s->n_eval_tasks));
@@ -295,6 +298,8 @@ static int run_stage(struct run *r, struct stage *s) {
         s->train_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "train_seconds"));
         s->tokens_per_second = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "tokens_per_second"));
         s->n_trainable = (uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "trainable_parameters"));
+        s->eval_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "eval_seconds"));
+        s->peak_rss_kb = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "peak_rss_kb"));
         cJSON_Delete(info);
         info = NULL;
         s->reused = 1;
@@ -322,6 +327,8 @@ static int run_stage(struct run *r, struct stage *s) {
             if (s != &r->stages[r->n_stages - 1]) goto fail;
             err_clear(); /* the last stage need not be mergeable */
         }
+        struct rusage ru;
+        if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (run_metrics_flush(r) || stage_write_done(r, s)) goto fail;
         remove_checkpoints(s);
     }

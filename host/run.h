@@ -55,6 +55,8 @@ struct stage {
     int32_t reused;             /* loaded from a completed earlier run */
     uint64_t n_trainable;       /* trainable entries of the method */
     double train_seconds, tokens_per_second;
+    double eval_seconds;        /* time spent evaluating in this stage */
+    int64_t peak_rss_kb;        /* the process's peak resident size when the stage ended */
 };
 
 struct run {
@@ -91,6 +93,8 @@ struct run {
  * model, data, methods, task names, stage references. -1 with one located line. */
 int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
              const char *plugin_path);
+/* The same from a configuration already read (taken over: *cfg is emptied). */
+int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path);
 /* Execute the chain. -1 with one line. */
 int run_execute(struct run *r);
 void run_free(struct run *r);

@@ -481,11 +481,22 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
 
 int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
              const char *plugin_path) {
+    struct cfg c;
     memset(r, 0, sizeof *r);
-    r->progress = -1;
-    if (cfg_load(&r->cfg, ini)) return -1;
+    if (cfg_load(&c, ini)) return -1;
     for (int32_t i = 0; i < n_sets; i++)
-        if (cfg_set(&r->cfg, sets[i])) return -1;
+        if (cfg_set(&c, sets[i])) {
+            cfg_free(&c);
+            return -1;
+        }
+    return run_load_cfg(r, &c, plugin_path);
+}
+
+int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
+    memset(r, 0, sizeof *r);
+    r->cfg = *cfg; /* taken over */
+    memset(cfg, 0, sizeof *cfg);
+    r->progress = -1;
     struct cfg *c = &r->cfg;
 
     /* Unknown sections first: they are the likeliest typo. */
