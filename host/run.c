@@ -97,6 +97,16 @@ static int env_stage_tensor(void *ctx, const char *stage, const char *name, floa
     return rc;
 }
 
+static int env_stage_file(void *ctx, const char *stage, char *out, size_t cap) {
+    struct stage *s = stage_by_name(ctx, stage);
+    if (!s) return err_set("stage '%s' has not finished (or does not exist)", stage);
+    char *path = path_join(s->dir, "adapter.safetensors");
+    int rc = strlen(path) < cap ? 0 : err_set("stage '%s': path too long for the buffer", stage);
+    if (rc == 0) memcpy(out, path, strlen(path) + 1);
+    free(path);
+    return rc;
+}
+
 static const float *stage_start_params(struct run *r, const struct stage *s) {
     return s->from >= 0 ? r->stages[s->from].result_params : r->base_params;
 }
@@ -146,7 +156,7 @@ int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
     struct method_env env = {
         .tasks = &r->tasks, .seed = s->seed, .stage = s->name, .where = where,
         .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
-        .run_pass = env_run_pass};
+        .run_pass = env_run_pass, .stage_file = env_stage_file};
     return method_run_create(out, s->pm, &r->model, &env, s->kv, s->n_kv);
 }
 
@@ -345,11 +355,11 @@ fail:
 /* ---- summary ----------------------------------------------------------------------- */
 
 static int write_summary(struct run *r) {
-    /* Rows: every task evaluated anywhere. Columns: the model before the first stage, then
-     * after each stage. Cells: exact-match accuracy in %. */
+    /* Rows: every task evaluated anywhere. Columns: the task's accuracy before the first
+     * stage that evaluated it trained, then after each stage. Cells: exact-match accuracy, %. */
     struct strbuf md = {0};
     sb_printf(&md, "# %s\n\nExact-match accuracy (%%) by greedy decoding on held-out examples.\n\n", r->cfg.path);
-    sb_printf(&md, "| task | %s (before) |", r->stages[0].name);
+    sb_printf(&md, "| task | before (first evaluated) |");
     for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, " after %s |", r->stages[i].name);
     sb_printf(&md, "\n|---|---|");
     for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, "---|");
@@ -365,7 +375,7 @@ static int write_summary(struct run *r) {
         char cell[32];
         for (int32_t i = 0; i < r->n_stages && before[1] == '-'; i++)
             for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++)
-                if (r->stages[i].eval_tasks[k] == t && i == 0 && r->stages[i].before[k].accuracy >= 0) {
+                if (r->stages[i].eval_tasks[k] == t && r->stages[i].before[k].accuracy >= 0) {
                     snprintf(cell, sizeof cell, " %.1f |", 100.0 * r->stages[i].before[k].accuracy);
                     before = cell;
                 }
