@@ -73,6 +73,18 @@ for f in report.md results.csv loss.svg accuracy-vs-params.svg accuracy-lora.svg
     [ -s "cmp/$f" ] && ok "cmp/$f written" || bad "cmp/$f missing"
 done
 grep -q '★' cmp/report.md && ok "winners marked" || bad "no winner marked"
+# The plots render (when a renderer is installed; their XML is checked in compare_unit).
+if command -v rsvg-convert >/dev/null; then
+    for f in loss accuracy-vs-params accuracy-lora; do
+        if rsvg-convert "cmp/$f.svg" -o "$f.png" && [ "$(head -c 8 "$f.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ]; then
+            ok "$f.svg renders to PNG ($(stat -c %s "$f.png") bytes)"
+        else
+            bad "$f.svg does not render"
+        fi
+    done
+else
+    echo "skip rendering: rsvg-convert not installed"
+fi
 grep -q '^| forgetting |' cmp/report.md && ok "forgetting rows" || bad "no forgetting row"
 # Identical settings, identical figures (accuracy and loss of every stage and task).
 if diff <(grep '^lora,' cmp/results.csv | grep -E ',(accuracy|loss),' | cut -d, -f2-) \
