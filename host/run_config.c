@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "checkpoint_hf.h"
 #include "run.h"
@@ -333,6 +334,38 @@ static uint64_t section_hash(struct cfg *c, const char *section, uint64_t h) {
     return fnv1a(h, section) ^ (sum * 0x9e3779b97f4a7c15ull);
 }
 
+/* The files a run reads (model, data) by size and modification time, so that a stage is
+ * trained again when one of them changes, not only when the run file does. */
+static uint64_t file_stamp(uint64_t h, const char *path) {
+    struct stat st;
+    char text[96];
+    if (stat(path, &st) != 0) return fnv1a(h, path);
+    snprintf(text, sizeof text, "%lld:%lld.%09ld", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+             (long)st.st_mtim.tv_nsec);
+    return fnv1a(fnv1a(h, path), text);
+}
+
+static uint64_t input_files_hash(struct cfg *c, uint64_t h) {
+    const char *lists[] = {"files", "eval_files"};
+    for (int k = 0; k < 2; k++) {
+        struct cfg_entry *e = cfg_find(c, "data", lists[k]);
+        struct words w;
+        words_split(&w, e ? e->value : NULL);
+        for (int i = 0; i < w.n; i++) h = file_stamp(h, w.v[i]);
+        words_free(&w);
+    }
+    struct cfg_entry *m = cfg_find(c, "model", "path");
+    if (m) {
+        const char *names[] = {"config.json", "model.safetensors", "model.safetensors.index.json"};
+        for (int k = 0; k < 3; k++) {
+            char *p = path_join(m->value, names[k]);
+            if (file_exists(p)) h = file_stamp(h, p);
+            free(p);
+        }
+    }
+    return h;
+}
+
 static int load_stage(struct run *r, struct data_settings *ds, const char *section,
                       int32_t line) {
     struct cfg *c = &r->cfg;
@@ -459,6 +492,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
 
     uint64_t h = section_hash(c, "model", 1469598103934665603ull);
     h = section_hash(c, "data", h);
+    h = input_files_hash(c, h);
     h = fnv1a(h, s->pm->desc->id);
     h = fnv1a(h, s->pm->desc->version);
     char seedtxt[32];
