@@ -59,9 +59,12 @@ void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr
             continue;
         }
         /* An aliased model tensor: the model forms its dense gradient. Only products count:
-         * a site's weight, or the head (embed_tokens when tied, else lm_head). */
+         * a site's weight, or the head (embed_tokens when tied, else lm_head). A masked site
+         * weight gets its gradient by a sampled product instead (no sgemm). */
         const struct model_tensor *mt = &m->tensors[t->model_tensor];
-        if (mt->site >= 0) {
+        if (mt->site >= 0 && t->mask) {
+            c->sampled_entries += (double)t->n_trainable;
+        } else if (mt->site >= 0) {
             site_dw[mt->site] = 1;
             c->dense_grad_weights += (double)mt->numel;
         } else if ((t->model_tensor == 0 && cfg->tied) || strcmp(mt->name, "lm_head.weight") == 0) {
@@ -93,7 +96,7 @@ void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr
 
     c->attention = 12.0 * cfg->n_layers * (double)T * cfg->n_heads * cfg->head_dim;
     c->flops_per_token = 4.0 * c->matmul_weights + 2.0 * c->dense_grad_weights +
-                         6.0 * c->adapter_entries + c->attention;
+                         2.0 * c->sampled_entries + 6.0 * c->adapter_entries + c->attention;
     c->model_flops = model_train_flops_per_token(cfg, T);
     free(site_dw);
 }

@@ -8,6 +8,9 @@
  *   backward dx        2 P          (every layer's input gradient is formed)
  *   backward dW        2 * (trainable weights the model forms a dense gradient for:
  *                      ALIAS_BASE tensors, e.g. the projections under `full`)
+ *   sampled dW         2 * (masked entries of ALIAS_BASE weights, e.g. LoTA's: the model
+ *                      forms their gradient alone, one multiply-add per entry and row; no
+ *                      sgemm)
  *   adapter            6 * (trainable entries the plugin owns, e.g. LoRA's A and B:
  *                      2 forward, 4 backward per entry, exact for LoRA)
  *   attention          12 L T H D   (as model_train_flops_per_token counts it)
@@ -27,6 +30,7 @@
 struct step_cost {
     double matmul_weights;     /* P */
     double dense_grad_weights; /* weights with a dense dW */
+    double sampled_entries;    /* masked weights whose dW entries are sampled */
     double adapter_entries;    /* trainable entries owned by the plugin */
     double attention;          /* 12 L T H D */
     double flops_per_token;    /* the sum above */

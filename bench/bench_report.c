@@ -20,13 +20,16 @@ void report_header(const struct bench_info *info) {
            "clip 1), step_end\n",
            info->lr);
     printf("methods: full = every projection trainable (all-linear); lora = r %d on all seven "
-           "projections, base frozen\n",
+           "projections, base frozen;\n"
+           "  lota = 10%% of the seven projections' weights (a random mask), gradient sampled "
+           "at the mask\n",
            (int)info->rank);
     printf("FLOP/token credited: 2P forward + 2P input grads + 2*(weights given a dense dW) + "
            "6*(adapter entries)\n"
            "  + 12*L*T*H*D attention; P = projection + head weights. full (tied head, frozen) "
            "= 6P + attn - 2VC;\n"
-           "  lora = 4P + 6*(A, B entries) + attn.\n"
+           "  lora = 4P + 6*(A, B entries) + attn; lota = 4P + 2*(masked entries, sampled) "
+           "+ attn.\n"
            "sgemm = GFLOP/s of the step's own sgemm calls, each timed alone (best of 5 rounds); "
            "of peak = GFLOP/s / sgemm\n");
 }

@@ -1,7 +1,7 @@
 /*
  * bench_train.c: speed of one training step of each method on random llama models.
  *
- * For every --size (d_model x n_layers) and method (full, lora) it builds a random model with
+ * For every --size (d_model x n_layers) and method (full, lora, lota) it builds a random model with
  * the byte tokenizer's vocabulary, loads the method's plugin, and times the trainer's step on
  * a random (B, T) batch: batch_begin, zero_grads, forward, backward, collect_grads, AdamW,
  * step_end. It reports tokens/s (the median step time over repeats), the FLOP rate that
@@ -24,7 +24,7 @@
 
 #define BYTE_VOCAB 259 /* 256 bytes + BOS, EOS, PAD */
 #define MAX_SIZES 16
-#define MAX_METHODS 2
+#define MAX_METHODS 3
 
 struct options {
     const char *sizes[MAX_SIZES];
@@ -41,7 +41,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: bench_train [options]\n"
             "  --size CxL        model d_model x n_layers (repeatable; default 128x4 256x4)\n"
-            "  --method M        full or lora (repeatable; default both)\n"
+            "  --method M        full, lora or lota (repeatable; default all three)\n"
             "  --batch B         examples per step (default 8)\n"
             "  --seq T           tokens per example (default 64)\n"
             "  --steps N         timed steps per repeat (default 20)\n"
@@ -80,8 +80,9 @@ static int parse_args(int argc, char **argv, struct options *o) {
                                                             MAX_SIZES);
             else o->sizes[o->n_sizes++] = v;
         } else if (strcmp(a, "--method") == 0) {
-            if (!v || (strcmp(v, "full") != 0 && strcmp(v, "lora") != 0))
-                rc = err_set("--method: expected full or lora, got '%s'", v ? v : "");
+            if (!v || (strcmp(v, "full") != 0 && strcmp(v, "lora") != 0 &&
+                       strcmp(v, "lota") != 0))
+                rc = err_set("--method: expected full, lora or lota, got '%s'", v ? v : "");
             else if (o->n_methods < MAX_METHODS) o->methods[o->n_methods++] = v;
         } else if (strcmp(a, "--gemms") == 0) {
             o->gemms = 1;
@@ -122,6 +123,7 @@ static int parse_args(int argc, char **argv, struct options *o) {
     if (o->n_methods == 0) {
         o->methods[o->n_methods++] = "full";
         o->methods[o->n_methods++] = "lora";
+        o->methods[o->n_methods++] = "lota";
     }
     return 0;
 }
@@ -176,6 +178,10 @@ static peft_kv *method_cfg(const struct plugin_method *pm, const char *method, c
             v = rank;
         else if (strcmp(method, "lora") == 0 && strcmp(p->name, "lora_dropout") == 0)
             v = "0";
+        /* LoTA at its default sparsity (0.9) on a mask drawn at random: the step costs the
+         * same for any mask of that size, and no calibration has to run first. */
+        else if (strcmp(method, "lota") == 0 && strcmp(p->name, "random_mask") == 0)
+            v = "true";
         kv[n++] = (peft_kv){p->name, v};
     }
     *n_out = n;
@@ -244,8 +250,6 @@ static int bench_method(struct bench_ctx *bc, struct model *m, const char *size,
     snprintf(r->size, sizeof r->size, "%s", size);
     snprintf(r->method, sizeof r->method, "%s", method);
     r->cfg = m->cfg;
-    r->trainable = method_run_trainable_count(mr);
-    r->optim_bytes = 2.0 * 4.0 * (double)r->trainable;
     r->step_seconds = xcalloc((size_t)o->repeats, sizeof *r->step_seconds);
 
     rc = -1;
@@ -266,6 +270,9 @@ static int bench_method(struct bench_ctx *bc, struct model *m, const char *size,
     }
     r->loss_last = loss;
     if (method_run_end(mr)) goto out;
+    /* After the steps: a mask set during the stage (LoTA) decides what the optimizer keeps. */
+    r->trainable = method_run_trainable_count(mr);
+    r->optim_bytes = 2.0 * 4.0 * (double)r->trainable;
 
     double tokens = (double)o->B * (double)o->T;
     struct step_cost cost;
@@ -279,11 +286,11 @@ static int bench_method(struct bench_ctx *bc, struct model *m, const char *size,
     r->gemm_seconds = gemm_list_seconds(&cost.gemms);
     r->sgemm_gflops = gemm_list_flops(&cost.gemms) / r->gemm_seconds / 1e9;
     r->peak_fraction = r->gflops / r->sgemm_gflops;
-    /* The credited FLOPs are exactly the step's sgemm FLOPs; a gap means the accounting
-     * above and the shapes disagree. */
+    /* The credited FLOPs are exactly the step's sgemm FLOPs plus the sampled products; a gap
+     * means the accounting above and the shapes disagree. */
     double gemm_per_token = gemm_list_flops(&cost.gemms) / tokens;
-    if (gemm_per_token > cost.flops_per_token * (1 + 1e-9) ||
-        gemm_per_token < cost.flops_per_token * (1 - 1e-9))
+    double want = cost.flops_per_token - 2.0 * cost.sampled_entries;
+    if (gemm_per_token > want * (1 + 1e-9) || gemm_per_token < want * (1 - 1e-9))
         fprintf(stderr, "bench_train: %s %s: note: sgemm FLOPs %.6g/token, credited %.6g\n",
                 size, method, gemm_per_token, cost.flops_per_token);
     if (o->gemms) gemm_list_print(&cost.gemms, stdout);
@@ -317,10 +324,10 @@ static void random_batch(struct batch *b, int32_t B, int32_t T, uint64_t seed) {
 
 static void plugin_hint(void) {
     fprintf(stderr,
-            "bench_train: the plugins (peft-full.so, peft-lora.so) are found through "
-            "PEFT_PLUGIN_PATH or --plugin-path.\n"
+            "bench_train: the plugins (peft-full.so, peft-lora.so, peft-lota.so) are found "
+            "through PEFT_PLUGIN_PATH or --plugin-path.\n"
             "  In a build tree: `meson devenv -C BUILD ./bench/bench_train ...`, or\n"
-            "  export PEFT_PLUGIN_PATH=BUILD/plugins/full:BUILD/plugins/lora "
+            "  export PEFT_PLUGIN_PATH=BUILD/plugins/full:BUILD/plugins/lora:BUILD/plugins/lota "
             "(bench/run_bench.sh does this).\n");
 }
 

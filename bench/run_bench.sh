@@ -25,7 +25,7 @@ py=/usr/bin/python3
 
 if [ ! -x "$exe" ]; then
     echo "run_bench.sh: $exe not found; build it first:" >&2
-    echo "  ninja -C $build bench/bench_train plugins/full/peft-full.so plugins/lora/peft-lora.so" >&2
+    echo "  ninja -C $build bench/bench_train plugins/full/peft-full.so plugins/lora/peft-lora.so plugins/lota/peft-lota.so" >&2
     exit 2
 fi
 
@@ -39,7 +39,7 @@ seq=${BENCH_SEQ:-64}
 out=${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/peft-bench.XXXXXX")}
 mkdir -p "$out"
 
-PEFT_PLUGIN_PATH=${PEFT_PLUGIN_PATH:-$build/plugins/full:$build/plugins/lora}
+PEFT_PLUGIN_PATH=${PEFT_PLUGIN_PATH:-$build/plugins/full:$build/plugins/lora:$build/plugins/lota}
 OPENBLAS_NUM_THREADS=$threads
 export PEFT_PLUGIN_PATH OPENBLAS_NUM_THREADS
 

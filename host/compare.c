@@ -201,8 +201,15 @@ static int arm_check(struct arm *a, const char *plugin_path) {
 static int write_arm_ini(const struct arm *a) {
     struct strbuf b = {0};
     sb_printf(&b, "; Arm '%s' of the comparison %s (written by peft compare).\n"
-                  "; Overrides: %s\n; Run it alone with: peft run %s\n",
-              a->name, a->cfg.path, a->overrides[0] ? a->overrides : "none", a->ini);
+                  "; Run it alone with: peft run %s\n; Overrides:%s\n",
+              a->name, a->cfg.path, a->ini, a->overrides[0] ? "" : " none");
+    /* One override a line: the INI reader takes lines of up to 199 characters. */
+    for (const char *p = a->overrides; *p;) {
+        const char *end = strstr(p, ", ");
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        sb_printf(&b, ";   %.*s\n", (int)n, p);
+        p += n + (end ? 2 : 0);
+    }
     for (int32_t i = 0; i < a->cfg.n_sections; i++) {
         const char *sec = a->cfg.sections[i].name;
         sb_printf(&b, "\n[%s]\n", sec);

@@ -13,18 +13,36 @@
  * gives each entry its line without the ABI-changing INI_HANDLER_LINENO. */
 struct reader {
     FILE *f;
+    struct cfg *c;
     int32_t line;
     int32_t header_line; /* line of the last "[section]" header */
+    int32_t long_line;   /* first line longer than the reader's buffer */
 };
 
+static void add_section(struct cfg *c, const char *name, int32_t line);
+
+/* Headers are recorded here too: this inih reports no section that has no keys, and an
+ * empty [arm.baseline] or a misspelt empty section must still be seen. */
 static char *read_line(char *str, int num, void *stream) {
     struct reader *r = stream;
     char *s = fgets(str, num, r->f);
     if (s) {
         r->line++;
+        size_t n = strlen(s);
+        /* inih reads lines into a fixed buffer and would take the rest as a new line. */
+        if (n + 1 >= (size_t)num && s[n - 1] != '\n' && !r->long_line) r->long_line = r->line;
         const char *p = s;
         while (*p == ' ' || *p == '\t') p++;
-        if (*p == '[') r->header_line = r->line;
+        const char *end = *p == '[' ? strchr(p, ']') : NULL;
+        if (end) {
+            r->header_line = r->line;
+            const char *b = p + 1, *e = end;
+            while (b < e && (*b == ' ' || *b == '\t')) b++;
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t')) e--;
+            char *name = xstrndup(b, (size_t)(e - b));
+            add_section(r->c, name, r->line);
+            free(name);
+        }
     }
     return s;
 }
@@ -86,10 +104,15 @@ int cfg_load(struct cfg *c, const char *path) {
         cfg_free(c);
         return -1;
     }
-    struct reader r = {f, 0, 0};
+    struct reader r = {f, c, 0, 0, 0};
     struct load_ctx lc = {c, &r, 0, ""};
     int rc = ini_parse_stream(read_line, &r, on_entry, &lc);
     fclose(f);
+    if (r.long_line) {
+        err_set("%s:%d: line too long (at most %d characters)", path, r.long_line, INI_MAX_LINE - 2);
+        cfg_free(c);
+        return -1;
+    }
     if (rc != 0) {
         err_set("%s:%d: syntax error (expected '[section]' or 'key = value')", path, rc);
         cfg_free(c);

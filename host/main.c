@@ -7,6 +7,8 @@
 
 #include "compare.h"
 #include "data.h"
+#include "inspect.h"
+#include "peft_hf.h"
 #include "plugins_cmd.h"
 #include "run.h"
 
@@ -21,6 +23,12 @@ static const char *usage =
     "      list the method plugins found, or show one method's keys\n"
     "  peft data --list | --tasks T1,T2 [--n N] [--split train|eval] [--seed S] --out FILE\n"
     "      list the built-in synthetic tasks, or write some of them as JSONL\n"
+    "  peft export ADAPTER|STAGE_DIR OUT_DIR [--base-model NAME] [--plugin-path DIRS]\n"
+    "      write a LoRA adapter as an HF PEFT folder (adapter_config.json, adapter_model.safetensors)\n"
+    "  peft import HF_DIR OUT.safetensors [--plugin-path DIRS]\n"
+    "      read an HF PEFT LoRA folder into an adapter file of method lora\n"
+    "  peft inspect FILE|DIR\n"
+    "      print the tensors (name, dtype, shape, bytes) and metadata of a safetensors file\n"
     "  peft version\n";
 
 static int fail(void) {
@@ -190,6 +198,45 @@ static int cmd_data(int argc, char **argv) {
     return rc ? fail() : 0;
 }
 
+/* export / import: two positional arguments and the flags each takes. */
+static int cmd_hf(int argc, char **argv, int export) {
+    const char *pos[2] = {NULL, NULL}, *plugin_path = NULL, *base_model = NULL;
+    int n_pos = 0;
+    const char *name = export ? "export" : "import";
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--plugin-path") == 0 && i + 1 < argc) {
+            plugin_path = argv[++i];
+        } else if (export && strcmp(argv[i], "--base-model") == 0 && i + 1 < argc) {
+            base_model = argv[++i];
+        } else if (argv[i][0] == '-' || n_pos == 2) {
+            err_set("%s: unexpected argument '%s'", name, argv[i]);
+            return fail();
+        } else {
+            pos[n_pos++] = argv[i];
+        }
+    }
+    if (n_pos != 2) {
+        err_set(export ? "export: give an adapter file (or stage folder) and an output folder"
+                       : "import: give an HF PEFT folder and an output .safetensors file");
+        return fail();
+    }
+    struct plugin_registry reg;
+    registry_init(&reg, plugin_path);
+    int rc = export ? peft_export(&reg, pos[0], pos[1], base_model) : peft_import(&reg, pos[0], pos[1]);
+    registry_free(&reg);
+    if (rc) return fail();
+    printf("wrote %s\n", pos[1]);
+    return 0;
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    if (argc != 1 || argv[0][0] == '-') {
+        err_set("inspect: give one safetensors file (or a folder holding one)");
+        return fail();
+    }
+    return peft_inspect(argv[0], stdout) ? fail() : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0) {
@@ -201,11 +248,15 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "plugins") == 0) return cmd_plugins(argc - 2, argv + 2);
     if (strcmp(cmd, "compare") == 0) return cmd_compare(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0) return cmd_data(argc - 2, argv + 2);
+    if (strcmp(cmd, "export") == 0) return cmd_hf(argc - 2, argv + 2, 1);
+    if (strcmp(cmd, "import") == 0) return cmd_hf(argc - 2, argv + 2, 0);
+    if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("peft %s (plugin ABI %u)\n", PEFT_VERSION, PEFT_ABI_VERSION);
         return 0;
     }
-    err_set("unknown command '%s' (commands: run, compare, plugins, data, version)", cmd);
+    err_set("unknown command '%s' (commands: run, compare, plugins, data, export, import, "
+            "inspect, version)", cmd);
     fprintf(stderr, "%s", usage);
     return fail();
 }

@@ -138,13 +138,16 @@ static void allocate_tensors(struct peft_host *h) {
         if (t->model_tensor >= 0) {
             const struct model_tensor *mt = &m->tensors[t->model_tensor];
             t->data = m->params + mt->offset;
-            t->start = xalloc_floats(t->numel);
-            memcpy(t->start, t->data, t->numel * sizeof(float));
-            if (t->desc.flags & PEFT_TENSOR_TRAINABLE) {
-                if (!m->grads) model_alloc_grads(m);
-                h->prev_need_grad[i] = m->need_grad[t->model_tensor];
-                m->need_grad[t->model_tensor] = 1;
+            /* With a mask already set, only the trainable entries can ever change. */
+            if (t->mask) {
+                t->start = xalloc_floats(t->n_trainable);
+                for (uint64_t j = 0; j < t->n_trainable; j++) t->start[j] = t->data[t->mask[j]];
+            } else {
+                t->start = xalloc_floats(t->numel);
+                memcpy(t->start, t->data, t->numel * sizeof(float));
             }
+            if (t->desc.flags & PEFT_TENSOR_TRAINABLE)
+                h->prev_need_grad[i] = m->need_grad[t->model_tensor];
         } else {
             t->data = xalloc_floats(t->numel);
             init_tensor(h, t);
@@ -217,8 +220,10 @@ void method_run_free(struct method_run *mr) {
         struct mtensor *t = &h->tensors[i];
         if (grad_owned(t)) free(t->grad);
         if (t->model_tensor >= 0) {
-            if (h->allocated && (t->desc.flags & PEFT_TENSOR_TRAINABLE))
+            if (h->allocated && (t->desc.flags & PEFT_TENSOR_TRAINABLE)) {
                 h->m->need_grad[t->model_tensor] = h->prev_need_grad[i];
+                if (t->mask) model_set_sparse_grad(h->m, t->model_tensor, NULL, 0, NULL);
+            }
         } else {
             free(t->data);
         }
@@ -228,6 +233,7 @@ void method_run_free(struct method_run *mr) {
         free(t->adam_v);
         free(t->name);
     }
+    release_model_grads(h);
     free(h->tensors);
     free(h->prev_need_grad);
     free(h->site_names);
@@ -344,7 +350,8 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
 int method_run_step_end(struct method_run *mr, uint64_t step) {
     struct peft_host *h = &mr->h;
     if (!h->vt->step_end) return 0;
-    int prev = call_begin(h, CALL_OTHER);
+    h->step = step; /* a mask set now restarts optimizer state from this step */
+    int prev = call_begin(h, CALL_STEP_END);
     return call_end(h, prev, h->vt->step_end(h->inst, step), "step_end");
 }
 
@@ -361,21 +368,10 @@ void method_run_zero_grads(struct method_run *mr) {
         struct mtensor *t = &h->tensors[i];
         if (!t->grad) continue;
         memset(t->grad, 0, t->n_trainable * sizeof(float));
-        if (t->model_tensor >= 0 && t->mask)
-            memset(h->m->grads + h->m->tensors[t->model_tensor].offset, 0,
-                   t->numel * sizeof(float));
     }
 }
 
-void method_run_collect_grads(struct method_run *mr) {
-    struct peft_host *h = &mr->h;
-    for (int32_t i = 0; i < h->n_tensors; i++) {
-        struct mtensor *t = &h->tensors[i];
-        if (!t->grad || t->model_tensor < 0 || !t->mask) continue;
-        const float *dense = h->m->grads + h->m->tensors[t->model_tensor].offset;
-        for (uint64_t j = 0; j < t->n_trainable; j++) t->grad[j] = dense[t->mask[j]];
-    }
-}
+void method_run_collect_grads(struct method_run *mr) { (void)mr; }
 
 /* ------------------------------------------------------------------------------------------
  * Hooks.
@@ -537,7 +533,12 @@ int method_run_delta(struct method_run *mr, int32_t site, float scale, float *ou
     for (int32_t i = 0; i < h->n_tensors; i++) {
         const struct mtensor *t = &h->tensors[i];
         if (t->model_tensor != mt) continue;
-        for (uint64_t j = 0; j < t->numel; j++) out[j] += scale * (t->data[j] - t->start[j]);
+        if (t->mask) { /* the other entries equal their start value */
+            for (uint64_t j = 0; j < t->n_trainable; j++)
+                out[t->mask[j]] += scale * (t->data[t->mask[j]] - t->start[j]);
+        } else {
+            for (uint64_t j = 0; j < t->numel; j++) out[j] += scale * (t->data[j] - t->start[j]);
+        }
     }
     if (mr->slot_of_site[site] < 0) return 0;
     return plugin_delta(mr, site, scale, out);
@@ -589,7 +590,12 @@ int method_run_negate(struct method_run *mr) {
         struct mtensor *t = &h->tensors[i];
         if (!(t->desc.flags & PEFT_TENSOR_NEGATE)) continue;
         any = 1;
-        if (t->model_tensor >= 0) { /* negate the task vector: start - (data - start) */
+        if (t->model_tensor >= 0 && t->mask) { /* the task vector lives at the mask only */
+            for (uint64_t j = 0; j < t->n_trainable; j++) {
+                float *w = &t->data[t->mask[j]];
+                *w = t->start[j] - (*w - t->start[j]);
+            }
+        } else if (t->model_tensor >= 0) { /* negate the task vector: start - (data - start) */
             for (uint64_t j = 0; j < t->numel; j++)
                 t->data[j] = t->start[j] - (t->data[j] - t->start[j]);
         } else {

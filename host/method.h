@@ -31,7 +31,13 @@ struct mtensor {
     uint64_t n_trainable;
     uint64_t *mask;          /* NULL or n_trainable sorted indices */
     int32_t model_tensor;    /* ALIAS_BASE: index into model->tensors, else -1 */
-    float *start;            /* ALIAS_BASE: value at stage start (task vector = data - start) */
+    /* ALIAS_BASE: value at stage start (task vector = data - start): numel floats, or with a
+     * mask n_trainable floats, start[j] belonging to data[mask[j]] (the other entries never
+     * change, so they equal their start value). */
+    float *start;
+    /* Optimizer steps of the stage done before this tensor's optimizer state (re)started
+     * (a mask set in step_end restarts it); AdamW's bias correction counts from here. */
+    int64_t step0;
 };
 
 /* What the runtime needs from the run to serve host API calls. */
@@ -47,6 +53,8 @@ struct method_env {
     int (*stage_delta)(void *run_ctx, const char *stage, int32_t site, float *out);
     /* Auxiliary passes (run_pass); NULL = unsupported. */
     int (*run_pass)(void *run_ctx, uint32_t pass, uint32_t backward);
+    /* The adapter file a finished stage wrote (peft.files/1 stage_file); NULL = none. */
+    int (*stage_file)(void *run_ctx, const char *stage, char *out, size_t cap);
 };
 
 struct method_run;
@@ -75,19 +83,23 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
  * valid until method_run_free. training selects dropout etc. */
 const struct model_hooks *method_run_hooks(struct method_run *mr, int training);
 void method_run_zero_grads(struct method_run *mr);
-/* Call after model_backward, before clipping and the optimizer: copies the masked entries of
- * the model's dense gradient into the compact gradient of masked ALIAS_BASE tensors (the
- * model forms the dense gradient of aliased tensors; masks are applied here). */
+/* Call after model_backward, before clipping and the optimizer. Nothing is left to do here
+ * today: unmasked ALIAS_BASE tensors use the model's dense gradient in place, and masked ones
+ * are the model's sparse gradient targets (it forms their compact gradient directly, with no
+ * dense dW). Kept as the one place between backward and the optimizer. */
 void method_run_collect_grads(struct method_run *mr);
 int method_run_step_end(struct method_run *mr, uint64_t step);
 int method_run_end(struct method_run *mr);                     /* stage_end */
 
 /* Adapter files: every tensor without NO_SAVE, plus the plugin's state (if any) as a U8
  * tensor "peft.state", plus meta_kv (NULL-ended key/value list) and the method id, its
- * version and the ABI version in __metadata__. */
+ * version and the ABI version in __metadata__. A masked ALIAS_BASE tensor NAME is saved as
+ * its sparse task vector instead of whole: NAME.sparse_index (I64, sorted flat indices),
+ * NAME.sparse_value (F32, the weight there) and NAME.sparse_delta (F32, value - start). */
 int method_run_save(struct method_run *mr, const char *path, const char *const *meta_kv);
-/* Load tensors saved by method_run_save (names and shapes must match). -1 with
- * "PATH: tensor NAME: reason". */
+/* Load tensors saved by method_run_save (names and shapes must match; a trainable
+ * ALIAS_BASE tensor may come whole or sparse, and a sparse one sets its mask and restores it
+ * to start + the saved change). -1 with "PATH: tensor NAME: reason". */
 int method_run_load(struct method_run *mr, const char *path);
 
 /* out (d_out, d_in) += scale * dW at a site. ALIAS_BASE tensors contribute data - start.

@@ -8,13 +8,21 @@
  * used when the plugin itself logged nothing.
  *
  * Lifecycle. API functions check which plugin entry is running (tensor_register only in
- * create/attach, tensor_set_mask up to stage_begin, run_pass only in batch_begin, tensor_view
- * once tensors exist) and answer PEFT_E_STATE outside it.
+ * create/attach, tensor_set_mask up to stage_begin and in step_end, run_pass only in
+ * batch_begin, tensor_view once tensors exist) and answer PEFT_E_STATE outside it.
  *
- * ALIAS_BASE tensors. Their data is the model's parameter storage and their gradient the
- * model's own (m->grads, need_grad set), so the model's backward computes it. With a mask the
- * model still forms the dense gradient; method_run_collect_grads copies the masked entries
- * into the compact gradient the optimizer reads.
+ * ALIAS_BASE tensors. Their data is the model's parameter storage. Without a mask their
+ * gradient is the model's own (m->grads, need_grad set), so the model's backward computes it
+ * densely. With a mask the compact gradient buffer is the model's sparse target for that
+ * weight: the backward forms the gradient at the masked entries only (a sampled product of
+ * dy and x), no dense dW exists for it, and the start value is kept for those entries only.
+ * The model's gradient block, when this instance made it, is freed once no tensor needs it.
+ *
+ * A mask set in step_end restarts the tensor's optimizer state (fresh moments, bias
+ * correction counted from that step): serves LoTA's own calibration.
+ *
+ * Extensions: "peft.files/1" reads tensors of other safetensors files and names the adapter
+ * file of an earlier stage; "peft.tensor_start/1" gives an aliased tensor's start value.
  */
 #include <cblas.h>
 #include <math.h>
@@ -24,6 +32,9 @@
 #include <string.h>
 
 #include "method_internal.h"
+#include "peft/peft_files.h"
+#include "peft/peft_tensor_start.h"
+#include "safetensors.h"
 
 static const char *status_name(peft_status st) {
     switch (st) {
@@ -335,30 +346,80 @@ static peft_status check_id(struct peft_host *h, peft_tensor_id id, const char *
     return PEFT_OK;
 }
 
-/* Give a trainable tensor its gradient storage (after allocation, or after a new mask). */
 void bind_grad(struct peft_host *h, struct mtensor *t) {
     if (!(t->desc.flags & PEFT_TENSOR_TRAINABLE)) return;
-    if (t->model_tensor >= 0 && !t->mask) {
-        t->grad = h->m->grads + h->m->tensors[t->model_tensor].offset;
-    } else {
-        t->grad = xalloc_floats(t->n_trainable ? t->n_trainable : 1);
+    struct model *m = h->m;
+    int32_t mt = t->model_tensor;
+    if (mt >= 0 && !t->mask) {
+        if (!m->grads) {
+            model_alloc_grads(m); /* clears need_grad: set again below and by later tensors */
+            h->made_model_grads = 1;
+        }
+        m->need_grad[mt] = 1;
+        t->grad = m->grads + m->tensors[mt].offset;
+        return;
+    }
+    t->grad = xalloc_floats(t->n_trainable ? t->n_trainable : 1);
+    if (mt >= 0) { /* the model forms the compact gradient itself; no dense dW */
+        m->need_grad[mt] = h->prev_need_grad[t - h->tensors];
+        model_set_sparse_grad(m, mt, t->mask, t->n_trainable, t->grad);
     }
 }
 
 int grad_owned(const struct mtensor *t) { return t->grad && (t->model_tensor < 0 || t->mask); }
 
+void release_model_grads(struct peft_host *h) {
+    struct model *m = h->m;
+    if (!h->made_model_grads || !m->grads) return;
+    for (int32_t i = 0; i < m->n_tensors; i++)
+        if (m->need_grad[i]) return;
+    model_free_grads(m);
+    h->made_model_grads = 0;
+}
+
+void mask_apply(struct peft_host *h, struct mtensor *t, const uint64_t *index, uint64_t n) {
+    if (grad_owned(t)) free(t->grad);
+    t->grad = NULL;
+    if (t->model_tensor >= 0 && t->start) {
+        /* Compact the start value: an entry outside the old mask never changed, so its start
+         * is its current value. Both index lists are sorted: one merge walk. */
+        float *start = xalloc_floats(n ? n : 1);
+        uint64_t k = 0;
+        for (uint64_t j = 0; j < n; j++) {
+            uint64_t at = index[j];
+            if (!t->mask) {
+                start[j] = t->start[at];
+                continue;
+            }
+            while (k < t->n_trainable && t->mask[k] < at) k++;
+            start[j] = k < t->n_trainable && t->mask[k] == at ? t->start[k] : t->data[at];
+        }
+        free(t->start);
+        t->start = start;
+    }
+    free(t->mask);
+    t->mask = xmalloc((n ? n : 1) * sizeof *t->mask);
+    if (n) memcpy(t->mask, index, n * sizeof *t->mask);
+    t->n_trainable = n;
+    if (h->allocated) {
+        bind_grad(h, t);
+        release_model_grads(h); /* the last dense user may have gone */
+    }
+}
+
 static peft_status api_tensor_set_mask(peft_host *h, peft_tensor_id id, const uint64_t *index,
                                        uint64_t n) {
     if (!h) return PEFT_E_INVALID_ARG;
-    if (!in_call(h, CALL_CREATE | CALL_ATTACH | CALL_STAGE_BEGIN, "tensor_set_mask",
-                 "in create, attach and stage_begin"))
+    if (!in_call(h, CALL_CREATE | CALL_ATTACH | CALL_STAGE_BEGIN | CALL_STEP_END,
+                 "tensor_set_mask", "in create, attach, stage_begin and step_end"))
         return PEFT_E_STATE;
     if (check_id(h, id, "tensor_set_mask")) return PEFT_E_INVALID_ARG;
     struct mtensor *t = &h->tensors[id];
     if (!(t->desc.flags & PEFT_TENSOR_TRAINABLE))
         return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: '%s' is not trainable", t->name);
     if (n > 0 && !index) return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: index is NULL");
-    if (t->adam_m || t->adam_v)
+    /* Optimizer state exists from the first step on; only step_end may restart it. */
+    if ((t->adam_m || t->adam_v) && h->call != CALL_STEP_END)
         return refuse(h, PEFT_E_STATE, "tensor_set_mask: '%s' already has optimizer state",
                       t->name);
     for (uint64_t i = 0; i < n; i++) {
@@ -370,13 +431,16 @@ static peft_status api_tensor_set_mask(peft_host *h, peft_tensor_id id, const ui
             return refuse(h, PEFT_E_INVALID_ARG, "tensor_set_mask: '%s': indices must be "
                           "sorted and unique (position %llu)", t->name, (unsigned long long)i);
     }
-    if (grad_owned(t)) free(t->grad);
-    t->grad = NULL;
-    free(t->mask);
-    t->mask = xmalloc((n ? n : 1) * sizeof *t->mask);
-    if (n) memcpy(t->mask, index, n * sizeof *t->mask);
-    t->n_trainable = n;
-    if (h->allocated) bind_grad(h, t);
+    mask_apply(h, t, index, n);
+    if (h->call == CALL_STEP_END) {
+        /* Restart: fresh moments of the new size (kept in checkpoints as zeros), and AdamW's
+         * bias correction counts the steps from here. */
+        free(t->adam_m);
+        free(t->adam_v);
+        t->adam_m = xalloc_floats(n);
+        t->adam_v = xalloc_floats(n);
+        t->step0 = (int64_t)h->step;
+    }
     return PEFT_OK;
 }
 
@@ -448,9 +512,108 @@ static peft_status api_run_pass(peft_host *h, uint32_t pass, uint32_t backward) 
     return PEFT_OK;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Extensions: peft.files/1 (peft_files.h) and peft.tensor_start/1 (peft_tensor_start.h).
+ */
+
+/* Open path and find name in it; on failure a status, its reason kept for the error line. */
+static peft_status open_tensor(peft_host *h, const char *fn, const char *path, const char *name,
+                               struct st_file *f, const struct st_tensor **t) {
+    if (!path || !name) return refuse(h, PEFT_E_INVALID_ARG, "%s: NULL argument", fn);
+    if (st_open(f, path) != 0) return refuse(h, PEFT_E_IO, "%s: %s", fn, err_msg());
+    *t = st_find(f, name);
+    if (!*t) {
+        st_close(f);
+        return refuse(h, PEFT_E_INVALID_ARG, "%s: %s: no tensor '%s'", fn, path, name);
+    }
+    return PEFT_OK;
+}
+
+static peft_status files_tensor_numel(peft_host *h, const char *path, const char *name,
+                                      uint64_t *numel) {
+    if (!h || !numel) return PEFT_E_INVALID_ARG;
+    struct st_file f;
+    const struct st_tensor *t;
+    peft_status st = open_tensor(h, "tensor_numel", path, name, &f, &t);
+    if (st != PEFT_OK) return st;
+    *numel = t->numel;
+    st_close(&f);
+    return PEFT_OK;
+}
+
+static peft_status files_read(peft_host *h, const char *fn, const char *path, const char *name,
+                              void *out, uint64_t numel, int index) {
+    if (!h) return PEFT_E_INVALID_ARG;
+    if (!out && numel) return refuse(h, PEFT_E_INVALID_ARG, "%s: out is NULL", fn);
+    struct st_file f;
+    const struct st_tensor *t;
+    peft_status st = open_tensor(h, fn, path, name, &f, &t);
+    if (st != PEFT_OK) return st;
+    if (t->numel != numel) {
+        st = refuse(h, PEFT_E_SHAPE, "%s: %s: tensor '%s' has %llu entries, %llu asked", fn,
+                    path, name, (unsigned long long)t->numel, (unsigned long long)numel);
+    } else {
+        int rc = index ? read_index_tensor(&f, t, out, numel) : st_read_f32(&f, t, out, numel);
+        if (rc != 0) st = refuse(h, PEFT_E_IO, "%s: %s", fn, err_msg());
+    }
+    st_close(&f);
+    return st;
+}
+
+static peft_status files_read_f32(peft_host *h, const char *path, const char *name, float *out,
+                                  uint64_t numel) {
+    return files_read(h, "read_f32", path, name, out, numel, 0);
+}
+
+static peft_status files_read_index(peft_host *h, const char *path, const char *name,
+                                    uint64_t *out, uint64_t numel) {
+    return files_read(h, "read_index", path, name, out, numel, 1);
+}
+
+static peft_status files_stage_file(peft_host *h, const char *stage, char *out, uint64_t cap) {
+    if (!h) return PEFT_E_INVALID_ARG;
+    if (!stage || !out || cap == 0)
+        return refuse(h, PEFT_E_INVALID_ARG, "stage_file: NULL argument or no room");
+    if (!h->env.stage_file)
+        return refuse(h, PEFT_E_UNSUPPORTED, "stage_file: this run keeps no stage outputs");
+    if (h->env.stage_file(h->env.run_ctx, stage, out, (size_t)cap) != 0)
+        return refuse(h, PEFT_E_INVALID_ARG, "stage_file: %s", err_msg());
+    return PEFT_OK;
+}
+
+static const peft_files_api files_api = {
+    .struct_size = (uint32_t)sizeof(peft_files_api),
+    .tensor_numel = files_tensor_numel,
+    .read_f32 = files_read_f32,
+    .read_index = files_read_index,
+    .stage_file = files_stage_file,
+};
+
+static peft_status start_of(peft_host *h, peft_tensor_id id, const float **out, uint64_t *n) {
+    if (!h) return PEFT_E_INVALID_ARG;
+    if (!out || !n) return refuse(h, PEFT_E_INVALID_ARG, "tensor_start: out or n is NULL");
+    if (!h->allocated)
+        return refuse(h, PEFT_E_STATE, "tensor_start is allowed once tensors are allocated "
+                      "(stage_begin and later)");
+    if (check_id(h, id, "tensor_start")) return PEFT_E_INVALID_ARG;
+    const struct mtensor *t = &h->tensors[id];
+    if (t->model_tensor < 0)
+        return refuse(h, PEFT_E_UNSUPPORTED, "tensor_start: '%s' is not ALIAS_BASE", t->name);
+    *out = t->start;
+    *n = t->mask ? t->n_trainable : t->numel;
+    return PEFT_OK;
+}
+
+static const peft_tensor_start_api tensor_start_api = {
+    .struct_size = (uint32_t)sizeof(peft_tensor_start_api),
+    .start = start_of,
+};
+
 static const void *api_get_extension(peft_host *h, const char *id) {
     (void)h;
-    (void)id;
+    if (!id) return NULL;
+    if (strcmp(id, PEFT_FILES_EXTENSION) == 0) return &files_api;
+    if (strcmp(id, PEFT_TENSOR_START_EXTENSION) == 0) return &tensor_start_api;
     return NULL;
 }
 

@@ -17,7 +17,8 @@ enum {
     CALL_ATTACH = 1 << 1,
     CALL_STAGE_BEGIN = 1 << 2,
     CALL_BATCH_BEGIN = 1 << 3,
-    CALL_OTHER = 1 << 4, /* hooks, task_begin, step_end, delta, state, ... */
+    CALL_OTHER = 1 << 4, /* hooks, task_begin, delta, state, ... */
+    CALL_STEP_END = 1 << 5,
 };
 
 struct peft_host {
@@ -31,6 +32,8 @@ struct peft_host {
     uint8_t *prev_need_grad;   /* per tensor: the model's need_grad before we aliased it */
     int32_t n_tensors, cap_tensors;
     int allocated;             /* tensors have storage */
+    int made_model_grads;      /* this instance allocated the model's gradient block */
+    uint64_t step;             /* the step of the running step_end */
     char (*site_names)[96];    /* (n_sites) kept alive for site_info */
     int call;                  /* CALL_* of the running entry, CALL_NONE between calls */
     int misbehaved;            /* a contract violation during the current call */
@@ -79,9 +82,23 @@ int call_begin(struct peft_host *h, int kind);
 int call_end(struct peft_host *h, int prev, peft_status st, const char *what);
 /* Record a contract violation the plugin cannot see as a status; the call then fails. */
 void misbehaving(struct peft_host *h, const char *fmt, ...) PEFT_PRINTF(2, 3);
-/* Give a trainable tensor its gradient storage (after allocation, or after a new mask). */
+/* Give a trainable tensor its gradient storage (after allocation, or after a new mask): an
+ * unmasked ALIAS_BASE tensor the model's dense gradient (need_grad set), a masked one a
+ * compact buffer that is the model's sparse target for it, any other a buffer of its own. */
 void bind_grad(struct peft_host *h, struct mtensor *t);
 /* Does the tensor own its gradient buffer (rather than pointing into the model's)? */
 int grad_owned(const struct mtensor *t);
+/* Free the model's gradient block if this instance made it and no tensor needs it now. */
+void release_model_grads(struct peft_host *h);
+/* Restrict a trainable tensor to the sorted, unique, in-range entries index (n): its
+ * gradient becomes compact, an aliased tensor's start value too. Optimizer state must have
+ * been dealt with by the caller. */
+void mask_apply(struct peft_host *h, struct mtensor *t, const uint64_t *index, uint64_t n);
+/* Read an integer tensor (I64, I32, U64, U32; every value >= 0) as uint64. -1 with
+ * "PATH: NAME: reason". */
+struct st_file;
+struct st_tensor;
+int read_index_tensor(const struct st_file *f, const struct st_tensor *t, uint64_t *out,
+                      uint64_t n);
 
 #endif

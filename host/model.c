@@ -168,6 +168,7 @@ int model_init(struct model *m, const struct model_config *c)
     m->params = xalloc_floats(m->n_params);
     point_views(&m->w, m, m->params);
     m->need_grad = xcalloc((size_t)m->n_tensors, 1);
+    m->sparse_grad = xcalloc((size_t)m->n_tensors, sizeof *m->sparse_grad);
     return 0;
 }
 
@@ -190,6 +191,7 @@ void model_free(struct model *m)
     free(m->grads);
     free(m->g.layers);
     free(m->need_grad);
+    free(m->sparse_grad);
     free(m->tensors);
     memset(m, 0, sizeof *m);
 }
@@ -209,6 +211,24 @@ void model_zero_grads(struct model *m)
 {
     if (m->grads)
         memset(m->grads, 0, m->n_params * sizeof(float));
+}
+
+void model_free_grads(struct model *m)
+{
+    free(m->grads);
+    free(m->g.layers);
+    m->grads = NULL;
+    memset(&m->g, 0, sizeof m->g);
+}
+
+int model_set_sparse_grad(struct model *m, int32_t tensor, const uint64_t *index, uint64_t n,
+                          float *out)
+{
+    if (tensor < 0 || tensor >= m->n_tensors || m->tensors[tensor].site < 0)
+        return err_set("model_set_sparse_grad: tensor %d is not a site's weight", (int)tensor);
+    m->sparse_grad[tensor] = index ? (struct model_sparse_grad){index, n, out}
+                                   : (struct model_sparse_grad){NULL, 0, NULL};
+    return 0;
 }
 
 int32_t model_find_tensor(const struct model *m, const char *name)
@@ -316,6 +336,7 @@ struct model_acts {
     float *d_logits;         /* (n, V) */
     float *d_hidden;         /* (n, C) */
     float *d_att;            /* (T, T) */
+    float *d_sampled;        /* scratch of the sampled weight gradient (sparse targets) */
 };
 
 struct model_acts *model_acts_new(void)
@@ -398,6 +419,9 @@ static size_t layout_backward(struct model_acts *a, float *base)
     a->d_logits = carve(base, &cur, n * (size_t)c->vocab);
     a->d_hidden = carve(base, &cur, n * C);
     a->d_att = carve(base, &cur, (size_t)a->T * a->T);
+    size_t widest = C > F ? C : F;
+    widest = widest > HD ? widest : HD;
+    a->d_sampled = carve(base, &cur, matmul_sampled_scratch((int32_t)widest, (int32_t)widest));
     return cur;
 }
 
@@ -548,8 +572,9 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
 /* ---- backward -------------------------------------------------------------------------- */
 
 /* Backward of a site whose input x feeds several sites: dx_sum (n, d_in) = dy W (first) or
- * += dy W (later), plus the hook's part; dW += dy^T x when asked for. The hook sees this
- * site's dx alone, so later sites go through the d_site buffer when a hook is set. */
+ * += dy W (later), plus the hook's part; dW += dy^T x when asked for, or only at the entries
+ * of its sparse target. The hook sees this site's dx alone, so later sites go through the
+ * d_site buffer when a hook is set. */
 static int site_backward(const struct model *m, struct model_acts *a,
                          const struct model_hooks *hk, int32_t site, const float *x,
                          const float *dy, float *dx_sum, int first)
@@ -557,10 +582,15 @@ static int site_backward(const struct model *m, struct model_acts *a,
     int32_t d_in, d_out, n = a->B * a->T;
     model_site_dims(m, site, &d_in, &d_out);
     const float *w = model_site_weight(m, site);
-    float *dw = grad_of(m, model_site_tensor(m, site));
+    int32_t wt = model_site_tensor(m, site);
+    const struct model_sparse_grad *sg = &m->sparse_grad[wt];
+    float *dw = sg->index ? NULL : grad_of(m, wt);
     int hooked = hk && hk->site_backward;
     float *dx = first || !hooked ? dx_sum : a->d_site;
     matmul_backward(dx, dw, dy, x, w, n, d_in, d_out, first || hooked ? 0.0f : 1.0f);
+    if (sg->index)
+        matmul_backward_sampled(sg->out, sg->index, sg->n, dy, x, n, d_in, d_out,
+                                a->d_sampled);
     if (!hooked)
         return 0;
     if (hk->site_backward(hk->ctx, hk->pass, site, x, dy, dx, n) != 0)

@@ -69,6 +69,16 @@ struct model_tensor {
     int32_t site;        /* site index, or -1 (norms, embeddings, head) */
 };
 
+/* A sparse gradient target for a site's weight (serves: LoTA's masked weights). When index is
+ * set, model_backward forms that weight's gradient only at the n entries of index (sorted flat
+ * indices into its (d_out, d_in) storage) and accumulates them (+=) into out (n), a sampled
+ * product of dy and x; no dense dW is formed for it and need_grad is not consulted. */
+struct model_sparse_grad {
+    const uint64_t *index;     /* (n), or NULL: no target */
+    uint64_t n;
+    float *out;                /* (n) */
+};
+
 struct model {
     struct model_config cfg;
     float *params;             /* one block, n_params floats */
@@ -79,6 +89,9 @@ struct model {
     /* Per tensor: compute its gradient in model_backward (index as in tensors[]). Only the
      * gradients of flagged tensors are written; the others are left untouched. */
     uint8_t *need_grad;
+    /* Per tensor (index as in tensors[]): the sparse target, if any; borrowed pointers, set
+     * with model_set_sparse_grad. */
+    struct model_sparse_grad *sparse_grad;
     struct model_tensor *tensors;
     int32_t n_tensors;
     int32_t n_sites;           /* L * 7 */
@@ -93,6 +106,12 @@ void model_init_random(struct model *m, uint64_t seed, float init_std);
 void model_free(struct model *m);
 void model_alloc_grads(struct model *m);     /* zeroed; need_grad all 0 */
 void model_zero_grads(struct model *m);
+/* Free the gradient block (views cleared); model_alloc_grads makes a new one. */
+void model_free_grads(struct model *m);
+/* Give a site's weight tensor a sparse gradient target (index NULL removes it). index and out
+ * are borrowed until removed. -1 if the tensor is not a site's weight. */
+int model_set_sparse_grad(struct model *m, int32_t tensor, const uint64_t *index, uint64_t n,
+                          float *out);
 int32_t model_find_tensor(const struct model *m, const char *name); /* index or -1 */
 
 /* Sites. */
@@ -133,7 +152,8 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
                   const int32_t *targets, int32_t B, int32_t T, const struct model_hooks *hooks,
                   float *loss);
 /* Backward of the last model_forward on `a` with d(loss) = 1: writes (accumulates, +=) the
- * gradients of tensors with need_grad set into m->grads and calls the hooks. */
+ * gradients of tensors with need_grad set into m->grads, and those of tensors with a sparse
+ * target into the target, and calls the hooks. */
 int model_backward(struct model *m, struct model_acts *a, const struct model_hooks *hooks);
 /* (B*T, V) logits of the last forward on `a`. */
 const float *model_logits(const struct model_acts *a);

@@ -27,6 +27,65 @@ void matmul_backward(float *dx, float *dw, const float *dy, const float *x, cons
                     x, d_in, 1.0f, dw, d_in);
 }
 
+/* Rows per block of the sampled product: long enough for the dot products to run at speed,
+ * short enough that a block's transposed x and dy stay in cache. */
+enum { SAMPLED_ROWS = 128 };
+
+size_t matmul_sampled_scratch(int32_t d_in, int32_t d_out)
+{
+    return (size_t)SAMPLED_ROWS * ((size_t)d_in + (size_t)d_out);
+}
+
+/* a . b over n floats, in eight independent sums so the compiler can vectorize it. */
+static float dot_f32(const float *a, const float *b, int32_t n)
+{
+    float acc[8] = {0};
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int32_t k = 0; k < 8; k++)
+            acc[k] += a[i + k] * b[i + k];
+    for (; i < n; i++)
+        acc[0] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* dst (cols, rb) = src rows [0, rb) of a (., cols) matrix, transposed. */
+static void transpose_block(float *dst, const float *src, int32_t rb, int32_t cols)
+{
+    for (int32_t r = 0; r < rb; r++) {
+        const float *row = src + (size_t)r * cols;
+        for (int32_t c = 0; c < cols; c++)
+            dst[(size_t)c * rb + r] = row[c];
+    }
+}
+
+void matmul_backward_sampled(float *out, const uint64_t *idx, uint64_t k, const float *dy,
+                             const float *x, int32_t n, int32_t d_in, int32_t d_out,
+                             float *scratch)
+{
+    if (k == 0)
+        return;
+    float *xt = scratch;                                  /* (d_in, rb) */
+    float *dyt = scratch + (size_t)SAMPLED_ROWS * d_in;   /* (d_out, rb) */
+    for (int32_t r0 = 0; r0 < n; r0 += SAMPLED_ROWS) {
+        int32_t rb = n - r0 < SAMPLED_ROWS ? n - r0 : SAMPLED_ROWS;
+        transpose_block(xt, x + (size_t)r0 * d_in, rb, d_in);
+        transpose_block(dyt, dy + (size_t)r0 * d_out, rb, d_out);
+        /* idx is sorted, so the output row o only grows: no division per entry. */
+        uint64_t o = 0, row_start = 0, row_end = (uint64_t)d_in;
+        for (uint64_t j = 0; j < k; j++) {
+            while (idx[j] >= row_end) {
+                o++;
+                row_start = row_end;
+                row_end += (uint64_t)d_in;
+            }
+            const float *dy_o = dyt + (size_t)o * rb;
+            const float *x_i = xt + (size_t)(idx[j] - row_start) * rb;
+            out[j] += dot_f32(dy_o, x_i, rb);
+        }
+    }
+}
+
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int32_t n,

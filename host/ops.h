@@ -18,6 +18,15 @@ void matmul_forward(float *y, const float *x, const float *w, int32_t n, int32_t
 /* dx (n, d_in) = dx_beta * dx + dy W; dw (d_out, d_in) += dy^T x. dx or dw may be NULL. */
 void matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                      int32_t n, int32_t d_in, int32_t d_out, float dx_beta);
+/* The weight gradient at chosen entries only (a sampled product): for k sorted flat indices
+ * idx into W (d_out, d_in), with o_j = idx[j] / d_in and i_j = idx[j] % d_in,
+ *   out[j] += sum over rows r of dy[r, o_j] x[r, i_j].
+ * Cost O(n k) instead of O(n d_in d_out). scratch holds matmul_sampled_scratch(d_in, d_out)
+ * floats. */
+void matmul_backward_sampled(float *out, const uint64_t *idx, uint64_t k, const float *dy,
+                             const float *x, int32_t n, int32_t d_in, int32_t d_out,
+                             float *scratch);
+size_t matmul_sampled_scratch(int32_t d_in, int32_t d_out);
 
 /* y (n, c) = x * rsqrt(mean(x^2) + eps) * w; rstd (n) keeps the row factor for backward. */
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int32_t n,

@@ -30,12 +30,14 @@ double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t
     double norm = optim_grad_norm(mr);
     double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
     double factor = optim_lr_factor(p, t - 1);
-    double bc1 = 1.0 - pow(p->beta1, (double)t), bc2 = 1.0 - pow(p->beta2, (double)t);
     float b1 = (float)p->beta1, b2 = (float)p->beta2;
     for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
         struct mtensor *tn = method_run_tensor(mr, i);
         if (!tn->grad) continue;
         uint64_t n = tn->n_trainable;
+        /* Bias correction counts the steps since the tensor's state (re)started. */
+        double tt = (double)(t - tn->step0);
+        double bc1 = 1.0 - pow(p->beta1, tt), bc2 = 1.0 - pow(p->beta2, tt);
         if (!tn->adam_m) {
             tn->adam_m = xalloc_floats(n);
             tn->adam_v = xalloc_floats(n);

@@ -25,7 +25,8 @@ struct optim_params {
 double optim_lr_factor(const struct optim_params *p, int64_t step);
 /* Global L2 norm of all trainable gradients. */
 double optim_grad_norm(struct method_run *mr);
-/* One AdamW step (t = 1-based step count for bias correction). Clips first when
+/* One AdamW step (t = 1-based step of the stage; a tensor's bias correction counts t minus its
+ * step0, the steps before its state restarted). Clips first when
  * grad_clip > 0. Returns the gradient norm before clipping. */
 double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t);
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "checkpoint_hf.h"
+#include "merge.h"
 #include "safetensors.h"
 
 /* ---- metrics ----------------------------------------------------------------------- */
@@ -115,6 +116,9 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
     struct run *r = ctx;
     struct stage *s = stage_by_name(r, stage);
     if (!s) return err_set("stage '%s' has not finished (or does not exist)", stage);
+    if (s->unmerged)
+        return err_set("stage '%s' (%s) has no dense change of the weights to give", stage,
+                       s->pm->desc->id);
     const struct model_tensor *t = &r->model.tensors[model_site_tensor(&r->model, site)];
     const float *end = s->result_params + t->offset, *start = stage_start_params(r, s) + t->offset;
     for (size_t i = 0; i < t->numel; i++) out[i] = end[i] - start[i];
@@ -147,17 +151,27 @@ static int env_run_pass(void *ctx, uint32_t pass, uint32_t backward) {
 
 /* ---- one stage --------------------------------------------------------------------- */
 
+int run_method_create(struct run *r, const char *where, const char *stage, uint64_t seed,
+                      const struct plugin_method *pm, const peft_kv *kv, uint32_t n_kv,
+                      struct method_run **out) {
+    struct method_env env = {
+        .tasks = &r->tasks, .seed = seed, .stage = stage, .where = where,
+        .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
+        .run_pass = env_run_pass, .stage_file = env_stage_file};
+    return method_run_create(out, pm, &r->model, &env, kv, n_kv);
+}
+
 int run_stage_method(struct run *r, struct stage *s, struct method_run **out) {
     char where[512];
     int32_t line = 0; /* the section's header: a plugin's complaint may concern any key */
     for (int32_t i = 0; i < r->cfg.n_sections; i++)
         if (strcmp(r->cfg.sections[i].name, s->section) == 0) line = r->cfg.sections[i].line;
     snprintf(where, sizeof where, "%s:%d: [%s]", r->cfg.path, line, s->section);
-    struct method_env env = {
-        .tasks = &r->tasks, .seed = s->seed, .stage = s->name, .where = where,
-        .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
-        .run_pass = env_run_pass, .stage_file = env_stage_file};
-    return method_run_create(out, s->pm, &r->model, &env, s->kv, s->n_kv);
+    return run_method_create(r, where, s->name, s->seed, s->pm, s->kv, s->n_kv, out);
+}
+
+const float *run_stage_start(struct run *r, const struct stage *s) {
+    return stage_start_params(r, s);
 }
 
 static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
@@ -242,7 +256,10 @@ static int stage_write_outputs(struct run *r, struct stage *s, struct method_run
         for (const char *const *f = s->pm->desc->features; f && *f; f++)
             save_model |= strcmp(*f, PEFT_FEATURE_WRITES_BASE) == 0;
     }
-    if (rc == 0 && save_model) {
+    if (rc == 0 && save_model && s->unmerged) {
+        if (!r->quiet) printf("[%s] no merged model written: %s cannot be folded into the weights\n",
+                              s->name, s->pm->desc->id);
+    } else if (rc == 0 && save_model) {
         /* The merged model: the way base models are made for later runs ([model] path). */
         char *dir = path_join(s->dir, "model");
         rc = hf_model_save(dir, &r->model, meta);
@@ -250,6 +267,30 @@ static int stage_write_outputs(struct run *r, struct stage *s, struct method_run
     }
     free(hash);
     return rc;
+}
+
+/* What a merge stage did, for stage.json. */
+static cJSON *merge_json(const struct stage *s) {
+    static const char *const files[] = {"task_vector.safetensors", "adapter.safetensors",
+                                        "model/model.safetensors", "adapter.safetensors"};
+    const struct merge_spec *m = s->merge;
+    cJSON *o = cJSON_CreateObject(), *in = cJSON_CreateArray(), *w = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "operator", merge_op_name(m->op));
+    cJSON_AddStringToObject(o, "space", m->space == MERGE_SPACE_FACTOR ? "factor" : "delta");
+    cJSON_AddStringToObject(o, "output", merge_output_name(m->output));
+    cJSON_AddStringToObject(o, "file", files[m->output]);
+    for (int32_t i = 0; i < m->n_in; i++) {
+        cJSON_AddItemToArray(in, cJSON_CreateString(m->in[i].text));
+        cJSON_AddItemToArray(w, cJSON_CreateNumber(m->in[i].weight));
+    }
+    cJSON_AddItemToObject(o, "inputs", in);
+    cJSON_AddItemToObject(o, "weights", w);
+    cJSON_AddNumberToObject(o, "sites_changed", m->n_sites);
+    if (m->output == MERGE_OUT_LORA) {
+        cJSON_AddNumberToObject(o, "rank", m->rank);
+        cJSON_AddNumberToObject(o, "svd_max_rel_error", m->svd_max_rel_error);
+    }
+    return o;
 }
 
 static int stage_write_done(struct run *r, struct stage *s) {
@@ -268,6 +309,7 @@ static int stage_write_done(struct run *r, struct stage *s) {
     cJSON_AddNumberToObject(j, "eval_seconds", s->eval_seconds);
     cJSON_AddNumberToObject(j, "peak_rss_kb", (double)s->peak_rss_kb);
     cJSON_AddItemToObject(j, "config", cJSON_Parse(s->config_json));
+    if (s->merge) cJSON_AddItemToObject(j, "merge", merge_json(s));
     cJSON_AddItemToObject(j, "before", eval_to_json(r, s->before, s->n_eval_tasks));
     cJSON_AddItemToObject(j, "after", eval_to_json(r, s->after, s->n_eval_tasks));
     char *text = cJSON_Print(j);
@@ -288,7 +330,73 @@ static void remove_checkpoints(struct stage *s) {
     }
 }
 
+/* What later stages start from: the adapter folded into the weights. A method with no exact
+ * dense change (an input-dependent gate) cannot be folded; that is fine unless a later stage
+ * starts from this one, which the run file's check already refuses. */
+static int stage_merge(struct run *r, struct stage *s, struct method_run *mr) {
+    if (method_run_merge(mr) == 0) return 0;
+    for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
+        if (later->from == (int32_t)(s - r->stages))
+            return err_prefix("stage '%s' starts from stage '%s'", later->name, s->name);
+    err_clear();
+    s->unmerged = 1;
+    return 0;
+}
+
+/* A merge stage (merge.h) trains nothing: evaluate the starting weights, merge, evaluate the
+ * result. A completed one is merged again (cheap and deterministic) to rebuild its weights,
+ * and its evaluations are read back. */
+static int run_merge_stage(struct run *r, struct stage *s) {
+    memcpy(r->model.params, stage_start_params(r, s), r->model.n_params * sizeof(float));
+    s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
+    s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
+    struct method_run *none = NULL, *eval_mr = NULL;
+    cJSON *info = NULL;
+    int complete = stage_is_complete(r, s, &info), rc = -1;
+    if (run_stage_method(r, s, &none)) goto out; /* attaches nothing: the bare weights */
+    if (!complete) {
+        if (mkdir_p(s->dir)) goto out;
+        run_metrics_drop_stage(r, s->name, -1);
+        if (run_eval(r, s, none, s->before)) goto out;
+        run_log_eval(r, s, "before", 0, s->before);
+    }
+    if (merge_execute(r, s, !complete, &eval_mr)) goto out;
+    if (eval_mr) { /* an adapter that cannot be folded into the weights */
+        for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
+            if (later->from == (int32_t)(s - r->stages)) {
+                err_set("stage '%s' starts from stage '%s', whose result (%s) cannot be folded "
+                        "into the weights", later->name, s->name,
+                        method_run_plugin(eval_mr)->desc->id);
+                goto out;
+            }
+        s->unmerged = 1;
+        if (method_run_begin(eval_mr)) goto out;
+    }
+    if (complete) {
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "before"), s->before, s);
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "after"), s->after, s);
+        s->eval_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "eval_seconds"));
+        s->reused = 1;
+        if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
+    } else {
+        if (run_eval(r, s, eval_mr ? eval_mr : none, s->after)) goto out;
+        run_log_eval(r, s, "after", 0, s->after);
+        struct rusage ru;
+        if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
+        if (run_metrics_flush(r) || stage_write_done(r, s)) goto out;
+    }
+    s->result_params = xalloc_floats(r->model.n_params);
+    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    rc = 0;
+out:
+    cJSON_Delete(info);
+    if (none) method_run_free(none);
+    if (eval_mr) method_run_free(eval_mr);
+    return rc;
+}
+
 static int run_stage(struct run *r, struct stage *s) {
+    if (s->merge) return run_merge_stage(r, s);
     /* The model starts from the weights the chain left. */
     memcpy(r->model.params, stage_start_params(r, s), r->model.n_params * sizeof(float));
     s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
@@ -302,7 +410,7 @@ static int run_stage(struct run *r, struct stage *s) {
         char *path = path_join(s->dir, "adapter.safetensors");
         int rc = method_run_load(mr, path);
         free(path);
-        if (rc || method_run_merge(mr)) goto fail;
+        if (rc || stage_merge(r, s, mr)) goto fail;
         eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "before"), s->before, s);
         eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "after"), s->after, s);
         s->train_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "train_seconds"));
@@ -328,15 +436,12 @@ static int run_stage(struct run *r, struct stage *s) {
             return 1;
         }
         if (rc) goto fail;
+        s->n_trainable = method_run_trainable_count(mr); /* a mask set in the stage (LoTA) */
         if (method_run_end(mr)) goto fail;
         if (run_eval(r, s, mr, s->after)) goto fail;
         run_log_eval(r, s, "after", s->steps, s->after);
-        if (stage_write_outputs(r, s, mr)) goto fail;
-        /* What the next stage starts from: the adapter folded into the weights. */
-        if (method_run_merge(mr)) {
-            if (s != &r->stages[r->n_stages - 1]) goto fail;
-            err_clear(); /* the last stage need not be mergeable */
-        }
+        /* Fold first, so that the model written with save_model includes the adapter. */
+        if (stage_merge(r, s, mr) || stage_write_outputs(r, s, mr)) goto fail;
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (run_metrics_flush(r) || stage_write_done(r, s)) goto fail;

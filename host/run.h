@@ -39,8 +39,22 @@ struct stage {
     int32_t from;               /* index of the stage it starts from, -1 = the base model */
     int32_t *train_tasks, n_train_tasks;
     int32_t *eval_tasks, n_eval_tasks;
+    /* Tasks the stage's result has seen: its start's, its own training tasks, and for a merge
+     * stage its inputs' (the default eval_tasks). */
+    int32_t *known_tasks, n_known_tasks;
+    struct merge_spec *merge;   /* a merge stage (merge.h): trains nothing; else NULL */
     int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
     int64_t n_train;            /* examples per task this stage trains on (0 = all) */
+    /* The continual-learning sampler (train.c, replay.h): a share of every batch comes from
+     * the earlier tasks replay_tasks, each example drawn by picking one of them uniformly,
+     * then an example of its memory (memory_per_label examples per label, 0 = all). */
+    int32_t *replay_tasks, n_replay_tasks;
+    double replay;              /* share of each batch from replay_tasks, in [0, 1) */
+    int32_t replay_joint;       /* instead: every task of tasks + replay_tasks an equal share */
+    int64_t memory_per_label;
+    /* eval.c: accuracy = the label scored best among every label of the eval tasks (the
+     * class-incremental evaluation) instead of greedy exact match. */
+    int32_t eval_labels;
     struct optim_params opt;
     uint64_t seed;
     int32_t save_model;
@@ -53,6 +67,7 @@ struct stage {
     float *result_params;       /* model parameters after the stage (adapter merged) */
     struct eval_result *before, *after; /* n_eval_tasks each */
     int32_t reused;             /* loaded from a completed earlier run */
+    int32_t unmerged;           /* its adapter could not be folded into the weights */
     uint64_t n_trainable;       /* trainable entries of the method */
     double train_seconds, tokens_per_second;
     double eval_seconds;        /* time spent evaluating in this stage */
@@ -105,6 +120,13 @@ void run_set_batch(struct run *r, struct method_run *mr, const struct batch *b, 
 
 /* Create a stage's method instance on the model as it is now (create + attach + tensors). */
 int run_stage_method(struct run *r, struct stage *s, struct method_run **out);
+/* The same for any method and keys, served by the run (stage outputs, auxiliary passes);
+ * where prefixes its error lines. */
+int run_method_create(struct run *r, const char *where, const char *stage, uint64_t seed,
+                      const struct plugin_method *pm, const peft_kv *kv, uint32_t n_kv,
+                      struct method_run **out);
+/* The weights a stage starts from: its `from` stage's result, or the base model. */
+const float *run_stage_start(struct run *r, const struct stage *s);
 
 /* Pieces used by run_execute, one file each. */
 int run_train_stage(struct run *r, struct stage *s, struct method_run *mr);   /* train.c */

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "checkpoint_hf.h"
+#include "merge.h"
 #include "run.h"
 #include "stage_keys.h"
 #include "tokenizer.h"
@@ -233,6 +234,12 @@ static int resolve_task_list(struct run *r, struct data_settings *ds, struct sta
 
 /* ---- [stage.NAME] ------------------------------------------------------------------ */
 
+static int method_has_feature(const struct plugin_method *pm, const char *feature) {
+    for (const char *const *f = pm->desc->features; f && *f; f++)
+        if (strcmp(*f, feature) == 0) return 1;
+    return 0;
+}
+
 static int32_t find_stage(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
         if (strcmp(r->stages[i].name, name) == 0) return i;
@@ -319,6 +326,49 @@ static void known_keys_text(const struct stage *s, char *buf, size_t cap) {
     }
 }
 
+/* The stage section as a JSON object of strings, first_key first (then file order). */
+static char *stage_config_json(const struct cfg *c, const char *section, const char *first_key) {
+    struct strbuf b = {0};
+    sb_printf(&b, "{");
+    for (int pass = 0; pass < 2; pass++)
+        for (int32_t i = 0; i < c->n; i++) {
+            if (strcmp(c->e[i].section, section) != 0) continue;
+            if ((strcmp(c->e[i].key, first_key) == 0) != (pass == 0)) continue;
+            char *k = json_escape(c->e[i].key), *v = json_escape(c->e[i].value);
+            sb_printf(&b, "%s%s:%s", b.len > 1 ? "," : "", k, v);
+            free(k);
+            free(v);
+        }
+    sb_printf(&b, "}");
+    return b.s;
+}
+
+/* The tasks a stage's result has seen: its start's, then extra (a merge's inputs'), then its
+ * own training tasks, each once. */
+static void set_known_tasks(struct run *r, struct stage *s, const int32_t *extra_stages,
+                            int32_t n_extra) {
+    s->known_tasks = xcalloc((size_t)r->tasks.n + 1, sizeof *s->known_tasks);
+    s->n_known_tasks = 0;
+    for (int32_t part = -1; part <= n_extra; part++) {
+        const int32_t *ids;
+        int32_t n;
+        if (part == -1 || part < n_extra) {
+            int32_t k = part == -1 ? s->from : extra_stages[part];
+            if (k < 0) continue;
+            ids = r->stages[k].known_tasks;
+            n = r->stages[k].n_known_tasks;
+        } else {
+            ids = s->train_tasks;
+            n = s->n_train_tasks;
+        }
+        for (int32_t t = 0; t < n; t++) {
+            int dup = 0;
+            for (int32_t k = 0; k < s->n_known_tasks; k++) dup |= s->known_tasks[k] == ids[t];
+            if (!dup) s->known_tasks[s->n_known_tasks++] = ids[t];
+        }
+    }
+}
+
 static uint64_t fnv1a(uint64_t h, const char *s) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 1099511628211ull;
     return (h ^ 0xff) * 1099511628211ull;
@@ -400,6 +450,18 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
                            "leave it empty to start from [model])",
                            cfg_where(c, e, where, sizeof where), section, from);
     }
+    /* Starting from a stage means starting from its weights with its adapter folded in, which
+     * needs a method that can give its exact dense change (or writes the weights itself). */
+    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
+        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE)) {
+        struct cfg_entry *e = cfg_find(c, section, "from");
+        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
+                       "stage can start from it%s",
+                       e ? cfg_where(c, e, where, sizeof where) : c->path, section,
+                       r->stages[s->from].name, r->stages[s->from].pm->desc->id,
+                       e ? "" : " (the default is the previous stage: set from = another stage, "
+                                "or leave it empty for [model])");
+    }
     if (cfg_str(c, section, "tasks", NULL, &tasks) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
         return -1;
     if (!tasks)
@@ -411,19 +473,14 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     if (eval_tasks) {
         if (resolve_task_list(r, ds, s, "eval_tasks", eval_tasks, &s->eval_tasks, &s->n_eval_tasks))
             return -1;
-    } else {
-        /* Default: every task trained so far in the chain that leads here, this stage's last. */
-        s->eval_tasks = xcalloc((size_t)r->tasks.n + 1, sizeof *s->eval_tasks);
-        int32_t chain[256], n_chain = 0;
-        for (int32_t k = s->from; k >= 0 && n_chain < 256; k = r->stages[k].from) chain[n_chain++] = k;
-        for (int32_t ci = n_chain - 1; ci >= -1; ci--) {
-            const struct stage *src = ci >= 0 ? &r->stages[chain[ci]] : s;
-            for (int32_t t = 0; t < src->n_train_tasks; t++) {
-                int dup = 0;
-                for (int32_t k = 0; k < s->n_eval_tasks; k++) dup |= s->eval_tasks[k] == src->train_tasks[t];
-                if (!dup) s->eval_tasks[s->n_eval_tasks++] = src->train_tasks[t];
-            }
-        }
+    }
+    set_known_tasks(r, s, NULL, 0);
+    if (!eval_tasks) {
+        /* Default: every task trained so far in the chain that leads here (merged inputs'
+         * included), this stage's last. */
+        s->eval_tasks = xcalloc((size_t)s->n_known_tasks + 1, sizeof *s->eval_tasks);
+        memcpy(s->eval_tasks, s->known_tasks, (size_t)s->n_known_tasks * sizeof *s->eval_tasks);
+        s->n_eval_tasks = s->n_known_tasks;
     }
 
     int64_t seed, save_model_i = -1;
@@ -464,31 +521,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     if (cfg_check_unused(c, section, known)) return -1;
 
     /* The stage's config as JSON (for metadata) and its identity hash. */
-    size_t cap = 256, len = 0;
-    char *json = xmalloc(cap);
-    len += (size_t)snprintf(json, cap, "{\"method\":");
-    for (int32_t i = 0; i < c->n; i++) {
-        if (strcmp(c->e[i].section, section) != 0) continue;
-        char *k = json_escape(c->e[i].key), *v = json_escape(c->e[i].value);
-        size_t need = strlen(k) + strlen(v) + 4;
-        if (len + need + 64 > cap) json = xrealloc(json, cap = (len + need + 64) * 2);
-        if (strcmp(c->e[i].key, "method") == 0)
-            len += (size_t)snprintf(json + len, cap - len, "%s", v);
-        free(k);
-        free(v);
-    }
-    for (int32_t i = 0; i < c->n; i++) {
-        if (strcmp(c->e[i].section, section) != 0 || strcmp(c->e[i].key, "method") == 0) continue;
-        char *k = json_escape(c->e[i].key), *v = json_escape(c->e[i].value);
-        size_t need = strlen(k) + strlen(v) + 4;
-        if (len + need + 64 > cap) json = xrealloc(json, cap = (len + need + 64) * 2);
-        len += (size_t)snprintf(json + len, cap - len, ",%s:%s", k, v);
-        free(k);
-        free(v);
-    }
-    if (len + 4 > cap) json = xrealloc(json, cap = len + 4);
-    snprintf(json + len, cap - len, "}");
-    s->config_json = json;
+    s->config_json = stage_config_json(c, section, "method");
 
     uint64_t h = section_hash(c, "model", 1469598103934665603ull);
     h = section_hash(c, "data", h);
@@ -507,6 +540,90 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
                 strcmp(s->pm->desc->params[p].name, s->kv[i].key) == 0 && s->kv[i].value[0])
                 h ^= r->stages[find_stage(r, s->kv[i].value)].hash * 0xc4ceb9fe1a85ec53ull;
     s->hash = h;
+    s->dir = path_join(r->out_dir, s->name);
+    return 0;
+}
+
+/* A merge stage (merge.h): `merge = OP` instead of `method = ID`. It shares with trained
+ * stages from, eval_tasks, eval_batch_size, seed and save_model; its own keys are read by
+ * merge_config_load. */
+static int load_merge_stage(struct run *r, struct data_settings *ds, const char *section,
+                            int32_t line) {
+    struct cfg *c = &r->cfg;
+    struct stage *s = &r->stages[r->n_stages];
+    memset(s, 0, sizeof *s);
+    s->section = xstrdup(section);
+    s->name = xstrdup(section + strlen("stage."));
+    char where[512];
+    if (!s->name[0] || strchr(s->name, '/') || strchr(s->name, '.') || s->name[0] == '-')
+        return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
+                       line, section);
+    r->n_stages++; /* from here on run_free releases it */
+    struct cfg_entry *me = cfg_find(c, section, "method");
+    if (me)
+        return err_set("%s: [%s] method: a stage either trains a method or merges (merge = ...), "
+                       "not both", cfg_where(c, me, where, sizeof where), section);
+    s->pm = merge_stage_method();
+    int32_t default_from;
+    if (merge_config_load(r, s, &default_from)) return -1;
+    const char *from, *eval_tasks;
+    if (cfg_str(c, section, "from", NULL, &from) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
+        return -1;
+    s->from = default_from; /* default: where the first stage input started */
+    if (from) {
+        struct cfg_entry *e = cfg_find(c, section, "from");
+        if (from[0] == 0)
+            s->from = -1;
+        else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
+            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
+                           "leave it empty to start from [model])",
+                           cfg_where(c, e, where, sizeof where), section, from);
+    }
+    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
+        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE))
+        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
+                       "stage can start from it", c->path, section, r->stages[s->from].name,
+                       r->stages[s->from].pm->desc->id);
+    int32_t *inputs = xcalloc((size_t)s->merge->n_in + 1, sizeof *inputs), n_inputs = 0;
+    for (int32_t i = 0; i < s->merge->n_in; i++)
+        if (s->merge->in[i].kind == MERGE_IN_STAGE) inputs[n_inputs++] = s->merge->in[i].stage;
+    set_known_tasks(r, s, inputs, n_inputs);
+    free(inputs);
+    if (eval_tasks) {
+        if (resolve_task_list(r, ds, s, "eval_tasks", eval_tasks, &s->eval_tasks, &s->n_eval_tasks))
+            return -1;
+    } else {
+        s->eval_tasks = xcalloc((size_t)s->n_known_tasks + 1, sizeof *s->eval_tasks);
+        memcpy(s->eval_tasks, s->known_tasks, (size_t)s->n_known_tasks * sizeof *s->eval_tasks);
+        s->n_eval_tasks = s->n_known_tasks;
+    }
+    if (s->n_eval_tasks == 0)
+        return err_set("%s:%d: [%s] eval_tasks: needed (no task is known from the inputs or the "
+                       "start of this merge)", c->path, line, section);
+    int64_t seed;
+    int save_model = 0;
+    if (cfg_int(c, section, "eval_batch_size", 64, 1, 1 << 20, &s->eval_batch_size) ||
+        cfg_int(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), 0, INT64_MAX, &seed) ||
+        cfg_bool(c, section, "save_model", 0, &save_model))
+        return -1;
+    s->seed = (uint64_t)seed;
+    s->save_model = save_model;
+    s->merge->save_model = save_model;
+    s->log_every = 1;
+    if (cfg_check_unused(c, section, merge_stage_keys)) return -1;
+    s->config_json = stage_config_json(c, section, "merge");
+
+    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
+    h = section_hash(c, "data", h);
+    h = input_files_hash(c, h);
+    h = fnv1a(h, s->pm->desc->id);
+    h = fnv1a(h, s->pm->desc->version);
+    char seedtxt[32];
+    snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
+    h = fnv1a(h, seedtxt);
+    h = section_hash(c, section, h);
+    if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
+    s->hash = merge_inputs_hash(r, s, h);
     s->dir = path_join(r->out_dir, s->name);
     return 0;
 }
@@ -560,7 +677,9 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
         r->stages = xcalloc((size_t)n_stage_sections, sizeof *r->stages);
         for (int32_t i = 0; i < c->n_sections && rc == 0; i++)
             if (strncmp(c->sections[i].name, "stage.", 6) == 0)
-                rc = load_stage(r, &ds, c->sections[i].name, c->sections[i].line);
+                rc = cfg_find(c, c->sections[i].name, "merge")
+                         ? load_merge_stage(r, &ds, c->sections[i].name, c->sections[i].line)
+                         : load_stage(r, &ds, c->sections[i].name, c->sections[i].line);
     }
     dataset_free(&ds.file_train);
     dataset_free(&ds.file_eval);
@@ -568,6 +687,10 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
      * before anything is written. */
     for (int32_t i = 0; i < r->n_stages && rc == 0; i++) {
         struct method_run *mr;
+        if (r->stages[i].merge) {
+            rc = merge_config_check(r, &r->stages[i]);
+            continue;
+        }
         rc = run_stage_method(r, &r->stages[i], &mr);
         if (rc == 0) method_run_free(mr);
     }
@@ -581,6 +704,8 @@ void run_free(struct run *r) {
         free(s->section);
         free(s->train_tasks);
         free(s->eval_tasks);
+        free(s->known_tasks);
+        merge_spec_free(s->merge);
         free(s->kv);
         free(s->config_json);
         free(s->dir);

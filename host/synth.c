@@ -156,6 +156,8 @@ static const char *const COLOR_LABELS[] = {"red", "green", "blue"};
 static const char *const SIZE_LABELS[] = {"small", "large"};
 static const char *const SHAPE_LABELS[] = {"circle", "square"};
 static const char *const ANIMAL_LABELS[] = {"cat", "dog", "owl"};
+static const char *const FRUIT_LABELS[] = {"fig", "lime", "pear"};
+static const char *const METAL_LABELS[] = {"gold", "iron"};
 
 /* color: the first letter in a-h, i-p or q-z */
 static void make_cls_color(struct rng *r, int32_t label, char *prompt, char *completion) {
@@ -203,6 +205,28 @@ static void make_cls_animal(struct rng *r, int32_t label, char *prompt, char *co
     snprintf(completion, SYNTH_BUF, "%s", ANIMAL_LABELS[label]);
 }
 
+/* fruit: the first vowel (aeiou) is the 1st letter, the 2nd, or a later one */
+static void make_cls_fruit(struct rng *r, int32_t label, char *prompt, char *completion) {
+    char w[WORD_BUF];
+    int32_t n = rand_int(r, 4, 7);
+    int32_t first = label < 2 ? label : rand_int(r, 2, n - 1);
+    for (int32_t i = 0; i < n; i++)
+        w[i] = i < first ? rand_from(r, CONSONANTS) : i == first ? rand_from(r, VOWELS) : rand_lower(r);
+    w[n] = '\0';
+    snprintf(prompt, SYNTH_BUF, "frt %s=", w);
+    snprintf(completion, SYNTH_BUF, "%s", FRUIT_LABELS[label]);
+}
+
+/* metal: the last letter in a-m or n-z */
+static void make_cls_metal(struct rng *r, int32_t label, char *prompt, char *completion) {
+    char w[WORD_BUF];
+    int32_t n = rand_int(r, 3, 7);
+    rand_word(r, w, n);
+    w[n - 1] = (char)(label == 0 ? rand_int(r, 'a', 'm') : rand_int(r, 'n', 'z'));
+    snprintf(prompt, SYNTH_BUF, "mtl %s=", w);
+    snprintf(completion, SYNTH_BUF, "%s", METAL_LABELS[label]);
+}
+
 /* ---- the table -------------------------------------------------------------------------- */
 
 struct synth_task {
@@ -240,6 +264,11 @@ static const struct synth_task TASKS[] = {
     {{"cls_animal", "classification",
       "vowels (aeiou) 0-1/2/3+ -> cat/dog/owl: 'ani rabbit=' -> 'dog'"},
      N_LABELS(ANIMAL_LABELS), make_cls_animal},
+    {{"cls_fruit", "classification",
+      "first vowel (aeiou) at letter 1/2/3+ -> fig/lime/pear: 'frt stone=' -> 'pear'"},
+     N_LABELS(FRUIT_LABELS), make_cls_fruit},
+    {{"cls_metal", "classification", "last letter a-m/n-z -> gold/iron: 'mtl frog=' -> 'gold'"},
+     N_LABELS(METAL_LABELS), make_cls_metal},
 };
 
 enum { N_TASKS = (int)(sizeof(TASKS) / sizeof(TASKS[0])) };

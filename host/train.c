@@ -1,12 +1,104 @@
-/* train.c: the training loop of one stage, with checkpoints that resume bit-exactly. */
+/* train.c: the training loop of one stage, with checkpoints that resume bit-exactly, and its
+ * sampler (the continual-learning replay of replay.h). */
 #include <cJSON.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "replay.h"
 #include "run.h"
 #include "safetensors.h"
+
+/* ---- the replay sampler (replay.h) -------------------------------------------------- */
+
+int replay_memory_build(struct replay_memory *m, const struct dataset *train,
+                        const struct task_table *tt, const int32_t *tasks, int32_t n_tasks,
+                        int64_t per_label, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    m->task = xcalloc((size_t)n_tasks + 1, sizeof *m->task);
+    m->ex = xcalloc((size_t)n_tasks + 1, sizeof *m->ex);
+    m->n_ex = xcalloc((size_t)n_tasks + 1, sizeof *m->n_ex);
+    size_t *same = xmalloc(sizeof *same * (train->n + 1)); /* one label's examples */
+    uint8_t *done = xcalloc(train->n + 1, 1);              /* already grouped by label */
+    for (int32_t k = 0; k < n_tasks; k++) {
+        int32_t t = tasks[k];
+        m->task[k] = t;
+        m->ex[k] = xmalloc(sizeof **m->ex * (train->n + 1));
+        m->n_tasks = k + 1;
+        char label[256];
+        snprintf(label, sizeof label, "replay-memory:%s", t >= 0 && t < tt->n ? tt->names[t] : "?");
+        struct rng g;
+        rng_seed_label(&g, seed, label);
+        /* Labels in order of first appearance; per label a partial Fisher-Yates keeps
+         * per_label of its examples. */
+        for (size_t i = 0; i < train->n; i++) {
+            if (train->ex[i].task != t || done[i]) continue;
+            size_t n_same = 0;
+            for (size_t j = i; j < train->n; j++)
+                if (train->ex[j].task == t && !done[j] &&
+                    strcmp(train->ex[j].completion, train->ex[i].completion) == 0) {
+                    done[j] = 1;
+                    same[n_same++] = j;
+                }
+            size_t keep = per_label > 0 && (size_t)per_label < n_same ? (size_t)per_label : n_same;
+            for (size_t q = 0; q < keep; q++) {
+                size_t pick = q + (size_t)rng_below(&g, n_same - q), tmp = same[q];
+                same[q] = same[pick];
+                same[pick] = tmp;
+                m->ex[k][m->n_ex[k]++] = same[q];
+            }
+        }
+        if (m->n_ex[k] == 0) {
+            free(same);
+            free(done);
+            return err_set("replay task '%s' has no training example",
+                           t >= 0 && t < tt->n ? tt->names[t] : "?");
+        }
+    }
+    free(same);
+    free(done);
+    return 0;
+}
+
+void replay_memory_free(struct replay_memory *m) {
+    for (int32_t k = 0; k < m->n_tasks; k++) free(m->ex[k]);
+    free(m->ex);
+    free(m->n_ex);
+    free(m->task);
+    memset(m, 0, sizeof *m);
+}
+
+int32_t replay_count(double replay, int32_t joint, int32_t n_replay_tasks, int32_t n_tasks,
+                     int32_t B) {
+    if (n_replay_tasks <= 0) return 0;
+    double share = joint ? (double)n_replay_tasks / (double)(n_replay_tasks + n_tasks) : replay;
+    int32_t n = (int32_t)(share * B + 0.5);
+    return n < 0 ? 0 : n > B ? B : n;
+}
+
+void replay_draw(const struct replay_memory *m, const size_t *pool, size_t n_pool, int32_t B,
+                 int32_t n_old, struct rng *g, size_t *idx) {
+    /* The new part first, in the same draws as a stage without replay. */
+    for (int32_t i = 0; i < B - n_old; i++) idx[i] = pool[rng_below(g, n_pool)];
+    for (int32_t i = B - n_old; i < B; i++) {
+        uint64_t k = rng_below(g, (uint64_t)m->n_tasks);
+        idx[i] = m->ex[k][rng_below(g, m->n_ex[k])];
+    }
+}
+
+int replay_memory_save(const struct replay_memory *m, const struct dataset *train,
+                       const struct task_table *tt, const char *path) {
+    struct dataset d = {0};
+    for (int32_t k = 0; k < m->n_tasks; k++)
+        for (size_t i = 0; i < m->n_ex[k]; i++) {
+            const struct example *e = &train->ex[m->ex[k][i]];
+            dataset_add(&d, e->task, e->prompt, e->completion);
+        }
+    int rc = data_save_jsonl(path, &d, tt);
+    dataset_free(&d);
+    return rc;
+}
 
 /* ---- checkpoint ---------------------------------------------------------------------
  * Two files: checkpoint.safetensors holds the method's tensors (as an adapter file), and
@@ -212,6 +304,24 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     struct batch b = {0};
     size_t *idx = xmalloc(sizeof *idx * (size_t)s->batch_size);
     struct progress prog;
+    struct replay_memory memory = {0};
+    int32_t n_old = replay_count(s->replay, s->replay_joint, s->n_replay_tasks,
+                                 s->n_train_tasks, (int32_t)s->batch_size);
+    if (n_pool == 0 && s->batch_size > n_old) {
+        err_set("%s: [%s] tasks: no training example", r->cfg.path, s->section);
+        goto out;
+    }
+    if (n_old > 0) {
+        char *path = path_join(s->dir, "replay_memory.jsonl");
+        int mrc = replay_memory_build(&memory, &r->train, &r->tasks, s->replay_tasks,
+                                      s->n_replay_tasks, s->memory_per_label, r->seed) ||
+                  replay_memory_save(&memory, &r->train, &r->tasks, path);
+        free(path);
+        if (mrc) {
+            err_prefix("%s: [%s] replay_tasks", r->cfg.path, s->section);
+            goto out;
+        }
+    }
 
     if (r->resume) {
         resumed = checkpoint_load(r, s, mr, &ls, &before_json);
@@ -220,6 +330,9 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     if (method_run_begin(mr)) goto out;
     for (int32_t k = 0; k < s->n_train_tasks; k++)
         if (method_run_task_begin(mr, s->train_tasks[k])) goto out;
+    /* Replayed tasks appear in the batches too (task_begin: before a task's first batch). */
+    for (int32_t k = 0; n_old > 0 && k < s->n_replay_tasks; k++)
+        if (method_run_task_begin(mr, s->replay_tasks[k])) goto out;
     if (resumed) {
         eval_parse(before_json, s->before, s->n_eval_tasks);
         run_metrics_drop_stage(r, s->name, ls.step);
@@ -236,7 +349,7 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     int32_t window_n = 0;
     progress_begin(&prog, r->progress);
     for (int64_t step = ls.step + 1; step <= s->steps; step++) {
-        for (int64_t i = 0; i < s->batch_size; i++) idx[i] = pool[rng_below(&ls.data_rng, n_pool)];
+        replay_draw(&memory, pool, n_pool, (int32_t)s->batch_size, n_old, &ls.data_rng, idx);
         batch_make(&b, &r->train, idx, (int32_t)s->batch_size, r->model.cfg.max_seq);
         /* Zero first: batch_begin may run an auxiliary pass that accumulates gradients. */
         method_run_zero_grads(mr);
@@ -291,6 +404,7 @@ int run_train_stage(struct run *r, struct stage *s, struct method_run *mr) {
     s->tokens_per_second = ls.seconds > 0 ? ls.tokens / ls.seconds : 0;
     rc = 0;
 out:
+    replay_memory_free(&memory);
     free(before_json);
     free(idx);
     free(pool);

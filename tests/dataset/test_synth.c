@@ -57,6 +57,7 @@ static int answer(const char *task, const char *prompt, char out[OUT_MAX]) {
         {"reverse", "rev"},   {"upper", "upp"},    {"shift", "shf"},     {"swap", "swp"},
         {"add", "add"},       {"sub", "sub"},      {"count", "cnt"},     {"length", "len"},
         {"cls_color", "col"}, {"cls_size", "siz"}, {"cls_shape", "shp"}, {"cls_animal", "ani"},
+        {"cls_fruit", "frt"}, {"cls_metal", "mtl"},
     };
     const char *tag = NULL;
     for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
@@ -129,6 +130,15 @@ static int answer(const char *task, const char *prompt, char out[OUT_MAX]) {
             return 0;
         int v = n_vowels(w);
         strcpy(out, v <= 1 ? "cat" : v == 2 ? "dog" : "owl");
+    } else if (strcmp(task, "cls_fruit") == 0) {
+        size_t first = strcspn(w, "aeiou");
+        if (!all_lower(w, 4, 7) || first == L)
+            return 0;
+        strcpy(out, first == 0 ? "fig" : first == 1 ? "lime" : "pear");
+    } else if (strcmp(task, "cls_metal") == 0) {
+        if (!all_lower(w, 3, 7))
+            return 0;
+        strcpy(out, w[L - 1] <= 'm' ? "gold" : "iron");
     } else {
         return 0;
     }

@@ -313,9 +313,11 @@ typedef struct peft_host_api {
      * initializes it. desc is borrowed for the call. */
     peft_status (*tensor_register)(peft_host *h, const peft_tensor_desc *desc,
                                    peft_tensor_id *out);
-    /* [create/attach/stage_begin only] serves: LoTA. Restrict a trainable tensor to the given
-     * entries (sorted, unique flat indices, borrowed for the call): gradients and optimizer
-     * state are then kept for those entries only; the others never change. */
+    /* [create/attach/stage_begin/step_end only] serves: LoTA. Restrict a trainable tensor to
+     * the given entries (sorted, unique flat indices, borrowed for the call): gradients and
+     * optimizer state are then kept for those entries only; the others never change. In
+     * step_end (serves: LoTA's own calibration) the tensor's optimizer state restarts: fresh
+     * moments, bias correction counted from that step; its values stay as they are. */
     peft_status (*tensor_set_mask)(peft_host *h, peft_tensor_id id, const uint64_t *index,
                                    uint64_t n);
     /* [stage_begin and later] Where a registered tensor lives. */

@@ -1,0 +1,65 @@
+/*
+ * peft_hf.h: LoRA adapters in Hugging Face PEFT's folder layout (FORMATS.md §2):
+ *   DIR/adapter_config.json       peft_type "LORA", r, lora_alpha, target_modules, ...
+ *   DIR/adapter_model.safetensors base_model.model.<module>.lora_A.weight (r, in) and
+ *                                 base_model.model.<module>.lora_B.weight (out, r)
+ * with ΔW = s B A, s = lora_alpha / r (or / sqrt(r) with use_rslora) - the layout and
+ * scale of the `lora` method, whose tensors carry these very names.
+ *
+ * Reading refuses, with one line naming the folder and the key or tensor, what the method
+ * cannot represent exactly: another peft_type, per-module ranks or alphas (rank_pattern,
+ * alpha_pattern), DoRA, LoRA biases, fan_in_fan_out, modules_to_save, bias other than
+ * "none", a task_type other than CAUSAL_LM, pickled weights, tensors that are not LoRA
+ * factors of llama projections, and shapes that disagree with r.
+ *
+ * Writing emits only well-established config keys (older PEFT versions fail on unknown
+ * ones): alpha_pattern {}, base_model_name_or_path, bias "none", fan_in_fan_out false,
+ * inference_mode true, init_lora_weights true, lora_alpha, lora_dropout, modules_to_save
+ * null, peft_type "LORA", r, rank_pattern {}, target_modules, task_type "CAUSAL_LM",
+ * use_rslora; sorted, indented by 2, as PEFT writes them.
+ */
+#ifndef PEFT_PEFT_HF_H
+#define PEFT_PEFT_HF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter_meta.h"
+#include "plugin_loader.h"
+
+struct hf_lora {
+    int64_t r;
+    double lora_alpha;
+    double lora_dropout;
+    int32_t use_rslora;
+    char *target_modules;  /* words; "all-linear" as PEFT's special value */
+    char *base_model;      /* base_model_name_or_path, or NULL */
+    int32_t n;             /* tensors */
+    char **names;          /* (n) HF keys */
+    int64_t (*shape)[2];   /* (n) */
+    float **data;          /* (n) fp32 */
+};
+
+/* The HF PEFT key of a LoRA factor (which = 'A' or 'B') of a site
+ * ("model.layers.0.self_attn.q_proj"). */
+void hf_lora_tensor_name(char *buf, size_t cap, const char *site, char which);
+
+/* Read and check DIR. -1 with one line. */
+int hf_lora_read(const char *dir, struct hf_lora *out);
+/* Write DIR (created if needed). -1 with one line. */
+int hf_lora_write(const char *dir, const struct hf_lora *a);
+void hf_lora_free(struct hf_lora *a);
+
+/* The keys of method pm (the `lora` plugin) that reproduce a: r, lora_alpha, lora_dropout,
+ * target_modules, use_rslora, defaults for the rest. -1 with one line. */
+int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
+                      struct kv_list *out);
+
+/* peft export SRC OUT_DIR: SRC is an adapter file (or a stage folder holding
+ * adapter.safetensors) of a LoRA-shaped method. base_model may be NULL. */
+int peft_export(struct plugin_registry *reg, const char *src, const char *out_dir,
+                const char *base_model);
+/* peft import HF_DIR OUT.safetensors: an adapter file of the `lora` method. */
+int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out_file);
+
+#endif

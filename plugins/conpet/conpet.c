@@ -1,0 +1,510 @@
+/*
+ * conpet.c: ConPET, continual parameter-efficient tuning (Song et al. 2023), as a plugin
+ * ("conpet"), over a sequence of class-incremental tasks, each stage of a chain training the
+ * next task(s) (METHODS.md §4). The key `mode` chooses:
+ *   static   one LoRA at the targeted sites, continued task after task: with init_from the
+ *            stage starts from that stage's LoRA. The replay half of each batch comes from the
+ *            host's continual-learning sampler (stage keys replay, replay_tasks,
+ *            memory_per_label), which any method can use: with it this is static ConPET, without
+ *            it the sequential PET-only baseline.
+ *   dynamic  one LoRA expert per task of the run, all registered up front (api->task_count);
+ *            an expert trains in the stage that first trains its task and is frozen in every
+ *            later stage of the chain. A selector (its own LoRA at the same sites and a linear
+ *            head over task ids on the final hidden state of the last prompt token) picks the
+ *            experts of each example.
+ *
+ * Tensors per matched site (W: (d_out, d_in)):
+ *   static   "base_model.model.<site>.lora_A.weight" (r, d_in)   U(+-1/sqrt(d_in))
+ *            "base_model.model.<site>.lora_B.weight" (d_out, r)  zero, NEGATE
+ *            (HF PEFT's names: a static adapter is a plain LoRA, mergeable: dW = s B A)
+ *   dynamic  expert of task T: "base_model.model.<site>.lora_A.<T>.weight" (r, d_in) and
+ *            "....lora_B.<T>.weight" (d_out, r), as above (HF PEFT's in-memory names of an
+ *            adapter called T). Trainable and exempt from weight decay unless init_from
+ *            trained task T, then frozen: an expert that gets no gradient in a stage (a task
+ *            the stage does not train) stays bit-identical under AdamW.
+ *            selector: "conpet.selector.<site>.lora_A.weight" (selector_r, d_in) U(+-1/sqrt(d_in)),
+ *            "conpet.selector.<site>.lora_B.weight" (d_out, selector_r) zero (not NEGATE: negating
+ *            the adapter negates the experts, not the routing).
+ * Model-level: "conpet.selector.head.weight" (n_tasks, C) and ".bias" (n_tasks), both
+ * U(+-1/sqrt(C)) as torch's nn.Linear (dynamic only, trainable); "conpet.config" (5) and
+ * "conpet.experts" (n_tasks: 0 fresh, 1 trained by an earlier stage, 2 trained here), saved,
+ * never trained: what a later stage's init_from checks and reads. All state is in tensors,
+ * so the adapter file is the whole state and a chain can stop after any task and go on.
+ *
+ * Forward, s = lora_alpha / r. Static: y += s x A^T B^T. Dynamic, on the main pass: example b
+ * uses the k experts route[b] (k = top_k, at most the number of known tasks) and its rows get
+ *   y += (s / k) sum_{e in route[b]} x A_e^T B_e^T,
+ * so with k = 1 the chosen expert alone defines the model for that example. On pass 1 (the
+ * selector's auxiliary pass, run from batch_begin) every row gets the selector's LoRA instead,
+ * and the final hidden state h of the last prompt token gives the logits z = W h + b over
+ * task ids; the auxiliary loss is the mean over examples of -log softmax(z)[task], the softmax
+ * over the known tasks (trained by an earlier stage or begun in this one). route[b] = the
+ * top-k known tasks by z; in training with teacher_forcing, when the example's own task is
+ * not among them it replaces the last. With one known task no selector pass is needed. A
+ * host that offers no auxiliary passes gets routing by the batch's task ids (logged once).
+ *
+ * The classifier-head formulation of the paper gives the labels of unselected experts a
+ * logit of -100. Here the tasks are label prediction by the language model and every label
+ * is scored by the model as routed: the labels of an unselected expert are not masked but
+ * scored by the selected experts, which never trained on them (the host's eval_labels picks
+ * the best label among all labels seen so far).
+ *
+ * Backward on each routed segment, with u = x A_e^T and g = dy B_e:
+ *   dB_e += (s/k) dy^T u,  dA_e += (s/k) g^T x,  dx += (s/k) g A_e;
+ * of the head, p = softmax over the known tasks: dW += (p - onehot) h / n, db += (p - onehot)
+ * / n, dh += (p - onehot) W / n. delta_weight: static s B A, exact; dynamic has none (each
+ * example uses the experts its selector picks) and refuses.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "conpet.h"
+
+static const char *const config_name = "conpet.config";
+static const char *const experts_name = "conpet.experts";
+static const char *const head_w_name = "conpet.selector.head.weight";
+static const char *const head_b_name = "conpet.selector.head.bias";
+
+float *cp_scratch(struct peft_instance *self, uint64_t n) {
+    if (n > self->scratch_cap) {
+        float *p = realloc(self->scratch, n * sizeof(float));
+        if (!p) return NULL;
+        self->scratch = p;
+        self->scratch_cap = n;
+    }
+    return self->scratch;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Creation: keys, the source stage, model-level tensors.
+ */
+
+/* Check this stage's structure against init_from's conpet.config and take the experts it
+ * trained (src_experts). The host also creates every stage's instance before the run starts,
+ * to check its keys, when no stage has finished: then the source cannot be read and
+ * src_experts stays NULL; stage_begin, which only a running stage reaches, refuses that. */
+static peft_status read_source(struct peft_instance *self) {
+    const peft_host_api *api = self->api;
+    float cfg[CP_CONFIG_LEN];
+    if (api->stage_tensor(self->h, self->init_from, config_name, cfg, CP_CONFIG_LEN) != PEFT_OK)
+        return PEFT_OK;
+    static const char *const modes[] = {"static", "dynamic"};
+    int src_mode = (int)cfg[0] - 1;
+    if (src_mode != self->mode) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "mode = %s, but init_from = '%s' is mode = %s",
+                  modes[self->mode], self->init_from,
+                  src_mode == CP_STATIC || src_mode == CP_DYNAMIC ? modes[src_mode] : "?");
+        return PEFT_E_CONFIG;
+    }
+    if ((uint32_t)cfg[1] != self->r || cfg[2] != self->alpha ||
+        (self->mode == CP_DYNAMIC && (uint32_t)cfg[3] != self->sel_r)) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "r = %u, lora_alpha = %g, selector_r = %u must "
+                  "be those of init_from = '%s': r = %u, lora_alpha = %g, selector_r = %u",
+                  self->r, (double)self->alpha, self->sel_r, self->init_from, (uint32_t)cfg[1],
+                  (double)cfg[2], (uint32_t)cfg[3]);
+        return PEFT_E_CONFIG;
+    }
+    if ((uint32_t)cfg[4] != self->n_tasks) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "init_from = '%s' knew %u tasks, this run has %u",
+                  self->init_from, (uint32_t)cfg[4], self->n_tasks);
+        return PEFT_E_CONFIG;
+    }
+    self->src_experts = malloc(self->n_tasks * sizeof *self->src_experts);
+    if (!self->src_experts) return PEFT_E_NOMEM;
+    if (api->stage_tensor(self->h, self->init_from, experts_name, self->src_experts,
+                          self->n_tasks) != PEFT_OK) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "init_from = '%s': cannot read its %s",
+                  self->init_from, experts_name);
+        return PEFT_E_CONFIG;
+    }
+    return PEFT_OK;
+}
+
+static int inherited(const struct peft_instance *self, uint32_t task) {
+    return self->src_experts && self->src_experts[task] != EXPERT_FRESH;
+}
+
+static peft_status register_model_tensors(struct peft_instance *self) {
+    const peft_host_api *api = self->api;
+    peft_tensor_desc c = {
+        .struct_size = sizeof c, .name = config_name, .site = -1, .ndim = 1,
+        .shape = {CP_CONFIG_LEN, 0, 0, 0}, .init = PEFT_INIT_NONE, /* filled in stage_begin */
+    };
+    peft_status st = api->tensor_register(self->h, &c, &self->config_id);
+    if (st != PEFT_OK) return st;
+    peft_tensor_desc e = {
+        .struct_size = sizeof e, .name = experts_name, .site = -1, .ndim = 1,
+        .shape = {self->n_tasks, 0, 0, 0}, .init = PEFT_INIT_NONE, /* EXPERT_* per task */
+    };
+    st = api->tensor_register(self->h, &e, &self->experts_id);
+    if (st != PEFT_OK || self->mode != CP_DYNAMIC) return st;
+    float bound = 1.0f / sqrtf((float)self->d_model);
+    peft_tensor_desc w = {
+        .struct_size = sizeof w, .name = head_w_name, .site = -1, .ndim = 2,
+        .shape = {self->n_tasks, self->d_model, 0, 0}, /* (n_tasks, C) */
+        .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound,
+        .flags = PEFT_TENSOR_TRAINABLE, .lr_group = "selector",
+    };
+    st = api->tensor_register(self->h, &w, &self->head_w);
+    if (st != PEFT_OK) return st;
+    peft_tensor_desc b = {
+        .struct_size = sizeof b, .name = head_b_name, .site = -1, .ndim = 1,
+        .shape = {self->n_tasks, 0, 0, 0}, /* (n_tasks) */
+        .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound,
+        .flags = PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY, .lr_group = "selector",
+    };
+    return api->tensor_register(self->h, &b, &self->head_b);
+}
+
+static void cp_destroy(peft_instance *self) {
+    if (!self) return;
+    for (uint32_t i = 0; i < self->n_sites; i++) free(self->sites[i].expert);
+    free(self->sites);
+    free(self->slot);
+    free(self->src_experts);
+    free(self->route);
+    free(self->sel_logits);
+    free(self->scratch);
+    free(self);
+}
+
+static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_kv *cfg,
+                             uint32_t n_cfg, peft_instance **out) {
+    const char *mode = peft_kv_get(cfg, n_cfg, "mode");
+    const char *from = peft_kv_get(cfg, n_cfg, "init_from");
+    int64_t r = peft_kv_int(cfg, n_cfg, "r", 4), sel_r = peft_kv_int(cfg, n_cfg, "selector_r", 4);
+    int64_t top_k = peft_kv_int(cfg, n_cfg, "top_k", 1);
+    double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", 1.0);
+    const char *bad = NULL;
+    if (!mode || (strcmp(mode, "static") != 0 && strcmp(mode, "dynamic") != 0))
+        bad = "mode must be static or dynamic";
+    else if (r <= 0 || r > 65536) bad = "r must be in 1..65536";
+    else if (sel_r <= 0 || sel_r > 65536) bad = "selector_r must be in 1..65536";
+    else if (top_k <= 0 || top_k > 64) bad = "top_k must be in 1..64";
+    else if (!(alpha > 0.0 && alpha < 1e6)) bad = "lora_alpha must be positive";
+    else if (!from) from = "";
+    if (!bad && strlen(from) >= sizeof(((struct peft_instance *)0)->init_from))
+        bad = "init_from is too long";
+    if (bad) {
+        peft_logf(api, h, PEFT_LOG_ERROR, "%s", bad);
+        return PEFT_E_CONFIG;
+    }
+    peft_model_info mi = {.struct_size = sizeof mi};
+    peft_status st = api->model_info(h, &mi);
+    if (st != PEFT_OK) return st;
+    struct peft_instance *self = calloc(1, sizeof *self);
+    if (!self) return PEFT_E_NOMEM;
+    self->api = api;
+    self->h = h;
+    self->mode = strcmp(mode, "dynamic") == 0 ? CP_DYNAMIC : CP_STATIC;
+    self->r = (uint32_t)r;
+    self->sel_r = (uint32_t)sel_r;
+    self->top_k = self->mode == CP_DYNAMIC ? (uint32_t)top_k : 1;
+    self->teacher_forcing = peft_kv_bool(cfg, n_cfg, "teacher_forcing", 1);
+    self->alpha = (float)alpha;
+    self->s = (float)(alpha / (double)r);
+    self->sel_s = (float)(alpha / (double)sel_r);
+    strcpy(self->init_from, from);
+    self->n_tasks = api->task_count(h);
+    self->d_model = mi.d_model;
+    if (self->mode == CP_DYNAMIC && self->n_tasks == 0) {
+        peft_logf(api, h, PEFT_LOG_ERROR, "mode = dynamic needs the run's tasks (an expert each), "
+                  "and the run has none");
+        cp_destroy(self);
+        return PEFT_E_CONFIG;
+    }
+    self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
+    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    if (!self->sites || !self->slot) {
+        cp_destroy(self);
+        return PEFT_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
+    self->n_model_sites = mi.n_sites;
+    if (self->init_from[0]) st = read_source(self);
+    if (st == PEFT_OK) st = register_model_tensors(self);
+    if (st != PEFT_OK) {
+        cp_destroy(self);
+        return st;
+    }
+    *out = self;
+    return PEFT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Sites.
+ */
+
+/* One LoRA pair at a site: A (r, d_in) uniform, B (d_out, r) zero. */
+static peft_status register_lora(struct peft_instance *self, const peft_site_info *si,
+                                 const char *a_name, const char *b_name, uint32_t r,
+                                 uint32_t flags, uint32_t b_flags, const char *group,
+                                 struct cp_lora *out) {
+    float bound = 1.0f / sqrtf((float)si->d_in); /* kaiming_uniform(a = sqrt 5) on (r, d_in) */
+    peft_tensor_desc a = {
+        .struct_size = sizeof a, .name = a_name, .site = (int32_t)si->index, .ndim = 2,
+        .shape = {r, si->d_in, 0, 0}, /* (r, d_in) */
+        .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound, .flags = flags,
+        .lr_group = group,
+    };
+    peft_status st = self->api->tensor_register(self->h, &a, &out->a);
+    if (st != PEFT_OK) return st;
+    peft_tensor_desc b = {
+        .struct_size = sizeof b, .name = b_name, .site = (int32_t)si->index, .ndim = 2,
+        .shape = {si->d_out, r, 0, 0}, /* (d_out, r) */
+        .init = PEFT_INIT_ZERO, .flags = flags | b_flags, .lr_group = group,
+    };
+    return self->api->tensor_register(self->h, &b, &out->b);
+}
+
+static peft_status cp_attach(peft_instance *self, uint32_t site) {
+    const peft_host_api *api = self->api;
+    peft_site_info si = {.struct_size = sizeof si};
+    peft_status st = api->site_info(self->h, site, &si);
+    if (st != PEFT_OK) return st;
+    struct cp_site *cs = &self->sites[self->n_sites];
+    cs->site = site;
+    cs->d_in = si.d_in;
+    cs->d_out = si.d_out;
+    uint32_t n_experts = self->mode == CP_DYNAMIC ? self->n_tasks : 1;
+    cs->expert = calloc(n_experts, sizeof *cs->expert);
+    if (!cs->expert) return PEFT_E_NOMEM;
+    self->n_sites++; /* from here on destroy frees cs->expert */
+    char a_name[320], b_name[320];
+    if (self->mode == CP_STATIC) {
+        snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", si.name);
+        snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.weight", si.name);
+        st = register_lora(self, &si, a_name, b_name, self->r, PEFT_TENSOR_TRAINABLE,
+                           PEFT_TENSOR_NEGATE, NULL, &cs->expert[0]);
+    }
+    for (uint32_t t = 0; self->mode == CP_DYNAMIC && t < self->n_tasks && st == PEFT_OK; t++) {
+        const char *task = api->task_name(self->h, (int32_t)t);
+        snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.%s.weight", si.name, task);
+        snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.%s.weight", si.name, task);
+        uint32_t flags = inherited(self, t) ? 0u : PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY;
+        st = register_lora(self, &si, a_name, b_name, self->r, flags, PEFT_TENSOR_NEGATE,
+                           "experts", &cs->expert[t]);
+    }
+    if (self->mode == CP_DYNAMIC && st == PEFT_OK) {
+        snprintf(a_name, sizeof a_name, "conpet.selector.%s.lora_A.weight", si.name);
+        snprintf(b_name, sizeof b_name, "conpet.selector.%s.lora_B.weight", si.name);
+        st = register_lora(self, &si, a_name, b_name, self->sel_r, PEFT_TENSOR_TRAINABLE, 0,
+                           "selector", &cs->sel);
+    }
+    if (st == PEFT_OK) self->slot[site] = (int32_t)(self->n_sites - 1);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Stage and task hooks: the start from init_from, the experts a stage trains.
+ */
+
+/* Copy the source stage's tensor `name` (numel floats) into out. */
+static peft_status source_tensor(peft_instance *self, const char *name, float *out,
+                                 uint64_t numel) {
+    peft_status st = self->api->stage_tensor(self->h, self->init_from, name, out, numel);
+    if (st != PEFT_OK)
+        peft_logf(self->api, self->h, PEFT_LOG_ERROR, "init_from = '%s': cannot read %s (does "
+                  "it target the same sites?)", self->init_from, name);
+    return st;
+}
+
+/* The names of a site's tensors, as registered in attach. */
+static void lora_names(const peft_instance *self, const struct cp_site *cs, int32_t task,
+                       char *a_name, char *b_name, size_t cap) {
+    peft_site_info si = {.struct_size = sizeof si};
+    self->api->site_info(self->h, cs->site, &si);
+    if (task == -2) {
+        snprintf(a_name, cap, "conpet.selector.%s.lora_A.weight", si.name);
+        snprintf(b_name, cap, "conpet.selector.%s.lora_B.weight", si.name);
+    } else if (task < 0) {
+        snprintf(a_name, cap, "base_model.model.%s.lora_A.weight", si.name);
+        snprintf(b_name, cap, "base_model.model.%s.lora_B.weight", si.name);
+    } else {
+        const char *t = self->api->task_name(self->h, task);
+        snprintf(a_name, cap, "base_model.model.%s.lora_A.%s.weight", si.name, t);
+        snprintf(b_name, cap, "base_model.model.%s.lora_B.%s.weight", si.name, t);
+    }
+}
+
+/* task: -1 the static LoRA, -2 the selector's, else that task's expert. */
+static peft_status copy_site_lora(peft_instance *self, const struct cp_site *cs, int32_t task) {
+    const struct cp_lora *l = task == -2 ? &cs->sel : &cs->expert[task < 0 ? 0 : task];
+    char a_name[320], b_name[320];
+    lora_names(self, cs, task, a_name, b_name, sizeof a_name);
+    peft_tensor_view a, b;
+    peft_status st = cp_view(self, l->a, &a);
+    if (st == PEFT_OK) st = cp_view(self, l->b, &b);
+    if (st == PEFT_OK) st = source_tensor(self, a_name, a.data, a.numel);
+    if (st == PEFT_OK) st = source_tensor(self, b_name, b.data, b.numel);
+    return st;
+}
+
+/* The selector head's rows of the tasks the source knew; the others keep this stage's fresh
+ * initialisation (the head grows by one row per task, as the paper's). */
+static peft_status copy_head(peft_instance *self) {
+    peft_tensor_view w, b;
+    peft_status st;
+    if ((st = cp_view(self, self->head_w, &w)) != PEFT_OK ||
+        (st = cp_view(self, self->head_b, &b)) != PEFT_OK)
+        return st;
+    uint64_t C = self->d_model;
+    float *src = cp_scratch(self, w.numel + b.numel);
+    if (!src) return PEFT_E_NOMEM;
+    if ((st = source_tensor(self, head_w_name, src, w.numel)) != PEFT_OK ||
+        (st = source_tensor(self, head_b_name, src + w.numel, b.numel)) != PEFT_OK)
+        return st;
+    for (uint32_t t = 0; t < self->n_tasks; t++) {
+        if (!inherited(self, t)) continue;
+        memcpy(w.data + t * C, src + t * C, C * sizeof(float));
+        b.data[t] = src[w.numel + t];
+    }
+    return PEFT_OK;
+}
+
+static peft_status cp_stage_begin(peft_instance *self) {
+    peft_tensor_view cfg, experts;
+    peft_status st;
+    if ((st = cp_view(self, self->config_id, &cfg)) != PEFT_OK ||
+        (st = cp_view(self, self->experts_id, &experts)) != PEFT_OK)
+        return st;
+    /* A set config means the tensors were loaded (a resumed stage): keep them. */
+    if (cfg.data[0] != 0.0f) return PEFT_OK;
+    const float c[CP_CONFIG_LEN] = {(float)(self->mode + 1), (float)self->r, self->alpha,
+                                    (float)self->sel_r, (float)self->n_tasks};
+    memcpy(cfg.data, c, sizeof c);
+    if (!self->init_from[0]) return PEFT_OK;
+    if (!self->src_experts) {
+        peft_logf(self->api, self->h, PEFT_LOG_ERROR, "init_from = '%s': that stage has no "
+                  "ConPET state to start from (no %s): name an earlier conpet stage",
+                  self->init_from, config_name);
+        return PEFT_E_CONFIG;
+    }
+    for (uint32_t i = 0; i < self->n_sites && st == PEFT_OK; i++) {
+        const struct cp_site *cs = &self->sites[i];
+        if (self->mode == CP_STATIC) {
+            st = copy_site_lora(self, cs, -1);
+            continue;
+        }
+        st = copy_site_lora(self, cs, -2);
+        for (uint32_t t = 0; t < self->n_tasks && st == PEFT_OK; t++)
+            if (inherited(self, t)) st = copy_site_lora(self, cs, (int32_t)t);
+    }
+    if (st == PEFT_OK && self->mode == CP_DYNAMIC) st = copy_head(self);
+    for (uint32_t t = 0; st == PEFT_OK && t < self->n_tasks; t++)
+        experts.data[t] = inherited(self, t) ? EXPERT_INHERITED : EXPERT_FRESH;
+    return st;
+}
+
+static peft_status cp_task_begin(peft_instance *self, int32_t task) {
+    peft_tensor_view experts;
+    peft_status st = cp_view(self, self->experts_id, &experts);
+    if (st != PEFT_OK) return st;
+    if (task < 0 || (uint32_t)task >= self->n_tasks) {
+        peft_logf(self->api, self->h, PEFT_LOG_ERROR, "task %d is outside the run's %u tasks",
+                  task, self->n_tasks);
+        return PEFT_E_INVALID_ARG;
+    }
+    if (experts.data[task] == EXPERT_INHERITED) {
+        /* A replayed task (or one trained again): its expert stays as the earlier stage left
+         * it; its examples train the selector (dynamic) or the shared LoRA (static). */
+        if (self->mode == CP_DYNAMIC)
+            peft_logf(self->api, self->h, PEFT_LOG_DEBUG, "task '%s': expert from init_from = "
+                      "'%s', frozen", self->api->task_name(self->h, task), self->init_from);
+        return PEFT_OK;
+    }
+    experts.data[task] = EXPERT_TRAINED_HERE;
+    return PEFT_OK;
+}
+
+static peft_status cp_stage_end(peft_instance *self) {
+    if (self->mode == CP_DYNAMIC && self->sel_seen > 0)
+        peft_logf(self->api, self->h, PEFT_LOG_INFO,
+                  "selector: %.1f%% of %llu training examples routed to their own task",
+                  100.0 * (double)self->sel_right / (double)self->sel_seen,
+                  (unsigned long long)self->sel_seen);
+    return PEFT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Arithmetic.
+ */
+
+static peft_status cp_delta_weight(peft_instance *self, uint32_t site, float scale, float *out) {
+    if (self->mode == CP_DYNAMIC) {
+        peft_logf(self->api, self->h, PEFT_LOG_ERROR, "mode = dynamic has no single weight "
+                  "change: each example uses the experts its selector picks");
+        return PEFT_E_UNSUPPORTED;
+    }
+    int32_t at = site < self->n_model_sites ? self->slot[site] : -1;
+    if (at < 0) {
+        peft_logf(self->api, self->h, PEFT_LOG_ERROR, "site %u is not attached", site);
+        return PEFT_E_INVALID_ARG;
+    }
+    const struct cp_site *cs = &self->sites[at];
+    peft_tensor_view A, B;
+    peft_status st;
+    if ((st = cp_view(self, cs->expert[0].a, &A)) != PEFT_OK ||
+        (st = cp_view(self, cs->expert[0].b, &B)) != PEFT_OK)
+        return st;
+    /* out (d_out, d_in) += scale * s * B (d_out, r) A (r, d_in) */
+    self->api->sgemm(self->h, 0, 0, cs->d_out, cs->d_in, self->r, scale * self->s, B.data,
+                     self->r, A.data, cs->d_in, 1.0f, out, cs->d_in);
+    return PEFT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The descriptor.
+ */
+
+static const peft_param_spec cp_params[] = {
+    {"mode", PEFT_PARAM_CHOICE, "static", "static|dynamic",
+     "static: one LoRA continued task after task; dynamic: an expert per task and a selector"},
+    {"r", PEFT_PARAM_INT, "4", NULL, "rank of the LoRA (static) or of each expert (dynamic)"},
+    {"lora_alpha", PEFT_PARAM_FLOAT, "1", NULL,
+     "scale numerator: s = lora_alpha / r (1 is loralib's default, as in ConPET's code)"},
+    {"target_modules", PEFT_PARAM_LIST, "q_proj k_proj", NULL,
+     "sites to adapt: kinds (q_proj ...), name suffixes, or all-linear"},
+    {"init_from", PEFT_PARAM_STAGE, "", NULL,
+     "an earlier conpet stage of the same mode to continue: its LoRA (static), or its experts, "
+     "which stay frozen, and selector (dynamic)"},
+    {"top_k", PEFT_PARAM_INT, "1", NULL, "dynamic: experts per example, chosen by the selector"},
+    {"teacher_forcing", PEFT_PARAM_BOOL, "true", NULL,
+     "dynamic, training: an example's own task replaces the last of its top_k experts when "
+     "the selector missed it"},
+    {"selector_r", PEFT_PARAM_INT, "4", NULL, "dynamic: rank of the selector's own LoRA"},
+};
+
+static const peft_method_vtable cp_vt = {
+    .struct_size = sizeof(peft_method_vtable),
+    .create = cp_create,
+    .destroy = cp_destroy,
+    .attach = cp_attach,
+    .stage_begin = cp_stage_begin,
+    .task_begin = cp_task_begin,
+    .batch_begin = cp_batch_begin,
+    .act_floats = cp_act_floats,
+    .forward = cp_forward,
+    .backward = cp_backward,
+    .hidden_forward = cp_hidden_forward,
+    .hidden_backward = cp_hidden_backward,
+    .stage_end = cp_stage_end,
+    .delta_weight = cp_delta_weight,
+};
+
+static const char *const cp_features[] = {PEFT_FEATURE_TASK_ROUTED, NULL};
+
+static const peft_method_desc cp_desc = {
+    .struct_size = sizeof(peft_method_desc),
+    .id = "conpet",
+    .name = "ConPET",
+    .version = "1.0.0",
+    .description = "continual PET over class-incremental tasks: one LoRA continued with replay "
+                   "(static) or an expert per task picked by a selector (dynamic)",
+    .features = cp_features,
+    .params = cp_params,
+    .n_params = sizeof cp_params / sizeof cp_params[0],
+    .vt = &cp_vt,
+};
+
+PEFT_PLUGIN_DEFINE(NULL, NULL, &cp_desc);
