@@ -455,9 +455,13 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
         !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE)) {
         struct cfg_entry *e = cfg_find(c, section, "from");
+        if (e)
+            cfg_where(c, e, where, sizeof where);
+        else
+            snprintf(where, sizeof where, "%s:%d", c->path, line);
         return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
                        "stage can start from it%s",
-                       e ? cfg_where(c, e, where, sizeof where) : c->path, section,
+                       where, section,
                        r->stages[s->from].name, r->stages[s->from].pm->desc->id,
                        e ? "" : " (the default is the previous stage: set from = another stage, "
                                 "or leave it empty for [model])");

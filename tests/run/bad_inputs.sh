@@ -139,6 +139,12 @@ check missing_file "missing_file.ini" "cannot open"
 { base | sed 's/^n_heads = 2/n_heads = 2\nn_kv_heads = 3/'; } >bad_heads.ini
 check bad_heads "bad_heads.ini" "[model]" "n_kv_heads"
 
+{ base | sed 's/^method = lora/method = loratrf/'; printf '[stage.b]\nmethod = lora\ntasks = upper\n'; } >from_unfoldable.ini
+check from_unfoldable "from_unfoldable.ini:18:" "[stage.b] from" "stage 'a' (loratrf) cannot be folded"
+
+{ base; printf 'eval_tasks = upper%0250d\n' 0; } >long_line.ini
+check long_line "long_line.ini:18:" "line too long"
+
 # ---- overrides -------------------------------------------------------------------------
 base >set_unknown.ini
 EXTRA_ARGS=(--set colour.x=1)
