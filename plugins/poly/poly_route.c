@@ -56,8 +56,8 @@ void poly_mix(const struct peft_instance *self, const struct poly_site *ps, cons
     uint64_t na = (uint64_t)(ps->d_in / hd) * r, nb = (uint64_t)r * ho;
     float *bh = hd == 1 ? Bt : Bh;
     for (uint32_t q = 0; q < hd; q++) {
-        /* head q's rows of At and its block of Bh are contiguous */
-        /* (1, n) = w[q] (1, K) x the head's K blocks (K, n) */
+        /* head q's rows of At and its block of Bh are contiguous:
+         * (1, n) = w[q] (1, K) x the head's K blocks (K, n) */
         self->api->sgemm(self->h, 0, 0, 1, (uint32_t)na, K, 1.0f, w + q * K, K, A + q * K * na,
                          (uint32_t)na, 0.0f, At + q * na, (uint32_t)na);
         self->api->sgemm(self->h, 0, 0, 1, (uint32_t)nb, K, 1.0f, w + q * K, K, B + q * K * nb,
@@ -149,7 +149,7 @@ static peft_status lora_backward(peft_instance *self, const struct poly_site *ps
 }
 
 /* Work space of a routed site: At (d_in, r), Bt (r, d_out), Bh (h, r, d_out/h), GA (d_in, r),
- * GB (r, d_out), g (n, r), and (h, K) each for the noise, p and w. */
+ * GB (h, r, d_out/h), g (n, r), and (h, K) each for the noise, p and w. */
 struct work {
     float *At, *Bt, *Bh, *GA, *GB, *g, *u, *p, *w;
 };
@@ -242,8 +242,8 @@ peft_status poly_backward(peft_instance *self, const peft_backward_io *io) {
         (st = poly_view(self, ps->z, &Z)) != PEFT_OK)
         return st;
     uint32_t n = io->n_rows, r = self->r, d_in = ps->d_in, d_out = ps->d_out, K = self->K;
-    uint32_t hk = self->heads * K, hi = d_in / self->heads, ho = d_out / self->heads;
-    uint64_t na = (uint64_t)hi * r, nb = (uint64_t)r * ho;
+    uint32_t hd = self->heads, hk = hd * K, ho = d_out / hd;
+    uint64_t na = (uint64_t)(d_in / hd) * r, nb = (uint64_t)r * ho;
     struct work wk;
     if ((st = work_for(self, ps, n, &wk)) != PEFT_OK) return st;
     float tau = io->acts[0];
@@ -257,35 +257,33 @@ peft_status poly_backward(peft_instance *self, const peft_backward_io *io) {
         const float *x = io->x + (uint64_t)i * d_in, *dy = io->dy + (uint64_t)i * d_out;
         normalise(p, wk.w, self->heads, K);
         poly_mix(self, ps, A.data, B.data, wk.w, wk.At, wk.Bt, wk.Bh);
-        /* g (len, r) = dy B_t^T;  dx += s g A_t^T;
-         * GA (d_in, r) = s x^T g;  GB (r, d_out) = s u^T dy */
+        /* g (len, r) = dy B_t^T;  dx += s g A_t^T;  GA (d_in, r) = s x^T g, whose head q
+         * rows are contiguous like A's blocks */
         api->sgemm(self->h, 0, 1, len, r, d_out, 1.0f, dy, d_out, wk.Bt, d_out, 0.0f, wk.g, r);
         if (io->dx)
             api->sgemm(self->h, 0, 1, len, d_in, r, s, wk.g, r, wk.At, r, 1.0f,
                        io->dx + (uint64_t)i * d_in, d_in);
         api->sgemm(self->h, 1, 0, d_in, r, len, s, x, d_in, wk.g, r, 0.0f, wk.GA, r);
-        api->sgemm(self->h, 1, 0, r, d_out, len, s, u, r, dy, d_out, 0.0f, wk.GB, d_out);
         float *gw = wk.p; /* (h, K) reused: dL/dw */
-        for (uint32_t q = 0; q < self->heads; q++) {
-            const float *ga = wk.GA + q * na;
-            for (uint32_t k = 0; k < K; k++) {
-                uint64_t at = (uint64_t)(q * K + k);
-                const float *a = A.data + at * na, *b = B.data + at * nb;
-                float wq = wk.w[q * K + k];
-                double dot = 0.0;
-                for (uint64_t j = 0; j < na; j++) dot += (double)ga[j] * a[j];
-                if (A.grad)
-                    for (uint64_t j = 0; j < na; j++) A.grad[at * na + j] += wq * ga[j];
-                for (uint32_t j = 0; j < r; j++) {
-                    const float *gb = wk.GB + (uint64_t)j * d_out + q * ho;
-                    const float *bj = b + (uint64_t)j * ho;
-                    for (uint32_t c = 0; c < ho; c++) dot += (double)gb[c] * bj[c];
-                    if (B.grad)
-                        for (uint32_t c = 0; c < ho; c++)
-                            B.grad[at * nb + (uint64_t)j * ho + c] += wq * gb[c];
-                }
-                gw[q * K + k] = (float)dot;
-            }
+        for (uint32_t q = 0; q < hd; q++) {
+            const float *wq = wk.w + q * K, *ga = wk.GA + q * na;
+            float *gb = wk.GB + q * nb;
+            const float *Aq = A.data + (uint64_t)q * K * na, *Bq = B.data + (uint64_t)q * K * nb;
+            /* head q's GB (r, d_out/h) = s u^T dy[:, head q's columns] */
+            api->sgemm(self->h, 1, 0, r, ho, len, s, u, r, dy + (uint64_t)q * ho, d_out, 0.0f,
+                       gb, ho);
+            /* gw[q] (K) = A[q] (K, na) GA_q + B[q] (K, nb) GB_q */
+            api->sgemm(self->h, 0, 1, K, 1, (uint32_t)na, 1.0f, Aq, (uint32_t)na, ga,
+                       (uint32_t)na, 0.0f, gw + q * K, 1);
+            api->sgemm(self->h, 0, 1, K, 1, (uint32_t)nb, 1.0f, Bq, (uint32_t)nb, gb,
+                       (uint32_t)nb, 1.0f, gw + q * K, 1);
+            /* dA[q] (K, na) += w[q]^T GA_q;  dB[q] (K, nb) += w[q]^T GB_q */
+            if (A.grad)
+                api->sgemm(self->h, 1, 0, K, (uint32_t)na, 1, 1.0f, wq, K, ga, (uint32_t)na,
+                           1.0f, A.grad + (uint64_t)q * K * na, (uint32_t)na);
+            if (B.grad)
+                api->sgemm(self->h, 1, 0, K, (uint32_t)nb, 1, 1.0f, wq, K, gb, (uint32_t)nb,
+                           1.0f, B.grad + (uint64_t)q * K * nb, (uint32_t)nb);
         }
         if (Z.grad && self->row_off[t] >= 0)
             routing_grad(self, p, gw, noisy ? tau : 1.0f, Z.grad + self->row_off[t]);
