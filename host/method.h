@@ -55,6 +55,9 @@ struct method_env {
     int (*run_pass)(void *run_ctx, uint32_t pass, uint32_t backward);
     /* The adapter file a finished stage wrote (peft.files/1 stage_file); NULL = none. */
     int (*stage_file)(void *run_ctx, const char *stage, char *out, size_t cap);
+    /* The task ids the stage trains on (peft.stage_tasks/1); NULL = not known. */
+    const int32_t *train_tasks;
+    int32_t n_train_tasks;
 };
 
 struct method_run;

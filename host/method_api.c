@@ -34,6 +34,7 @@
 #include "method_internal.h"
 #include "peft/peft_files.h"
 #include "peft/peft_tensor_start.h"
+#include "peft/peft_stage_tasks.h"
 #include "safetensors.h"
 
 static const char *status_name(peft_status st) {
@@ -513,7 +514,8 @@ static peft_status api_run_pass(peft_host *h, uint32_t pass, uint32_t backward) 
 }
 
 /* ------------------------------------------------------------------------------------------
- * Extensions: peft.files/1 (peft_files.h) and peft.tensor_start/1 (peft_tensor_start.h).
+ * Extensions: peft.files/1 (peft_files.h), peft.tensor_start/1 (peft_tensor_start.h) and
+ * peft.stage_tasks/1 (peft_stage_tasks.h).
  */
 
 /* Open path and find name in it; on failure a status, its reason kept for the error line. */
@@ -609,11 +611,26 @@ static const peft_tensor_start_api tensor_start_api = {
     .start = start_of,
 };
 
+/* ---- peft.stage_tasks/1 --------------------------------------------------------------- */
+
+static peft_status stage_train_tasks(peft_host *h, const int32_t **ids, uint32_t *n) {
+    if (!h || !ids || !n) return PEFT_E_INVALID_ARG;
+    if (!h->env.train_tasks) return refuse(h, PEFT_E_UNSUPPORTED, "stage_tasks: not known here");
+    *ids = h->env.train_tasks;
+    *n = (uint32_t)h->env.n_train_tasks;
+    return PEFT_OK;
+}
+
+static const peft_stage_tasks_api stage_tasks_api = {
+    .struct_size = (uint32_t)sizeof(peft_stage_tasks_api),
+    .train_tasks = stage_train_tasks,
+};
+
 static const void *api_get_extension(peft_host *h, const char *id) {
-    (void)h;
     if (!id) return NULL;
     if (strcmp(id, PEFT_FILES_EXTENSION) == 0) return &files_api;
     if (strcmp(id, PEFT_TENSOR_START_EXTENSION) == 0) return &tensor_start_api;
+    if (strcmp(id, PEFT_STAGE_TASKS_EXTENSION) == 0 && h && h->env.train_tasks) return &stage_tasks_api;
     return NULL;
 }
 

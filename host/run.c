@@ -158,6 +158,11 @@ int run_method_create(struct run *r, const char *where, const char *stage, uint6
         .tasks = &r->tasks, .seed = seed, .stage = stage, .where = where,
         .run_ctx = r, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
         .run_pass = env_run_pass, .stage_file = env_stage_file};
+    for (int32_t i = 0; i < r->n_stages; i++)
+        if (strcmp(r->stages[i].name, stage) == 0) {
+            env.train_tasks = r->stages[i].train_tasks;
+            env.n_train_tasks = r->stages[i].n_train_tasks;
+        }
     return method_run_create(out, pm, &r->model, &env, kv, n_kv);
 }
 

@@ -53,6 +53,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "peft/peft_stage_tasks.h"
 #include "poly.h"
 
 static const char *const variant_names[] = {"poly", "mhr", "poly-mu", "mhr-z"};
@@ -113,14 +114,26 @@ static peft_status read_source(struct peft_instance *self, int64_t n_splits) {
     return PEFT_OK;
 }
 
+/* Is task t one this stage trains? Every task when the host cannot say (peft.stage_tasks/1). */
+static int stage_trains(struct peft_instance *self, uint32_t t) {
+    const peft_stage_tasks_api *st = self->api->get_extension(self->h, PEFT_STAGE_TASKS_EXTENSION);
+    const int32_t *ids;
+    uint32_t n;
+    if (!st || st->train_tasks(self->h, &ids, &n) != PEFT_OK) return 1;
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] == (int32_t)t) return 1;
+    return 0;
+}
+
 /* Where each task's routing row lies in Z's gradient: every row without init_from; with it,
- * the rows of tasks new to the chain, in task order (the mask set in attach). */
+ * the rows of this stage's tasks that are new to the chain, in task order (the mask set in
+ * attach), so only they count as trainable. */
 static peft_status plan_rows(struct peft_instance *self) {
     self->row_off = malloc(self->n_tasks * sizeof *self->row_off);
     if (!self->row_off) return PEFT_E_NOMEM;
     int32_t next = 0, hk = (int32_t)(self->heads * self->K);
     for (uint32_t t = 0; t < self->n_tasks; t++) {
-        int trains = !self->src_rows || self->src_rows[t] == ROW_FRESH;
+        int trains = !self->src_rows || (self->src_rows[t] == ROW_FRESH && stage_trains(self, t));
         self->row_off[t] = trains ? next : -1;
         next += trains ? hk : 0;
     }
