@@ -59,8 +59,8 @@ int kv_complete(const struct kv_list *given, const struct plugin_method *pm, con
         if (!v) v = p->default_value;
         if (!v) {
             kv_list_free(out);
-            return err_set("%s: key %s: required by method '%s' but not recorded", what,
-                           p->name, d->id);
+            return err_set("%s: key %s: required by method '%s' but not recorded", what, p->name,
+                           d->id);
         }
         if (param_check_value(p, v)) {
             kv_list_free(out);
@@ -71,8 +71,7 @@ int kv_complete(const struct kv_list *given, const struct plugin_method *pm, con
     return 0;
 }
 
-int adapter_file_kv(const struct st_file *f, const struct plugin_method *pm,
-                    struct kv_list *out) {
+int adapter_file_kv(const struct st_file *f, const struct plugin_method *pm, struct kv_list *out) {
     const char *which = "peft.method_config";
     const char *text = st_meta(f, which);
     if (!text) text = st_meta(f, which = "peft.stage_config");

@@ -19,7 +19,7 @@
 /* Key/value pairs that own their strings; kv[] is what method_run_create takes. */
 struct kv_list {
     peft_kv *kv;
-    char **own;      /* (2 n) the key and value strings */
+    char **own; /* (2 n) the key and value strings */
     uint32_t n, cap;
 };
 
@@ -32,8 +32,7 @@ char *kv_list_json(const struct kv_list *l);
 
 /* Every key of pm's schema: the file's value where its metadata has one, else the default.
  * Each value is checked against its type. -1 with "PATH: metadata KEY: key K: reason". */
-int adapter_file_kv(const struct st_file *f, const struct plugin_method *pm,
-                    struct kv_list *out);
+int adapter_file_kv(const struct st_file *f, const struct plugin_method *pm, struct kv_list *out);
 
 /* Every key of pm's schema from `given` (keys pm does not know are ignored) or else its
  * default, checked. -1 with "WHAT: key K: reason". */

@@ -58,7 +58,8 @@ static char *pick_file(const char *dir, FILE *out) {
         free(p);
     }
     err_set("%s: a folder without adapter.safetensors, adapter_model.safetensors, "
-            "task_vector.safetensors or model.safetensors", dir);
+            "task_vector.safetensors or model.safetensors",
+            dir);
     return NULL;
 }
 
@@ -76,7 +77,8 @@ int peft_inspect(const char *path, FILE *out) {
     fprintf(out, "size      %zu bytes (header %zu, data %zu)\n", f.size, header, f.size - header);
     const char *id = st_meta(&f, "peft.method");
     if (id) {
-        const char *ver = st_meta(&f, "peft.method_version"), *abi = st_meta(&f, "peft.abi_version");
+        const char *ver = st_meta(&f, "peft.method_version"),
+                   *abi = st_meta(&f, "peft.abi_version");
         fprintf(out, "adapter   method %s %s, plugin ABI %s (this peft: ABI %u)\n", id,
                 ver ? ver : "?", abi ? abi : "?", PEFT_ABI_VERSION);
     } else if (st_meta(&f, "peft.kind")) {

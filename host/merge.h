@@ -15,10 +15,10 @@
  * Operators. In delta space every input gives its exact task vector per model tensor, ΔW_i,
  * asked of its method (method_run_delta: the plugin's delta_weight, or live - start for
  * tensors that alias base weights; sparse where the method keeps a masked task vector):
- *   add, task_arithmetic   Σ w_i ΔW_i                     (mergekit task_arithmetic, normalize off)
- *   additive               Σ w_i ΔW_i on sparse vectors    (LoTA's merge; same formula, its name)
+ *   add, task_arithmetic   Σ w_i ΔW_i                   (mergekit task_arithmetic, no normalize)
+ *   additive               Σ w_i ΔW_i on sparse vectors  (LoTA's merge; same formula, its name)
  *   negate                 Σ w_i neg(ΔW_i), neg being the method's own negation
- *   magnitude_prune, ties, dare_linear, dare_ties          (PEFT merge_utils; see merge_ops.h)
+ *   magnitude_prune, ties, dare_linear, dare_ties        (PEFT merge_utils; see merge_ops.h)
  * each times `lambda` (default 1). In factor space (METHODS.md §3, the PEM paper) the inputs
  * must be adapters of one method with one configuration; each tensor is averaged with
  * coefficients |w_i| / Σ|w_j| (trainable tensors and those flagged PEFT_TENSOR_AVERAGE; other
@@ -42,18 +42,24 @@
 #include "run.h"
 
 enum merge_op {
-    MERGE_OP_ADD, MERGE_OP_TASK_ARITHMETIC, MERGE_OP_ADDITIVE, MERGE_OP_NEGATE,
-    MERGE_OP_MAGNITUDE_PRUNE, MERGE_OP_TIES, MERGE_OP_DARE_LINEAR, MERGE_OP_DARE_TIES,
+    MERGE_OP_ADD,
+    MERGE_OP_TASK_ARITHMETIC,
+    MERGE_OP_ADDITIVE,
+    MERGE_OP_NEGATE,
+    MERGE_OP_MAGNITUDE_PRUNE,
+    MERGE_OP_TIES,
+    MERGE_OP_DARE_LINEAR,
+    MERGE_OP_DARE_TIES,
 };
 enum merge_space { MERGE_SPACE_DELTA, MERGE_SPACE_FACTOR };
 enum merge_output { MERGE_OUT_DELTA, MERGE_OUT_LORA, MERGE_OUT_MODEL, MERGE_OUT_ADAPTER };
 enum merge_input_kind { MERGE_IN_STAGE, MERGE_IN_FILE, MERGE_IN_HF };
 
 struct merge_input {
-    char *text;       /* as written in `inputs` */
-    int32_t kind;     /* enum merge_input_kind */
-    int32_t stage;    /* MERGE_IN_STAGE: index of the stage */
-    char *path;       /* MERGE_IN_FILE: the safetensors file; MERGE_IN_HF: the folder */
+    char *text;    /* as written in `inputs` */
+    int32_t kind;  /* enum merge_input_kind */
+    int32_t stage; /* MERGE_IN_STAGE: index of the stage */
+    char *path;    /* MERGE_IN_FILE: the safetensors file; MERGE_IN_HF: the folder */
     double weight;
 };
 
@@ -61,16 +67,16 @@ struct merge_spec {
     int32_t op, space, output;
     struct merge_input *in;
     int32_t n_in;
-    int32_t rank;                      /* output = lora */
-    struct merge_params params;        /* pruning, sign election, lambda, seed */
-    int32_t save_model;                /* also write STAGE/model */
-    const struct plugin_method *lora;  /* output = lora: the method the adapter is written for */
-    char *where;                       /* "FILE:LINE: [stage.NAME]" for run-time errors */
-    char *where_inputs;                /* "FILE:LINE: [stage.NAME] inputs" */
+    int32_t rank;                     /* output = lora */
+    struct merge_params params;       /* pruning, sign election, lambda, seed */
+    int32_t save_model;               /* also write STAGE/model */
+    const struct plugin_method *lora; /* output = lora: the method the adapter is written for */
+    char *where;                      /* "FILE:LINE: [stage.NAME]" for run-time errors */
+    char *where_inputs;               /* "FILE:LINE: [stage.NAME] inputs" */
     /* after the merge ran */
-    int32_t mergeable;                 /* the result is folded into the weights */
-    double svd_max_rel_error;          /* output = lora: worst site, ||ΔW - BA|| / ||ΔW|| */
-    int32_t n_sites;                   /* sites the result changes */
+    int32_t mergeable;        /* the result is folded into the weights */
+    double svd_max_rel_error; /* output = lora: worst site, ||ΔW - BA|| / ||ΔW|| */
+    int32_t n_sites;          /* sites the result changes */
 };
 
 /* Names as the run file writes them. */

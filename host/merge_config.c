@@ -57,8 +57,9 @@ const struct plugin_method *merge_stage_method(void) { return &none_pm; }
 
 /* ---- keys ------------------------------------------------------------------------------ */
 
-static const char *const op_names[] = {"add", "task_arithmetic", "additive", "negate",
-                                       "magnitude_prune", "ties", "dare_linear", "dare_ties"};
+static const char *const op_names[] = {"add",         "task_arithmetic", "additive",
+                                       "negate",      "magnitude_prune", "ties",
+                                       "dare_linear", "dare_ties"};
 
 static int32_t op_of(const char *name) {
     for (int32_t i = 0; i < (int32_t)(sizeof op_names / sizeof op_names[0]); i++)
@@ -90,8 +91,8 @@ static int section_line(const struct cfg *c, const char *section) {
 static const char *at(struct cfg *c, const struct stage *s, const char *key, char *buf,
                       size_t cap) {
     char where[400];
-    snprintf(buf, cap, "%s: [%s] %s", cfg_where(c, cfg_find(c, s->section, key), where, sizeof where),
-             s->section, key);
+    snprintf(buf, cap, "%s: [%s] %s",
+             cfg_where(c, cfg_find(c, s->section, key), where, sizeof where), s->section, key);
     return buf;
 }
 
@@ -117,7 +118,8 @@ static int resolve_input(struct run *r, struct stage *s, struct merge_input *in)
     free(later);
     if (is_later)
         return err_set("%s: '%s' is this stage or a later one (inputs are earlier stages, files "
-                       "or folders)", at(c, s, "inputs", buf, sizeof buf), in->text);
+                       "or folders)",
+                       at(c, s, "inputs", buf, sizeof buf), in->text);
     if (dir_exists(in->text)) {
         static const char *const inside[] = {"adapter.safetensors", "task_vector.safetensors"};
         char *cfgp = path_join(in->text, "adapter_config.json");
@@ -171,12 +173,13 @@ int merge_config_load(struct run *r, struct stage *s, int32_t *default_from) {
     int factor = m->space == MERGE_SPACE_FACTOR;
     if (factor && m->op != MERGE_OP_ADD && m->op != MERGE_OP_NEGATE)
         return err_set("%s: %s: factor space has add and negate only (PEM's operators); use "
-                       "space = delta", at(c, s, "merge", buf, sizeof buf), op);
+                       "space = delta",
+                       at(c, s, "merge", buf, sizeof buf), op);
     if (cfg_choice(c, sec, "output", factor ? "adapter" : "delta",
                    factor ? "adapter|model" : "delta|lora|model", &output))
         return -1;
-    m->output = strcmp(output, "lora") == 0    ? MERGE_OUT_LORA
-                : strcmp(output, "model") == 0 ? MERGE_OUT_MODEL
+    m->output = strcmp(output, "lora") == 0      ? MERGE_OUT_LORA
+                : strcmp(output, "model") == 0   ? MERGE_OUT_MODEL
                 : strcmp(output, "adapter") == 0 ? MERGE_OUT_ADAPTER
                                                  : MERGE_OUT_DELTA;
     /* Inputs. */
@@ -186,7 +189,8 @@ int merge_config_load(struct run *r, struct stage *s, int32_t *default_from) {
         words_free(&w);
         if (!inputs)
             return err_set("%s:%d: [%s] inputs: missing (earlier stages, adapter files or HF PEFT "
-                           "folders)", c->path, section_line(c, sec), sec);
+                           "folders)",
+                           c->path, section_line(c, sec), sec);
         return err_set("%s: empty", at(c, s, "inputs", buf, sizeof buf));
     }
     m->where_inputs = xstrdup(at(c, s, "inputs", buf, sizeof buf));
@@ -205,17 +209,19 @@ int merge_config_load(struct run *r, struct stage *s, int32_t *default_from) {
         words_split(&w, weights);
         int rc = 0;
         if (w.n != m->n_in)
-            rc = err_set("%s: %d values for %d inputs", at(c, s, "weights", buf, sizeof buf), w.n,
-                         m->n_in);
+            rc = err_set("%s: %d weight%s for %d inputs", at(c, s, "weights", buf, sizeof buf), w.n,
+                         w.n == 1 ? "" : "s", m->n_in);
         for (int i = 0; rc == 0 && i < w.n; i++)
             if (parse_f64(w.v[i], &m->in[i].weight))
-                rc = err_set("%s: '%s' is not a number", at(c, s, "weights", buf, sizeof buf), w.v[i]);
+                rc = err_set("%s: '%s' is not a number", at(c, s, "weights", buf, sizeof buf),
+                             w.v[i]);
         words_free(&w);
         if (rc) return -1;
     }
     if (factor) {
         double sum = 0;
-        for (int32_t i = 0; i < m->n_in; i++) sum += m->in[i].weight < 0 ? -m->in[i].weight : m->in[i].weight;
+        for (int32_t i = 0; i < m->n_in; i++)
+            sum += m->in[i].weight < 0 ? -m->in[i].weight : m->in[i].weight;
         if (!(sum > 0))
             return err_set("%s: factor space normalises the weights to sum to 1; they are all 0",
                            weights ? at(c, s, "weights", buf, sizeof buf) : m->where);
@@ -224,7 +230,8 @@ int merge_config_load(struct run *r, struct stage *s, int32_t *default_from) {
     if (m->output == MERGE_OUT_LORA) {
         if (!cfg_find(c, sec, "rank"))
             return err_set("%s:%d: [%s] rank: required with output = lora (the rank of the "
-                           "truncated SVD)", c->path, section_line(c, sec), sec);
+                           "truncated SVD)",
+                           c->path, section_line(c, sec), sec);
         if (cfg_int(c, sec, "rank", 0, 1, 65536, &rank)) return -1;
         m->rank = (int32_t)rank;
         m->lora = registry_find(&r->reg, "lora");
@@ -235,13 +242,15 @@ int merge_config_load(struct run *r, struct stage *s, int32_t *default_from) {
     if (op_prunes(m->op)) {
         if (!cfg_find(c, sec, "density"))
             return err_set("%s:%d: [%s] density: required by merge = %s (the fraction of each "
-                           "task vector kept, in (0, 1])", c->path, section_line(c, sec), sec, op);
+                           "task vector kept, in (0, 1])",
+                           c->path, section_line(c, sec), sec, op);
         if (cfg_float(c, sec, "density", 1.0, 0.0, 1.0, &density)) return -1;
         if (!(density > 0))
             return err_set("%s: must be above 0 (nothing would be kept)",
                            at(c, s, "density", buf, sizeof buf));
-    } else if (unused_here(c, s, "density", "only used by magnitude_prune, ties, dare_linear and "
-                                            "dare_ties")) {
+    } else if (unused_here(c, s, "density",
+                           "only used by magnitude_prune, ties, dare_linear and "
+                           "dare_ties")) {
         return -1;
     }
     if (op_elects(m->op)) {
@@ -306,8 +315,15 @@ uint64_t merge_inputs_hash(const struct run *r, const struct stage *s, uint64_t 
 
 /* ---- checks against the model ------------------------------------------------------------ */
 
+static int has_feature(const struct plugin_method *pm, const char *feature) {
+    for (const char *const *f = pm->desc->features; f && *f; f++)
+        if (strcmp(*f, feature) == 0) return 1;
+    return 0;
+}
+
+/* A method whose change is a fixed weight change (it says so by its feature tags). */
 static int mergeable(const struct plugin_method *pm) {
-    return pm->desc->vt->delta_weight != NULL || pm->desc->vt->forward == NULL;
+    return has_feature(pm, PEFT_FEATURE_MERGEABLE) || has_feature(pm, PEFT_FEATURE_WRITES_BASE);
 }
 
 int merge_config_check(struct run *r, struct stage *s) {
@@ -329,39 +345,47 @@ int merge_config_check(struct run *r, struct stage *s) {
         if (in->kind == MERGE_IN_STAGE) {
             const struct stage *k = &r->stages[in->stage];
             if (k->merge) {
-                if (factor && k->merge->output != MERGE_OUT_ADAPTER && k->merge->output != MERGE_OUT_LORA)
+                if (factor && k->merge->output != MERGE_OUT_ADAPTER &&
+                    k->merge->output != MERGE_OUT_LORA)
                     rc = err_set("%s: stage '%s' makes a %s, not an adapter: factor space "
-                                 "averages adapter tensors; use space = delta", m->where_inputs, k->name,
+                                 "averages adapter tensors; use space = delta",
+                                 m->where_inputs, k->name,
                                  k->merge->output == MERGE_OUT_MODEL ? "model" : "task vector");
                 continue; /* its adapter exists once it ran; checked then */
             }
             pm = k->pm;
             for (uint32_t j = 0; j < k->n_kv; j++)
-                if (strcmp(k->kv[j].key, "stage") != 0) kv_list_set(&kv, k->kv[j].key, k->kv[j].value);
+                if (strcmp(k->kv[j].key, "stage") != 0)
+                    kv_list_set(&kv, k->kv[j].key, k->kv[j].value);
             label = xasprintf("stage '%s'", k->name);
             if (!factor && !mergeable(pm))
                 rc = err_set("%s: stage '%s' (%s) has no fixed ΔW (its change depends on "
-                             "the input), so it cannot be merged", m->where_inputs, k->name, pm->desc->id);
+                             "the input), so it cannot be merged",
+                             m->where_inputs, k->name, pm->desc->id);
             if (factor && pm->desc->vt->state_save)
                 rc = err_set("%s: stage '%s' (%s) keeps state outside its tensors, which "
-                             "factor space cannot average; use space = delta", m->where_inputs, k->name,
-                             pm->desc->id);
-            for (const char *const *ft = pm->desc->features; factor && rc == 0 && ft && *ft; ft++)
-                if (strcmp(*ft, PEFT_FEATURE_WRITES_BASE) == 0)
-                    rc = err_set("%s: stage '%s' (%s) changes the base weights: factor "
-                                 "space averages adapter tensors only; use space = delta",
-                                 m->where_inputs, k->name, pm->desc->id);
+                             "factor space cannot average; use space = delta",
+                             m->where_inputs, k->name, pm->desc->id);
+            if (factor && rc == 0 && has_feature(pm, PEFT_FEATURE_WRITES_BASE))
+                rc = err_set("%s: stage '%s' (%s) changes the base weights: factor space "
+                             "averages adapter tensors only; use space = delta",
+                             m->where_inputs, k->name, pm->desc->id);
         } else {
             /* Open it now: a bad file stops the run before anything is written. */
             struct merge_source src;
             rc = merge_source_open(r, s, i, p0, factor, 0, &src);
             if (rc == 0 && factor && src.pm && src.pm->desc->vt->state_save)
                 rc = err_set("%s: '%s' (%s) keeps state outside its tensors, which factor "
-                             "space cannot average; use space = delta", m->where_inputs, in->text,
-                             src.pm->desc->id);
+                             "space cannot average; use space = delta",
+                             m->where_inputs, in->text, src.pm->desc->id);
+            if (rc == 0 && !factor && src.pm && !mergeable(src.pm))
+                rc = err_set("%s: '%s' (%s) has no fixed ΔW (its change depends on the input), "
+                             "so it cannot be merged",
+                             m->where_inputs, in->text, src.pm->desc->id);
             if (rc == 0 && src.pm) {
                 pm = src.pm;
-                for (uint32_t j = 0; j < src.kv.n; j++) kv_list_set(&kv, src.kv.kv[j].key, src.kv.kv[j].value);
+                for (uint32_t j = 0; j < src.kv.n; j++)
+                    kv_list_set(&kv, src.kv.kv[j].key, src.kv.kv[j].value);
                 label = xstrdup(in->text);
             }
             merge_source_close(&src);
@@ -376,12 +400,13 @@ int merge_config_check(struct run *r, struct stage *s) {
                 label = NULL;
             } else if (pm != first_pm) {
                 rc = err_set("%s: %s is %s, %s is %s: inputs of different methods cannot "
-                             "be combined in factor space; use space = delta", m->where_inputs,
-                             first_label, first_pm->desc->id, label, pm->desc->id);
+                             "be combined in factor space; use space = delta",
+                             m->where_inputs, first_label, first_pm->desc->id, label, pm->desc->id);
             } else if (!kv_equal(&first_kv, &kv, &key)) {
                 rc = err_set("%s: %s and %s differ in %s (%s vs %s): factor space needs "
-                             "one configuration; use space = delta", m->where_inputs, first_label,
-                             label, key, kv_list_get(&first_kv, key), kv_list_get(&kv, key));
+                             "one configuration; use space = delta",
+                             m->where_inputs, first_label, label, key, kv_list_get(&first_kv, key),
+                             kv_list_get(&kv, key));
             }
         }
         kv_list_free(&kv);

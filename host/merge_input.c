@@ -32,8 +32,9 @@ static int read_indices(const struct st_file *f, const struct st_tensor *t, uint
         memcpy(&v, p + 8 * j, 8);
         if (v < 0 || (uint64_t)v >= numel || (j > 0 && (uint64_t)v <= out[j - 1]))
             return err_set("%s: tensor '%s': entry %llu (%lld) is out of range or out of order "
-                           "(sorted, unique, below %llu)", f->path, t->name,
-                           (unsigned long long)j, (long long)v, (unsigned long long)numel);
+                           "(sorted, unique, below %llu)",
+                           f->path, t->name, (unsigned long long)j, (long long)v,
+                           (unsigned long long)numel);
         out[j] = (uint64_t)v;
     }
     return 0;
@@ -60,7 +61,13 @@ static int read_task_vector(const struct model *m, const char *path, struct tvec
             break;
         }
         const struct model_tensor *w = &m->tensors[mt];
-        if (is_dl) continue; /* read with its index */
+        if (is_dl) { /* read with its index */
+            char iname[300];
+            snprintf(iname, sizeof iname, "%s%s", base, six);
+            if (st_find(&f, iname)) continue;
+            rc = err_set("%s: tensor '%s' has no '%s'", path, t->name, iname);
+            break;
+        }
         if (tv[mt].numel) {
             rc = err_set("%s: tensor '%s' comes both dense and sparse", path, base);
             break;
@@ -87,7 +94,8 @@ static int read_task_vector(const struct model *m, const char *path, struct tvec
                 char a[96], b[96];
                 st_shape_text(a, sizeof a, t->ndim, t->shape);
                 st_shape_text(b, sizeof b, w->ndim, w->shape);
-                rc = err_set("%s: tensor '%s' has shape %s, the model's is %s", path, t->name, a, b);
+                rc =
+                    err_set("%s: tensor '%s' has shape %s, the model's is %s", path, t->name, a, b);
                 break;
             }
             tvec_init_dense(&tv[mt], w->numel);
@@ -113,7 +121,8 @@ static struct tvec *difference(const struct model *m, const float *end, const fl
             differs = end[w->offset + j] != start[w->offset + j];
         if (!differs) continue;
         tvec_init_dense(&tv[t], w->numel);
-        for (size_t j = 0; j < w->numel; j++) tv[t].val[j] = end[w->offset + j] - start[w->offset + j];
+        for (size_t j = 0; j < w->numel; j++)
+            tv[t].val[j] = end[w->offset + j] - start[w->offset + j];
     }
     return tv;
 }
@@ -198,9 +207,10 @@ static int fill_from_hf(struct method_run *mr, const struct hf_lora *a, const ch
             rc = err_set("%s: no tensor '%s' (the adapter does not cover that site)", dir, t->name);
         } else if (t->desc.ndim != 2 || (int64_t)t->desc.shape[0] != a->shape[k][0] ||
                    (int64_t)t->desc.shape[1] != a->shape[k][1]) {
-            rc = err_set("%s: tensor '%s' has shape [%lld, %lld], the model needs [%llu, %llu]",
-                         dir, t->name, (long long)a->shape[k][0], (long long)a->shape[k][1],
-                         (unsigned long long)t->desc.shape[0], (unsigned long long)t->desc.shape[1]);
+            rc =
+                err_set("%s: tensor '%s' has shape [%lld, %lld], the model needs [%llu, %llu]", dir,
+                        t->name, (long long)a->shape[k][0], (long long)a->shape[k][1],
+                        (unsigned long long)t->desc.shape[0], (unsigned long long)t->desc.shape[1]);
         } else {
             memcpy(t->data, a->data[k], t->numel * sizeof(float));
             used[k] = 1;
@@ -209,7 +219,8 @@ static int fill_from_hf(struct method_run *mr, const struct hf_lora *a, const ch
     for (int32_t k = 0; k < a->n && rc == 0; k++)
         if (!used[k])
             rc = err_set("%s: tensor '%s' is not a site of the model's adapter (target_modules "
-                         "'%s')", dir, a->names[k], a->target_modules);
+                         "'%s')",
+                         dir, a->names[k], a->target_modules);
     free(used);
     return rc;
 }
@@ -227,9 +238,7 @@ static int open_adapter_file(struct run *r, const struct stage *s, const char *p
     out->pm = registry_find(&r->reg, id);
     if (!out->pm) return err_prefix("%s: method", path);
     if (adapter_file_kv(f, out->pm, &out->kv)) return -1;
-    char where[600];
-    snprintf(where, sizeof where, "%s", path);
-    if (run_method_create(r, where, s->name, s->seed, out->pm, out->kv.kv, out->kv.n, mr)) return -1;
+    if (run_method_create(r, path, s->name, s->seed, out->pm, out->kv.kv, out->kv.n, mr)) return -1;
     return method_run_load(*mr, path);
 }
 
@@ -267,10 +276,12 @@ int merge_source_open(struct run *r, const struct stage *s, int32_t i, const flo
         rc = hf_lora_read(in->path, &a);
         if (rc == 0) {
             out->pm = registry_find(&r->reg, "lora");
-            if (!out->pm) rc = err_prefix("%s: HF PEFT LoRA adapters are read as method 'lora'", in->path);
+            if (!out->pm)
+                rc = err_prefix("%s: HF PEFT LoRA adapters are read as method 'lora'", in->path);
             if (rc == 0) rc = hf_lora_method_kv(&a, out->pm, &out->kv);
-            if (rc == 0) rc = run_method_create(r, in->path, s->name, s->seed, out->pm,
-                                                out->kv.kv, out->kv.n, &mr);
+            if (rc == 0)
+                rc = run_method_create(r, in->path, s->name, s->seed, out->pm, out->kv.kv,
+                                       out->kv.n, &mr);
             if (rc == 0) rc = fill_from_hf(mr, &a, in->path);
             hf_lora_free(&a);
         }
@@ -285,7 +296,8 @@ int merge_source_open(struct run *r, const struct stage *s, int32_t i, const flo
                 rc = read_task_vector(m, file, &out->tv);
             } else {
                 rc = err_set("%s: neither a peftkit adapter (peft.method) nor a task vector "
-                             "(peft.kind = task_vector) in __metadata__", file);
+                             "(peft.kind = task_vector) in __metadata__",
+                             file);
             }
             st_close(&f);
         }
@@ -296,7 +308,8 @@ int merge_source_open(struct run *r, const struct stage *s, int32_t i, const flo
         int alias = aliases_base(mr);
         if (rc == 0 && keep_live && alias)
             rc = err_set("%s changes the base weights (method %s): factor space averages adapter "
-                         "tensors only; use space = delta", out->label, out->pm->desc->id);
+                         "tensors only; use space = delta",
+                         out->label, out->pm->desc->id);
         if (rc == 0 && !alias) {
             out->mr = mr;
             mr = NULL;
@@ -305,7 +318,8 @@ int merge_source_open(struct run *r, const struct stage *s, int32_t i, const flo
         }
     } else if (rc == 0 && keep_live) {
         rc = err_set("%s is a task vector, not an adapter: factor space averages adapter "
-                     "tensors; use space = delta", out->label);
+                     "tensors; use space = delta",
+                     out->label);
     } else if (rc == 0 && negate) {
         for (int32_t t = 0; t < m->n_tensors; t++)
             for (uint64_t j = 0; j < out->tv[t].n; j++) out->tv[t].val[j] = -out->tv[t].val[j];
@@ -314,7 +328,10 @@ int merge_source_open(struct run *r, const struct stage *s, int32_t i, const flo
     memcpy(m->params, p0, m->n_params * sizeof(float));
     if (out->tv) out->n_tv = m->n_tensors;
     if (rc) {
-        err_prefix("%s: '%s'", s->merge->where_inputs, in->text);
+        if (strstr(err_msg(), in->text)) /* the line names the input already */
+            err_prefix("%s", s->merge->where_inputs);
+        else
+            err_prefix("%s: '%s'", s->merge->where_inputs, in->text);
         tvecs_free(out->tv, m);
         out->tv = NULL;
         merge_source_close(out);

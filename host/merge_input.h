@@ -21,7 +21,7 @@ struct merge_source {
     const struct plugin_method *pm; /* the input's method; NULL for a bare task vector */
     struct kv_list kv;              /* its keys, every one of the schema */
     struct method_run *mr;          /* a live adapter, or NULL */
-    struct tvec *tv;                /* (n_tv) task vectors by model tensor, numel 0 = none; or NULL */
+    struct tvec *tv; /* (n_tv) task vectors by model tensor, numel 0 = none; or NULL */
     int32_t n_tv;
 };
 

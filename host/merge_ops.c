@@ -38,7 +38,8 @@ static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser */
 
 static uint64_t name_hash(const char *s) {
     uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 1099511628211ull;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
     return h;
 }
 
@@ -102,15 +103,15 @@ static void gather(const struct tvec *t, const uint64_t *sup, uint64_t nu, float
 /* ---- pruning ------------------------------------------------------------------------- */
 
 struct mag {
-    float a;       /* |x| */
-    uint64_t at;   /* flat index in the tensor */
-    uint64_t u;    /* position in g */
+    float a;     /* |x| */
+    uint64_t at; /* flat index in the tensor */
+    uint64_t u;  /* position in g */
 };
 
 static int cmp_mag(const void *pa, const void *pb) {
     const struct mag *a = pa, *b = pb;
     if (a->a != b->a) return a->a > b->a ? -1 : 1; /* larger first */
-    return a->at < b->at ? -1 : a->at > b->at;        /* then the lower index */
+    return a->at < b->at ? -1 : a->at > b->at;     /* then the lower index */
 }
 
 /* Keep the k = floor(density * numel) entries of g of largest magnitude; the tensor's
@@ -130,8 +131,8 @@ static void prune_magnitude(float *g, const uint64_t *sup, uint64_t nu, uint64_t
     free(e);
 }
 
-static void prune_random(float *g, const uint64_t *sup, uint64_t nu, double density,
-                         uint64_t seed, int32_t input, const char *name) {
+static void prune_random(float *g, const uint64_t *sup, uint64_t nu, double density, uint64_t seed,
+                         int32_t input, const char *name) {
     uint64_t base = dare_base(seed, input, name);
     float rescale = (float)(1.0 / density);
     for (uint64_t u = 0; u < nu; u++) {
@@ -142,8 +143,8 @@ static void prune_random(float *g, const uint64_t *sup, uint64_t nu, double dens
 
 /* ---- the merge ------------------------------------------------------------------------ */
 
-void merge_tensor(const struct merge_params *p, const struct tvec *in, const double *w,
-                  int32_t m, const char *name, struct tvec *out) {
+void merge_tensor(const struct merge_params *p, const struct tvec *in, const double *w, int32_t m,
+                  const char *name, struct tvec *out) {
     uint64_t numel = in[0].numel, nu = numel;
     int all_sparse = 1;
     for (int32_t i = 0; i < m; i++) all_sparse &= in[i].idx != NULL;

@@ -31,8 +31,8 @@
 struct tvec {
     uint64_t numel;
     uint64_t n;
-    uint64_t *idx;   /* (n) or NULL */
-    float *val;      /* (n) */
+    uint64_t *idx; /* (n) or NULL */
+    float *val;    /* (n) */
 };
 
 /* A zeroed dense vector of numel entries. */
@@ -45,21 +45,20 @@ enum merge_prune { PRUNE_NONE = 0, PRUNE_MAGNITUDE = 1, PRUNE_RANDOM = 2 };
 enum merge_sign { SIGN_NONE = 0, SIGN_TOTAL = 1, SIGN_FREQUENCY = 2 };
 
 struct merge_params {
-    int32_t prune;      /* enum merge_prune */
-    int32_t sign;       /* enum merge_sign: elect a sign and take the disjoint mean */
-    double density;     /* fraction kept by pruning, in (0, 1] */
-    double lambda;      /* final scale */
-    uint64_t seed;      /* DARE's draws */
+    int32_t prune;  /* enum merge_prune */
+    int32_t sign;   /* enum merge_sign: elect a sign and take the disjoint mean */
+    double density; /* fraction kept by pruning, in (0, 1] */
+    double lambda;  /* final scale */
+    uint64_t seed;  /* DARE's draws */
 };
 
 /* out = the merge of in[0..m) (each of the same numel) with weights w (m). Sparse when every
  * input is sparse (support: the union of theirs, exact zeros dropped), dense otherwise.
  * name keys DARE's draws. out is overwritten (free it with tvec_free). */
-void merge_tensor(const struct merge_params *p, const struct tvec *in, const double *w,
-                  int32_t m, const char *name, struct tvec *out);
+void merge_tensor(const struct merge_params *p, const struct tvec *in, const double *w, int32_t m,
+                  const char *name, struct tvec *out);
 
 /* DARE's draw for entry `index` of input `input` of tensor `name`: 1 = kept. */
-int merge_dare_keep(uint64_t seed, int32_t input, const char *name, uint64_t index,
-                    double density);
+int merge_dare_keep(uint64_t seed, int32_t input, const char *name, uint64_t index, double density);
 
 #endif

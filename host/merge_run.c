@@ -56,7 +56,8 @@ static void merge_meta(struct run *r, const struct stage *s, struct kv_list *met
             kv_list_set(meta, "peft.merge_density", buf);
         }
         if (m->params.sign != SIGN_NONE)
-            kv_list_set(meta, "peft.merge_sign", m->params.sign == SIGN_TOTAL ? "total" : "frequency");
+            kv_list_set(meta, "peft.merge_sign",
+                        m->params.sign == SIGN_TOTAL ? "total" : "frequency");
     }
 }
 
@@ -98,38 +99,55 @@ static int factor_merge(struct run *r, struct stage *s, struct merge_source *src
         const char *key = NULL;
         if (src[i].pm != pm)
             return err_set("%s: %s is %s, %s is %s: inputs of different methods cannot be "
-                           "combined in factor space; use space = delta", m->where_inputs,
-                           src[0].label, pm->desc->id, src[i].label, src[i].pm->desc->id);
+                           "combined in factor space; use space = delta",
+                           m->where_inputs, src[0].label, pm->desc->id, src[i].label,
+                           src[i].pm->desc->id);
         if (!kv_equal(&src[0].kv, &src[i].kv, &key))
             return err_set("%s: %s and %s differ in %s (%s vs %s): factor space needs one "
-                           "configuration; use space = delta", m->where_inputs, src[0].label,
-                           src[i].label, key, kv_list_get(&src[0].kv, key),
-                           kv_list_get(&src[i].kv, key));
+                           "configuration; use space = delta",
+                           m->where_inputs, src[0].label, src[i].label, key,
+                           kv_list_get(&src[0].kv, key), kv_list_get(&src[i].kv, key));
     }
     if (pm->desc->vt->state_save)
         return err_set("%s: %s keeps state outside its tensors, which factor space cannot "
-                       "average; use space = delta", m->where_inputs, pm->desc->id);
+                       "average; use space = delta",
+                       m->where_inputs, pm->desc->id);
     double sum = 0;
     for (int32_t i = 0; i < m->n_in; i++) sum += fabs(m->in[i].weight);
     struct method_run *out;
     if (run_method_create(r, m->where, s->name, s->seed, pm, src[0].kv.kv, src[0].kv.n, &out))
         return -1;
     int rc = 0;
+    /* One configuration registers the same tensors in the same order; make sure of it. */
+    for (int32_t i = 0; i < m->n_in && rc == 0; i++) {
+        int same = method_run_tensor_count(src[i].mr) == method_run_tensor_count(out);
+        for (int32_t j = 0; same && j < method_run_tensor_count(out); j++)
+            same = strcmp(method_run_tensor(src[i].mr, j)->name, method_run_tensor(out, j)->name) ==
+                       0 &&
+                   method_run_tensor(src[i].mr, j)->numel == method_run_tensor(out, j)->numel;
+        if (!same)
+            rc = err_set("%s: %s does not register the tensors its configuration should (%s)",
+                         m->where_inputs, src[i].label, pm->desc->id);
+    }
     for (int32_t j = 0; j < method_run_tensor_count(out) && rc == 0; j++) {
         struct mtensor *t = method_run_tensor(out, j);
         if (t->desc.flags & PEFT_TENSOR_NO_SAVE) continue;
         int average = (t->desc.flags & (PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_AVERAGE)) != 0;
-        for (uint64_t e = 0; e < t->numel; e++) {
-            double acc = 0;
-            for (int32_t i = 0; i < m->n_in; i++)
-                acc += fabs(m->in[i].weight) / sum * method_run_tensor(src[i].mr, j)->data[e];
-            t->data[e] = average ? (float)acc : method_run_tensor(src[0].mr, j)->data[e];
+        if (!average) { /* frozen state: it must be the same in every input */
+            memcpy(t->data, method_run_tensor(src[0].mr, j)->data, t->numel * sizeof(float));
+        } else {
+            for (uint64_t e = 0; e < t->numel; e++) {
+                double acc = 0;
+                for (int32_t i = 0; i < m->n_in; i++)
+                    acc += fabs(m->in[i].weight) / sum * method_run_tensor(src[i].mr, j)->data[e];
+                t->data[e] = (float)acc;
+            }
         }
         for (int32_t i = 1; i < m->n_in && !average && rc == 0; i++)
             if (memcmp(method_run_tensor(src[i].mr, j)->data, t->data, t->numel * sizeof(float)))
                 rc = err_set("%s: tensor '%s' is frozen state that differs between %s and %s; "
-                             "factor space needs it equal", m->where_inputs, t->name,
-                             src[0].label, src[i].label);
+                             "factor space needs it equal",
+                             m->where_inputs, t->name, src[0].label, src[i].label);
     }
     struct kv_list meta = {0};
     merge_meta(r, s, &meta);
@@ -200,7 +218,8 @@ static int lora_output(struct run *r, struct stage *s, struct tvec *tau, int wri
     for (int32_t t = 0; t < md->n_tensors; t++)
         if (md->tensors[t].site < 0 && tau[t].numel && tvec_nonzero(&tau[t]))
             return err_set("%s: the merge changes %s, which a LoRA cannot hold; use output = "
-                           "delta or model", m->where, md->tensors[t].name);
+                           "delta or model",
+                           m->where, md->tensors[t].name);
     uint8_t *sel = xcalloc((size_t)md->n_sites + 1, 1);
     int32_t n_sel = 0;
     for (int32_t st = 0; st < md->n_sites; st++) {
@@ -232,7 +251,8 @@ static int lora_output(struct run *r, struct stage *s, struct tvec *tau, int wri
         int32_t d_in, d_out;
         model_site_dims(md, st, &d_in, &d_out);
         size_t n = (size_t)d_in * d_out;
-        float *D = xalloc_floats(n), *U = xalloc_floats((size_t)d_out * k), *S = xalloc_floats((size_t)k);
+        float *D = xalloc_floats(n), *U = xalloc_floats((size_t)d_out * k),
+              *S = xalloc_floats((size_t)k);
         float *Vt = xalloc_floats((size_t)k * d_in);
         tvec_add_to(&tau[model_site_tensor(md, st)], 1.0f, D); /* (d_out, d_in) */
         svd_truncated(D, d_out, d_in, k, s->seed + (uint64_t)st, SVD_AUTO, U, S, Vt);
@@ -254,8 +274,8 @@ static int lora_output(struct run *r, struct stage *s, struct tvec *tau, int wri
             /* How much of ΔW the rank-k factors miss. */
             double norm = 0, miss = 0;
             for (size_t e = 0; e < n; e++) norm += (double)D[e] * D[e];
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d_out, d_in, k, -1.0f, U, k,
-                        Vt, d_in, 1.0f, D, d_in);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d_out, d_in, k, -1.0f, U, k, Vt,
+                        d_in, 1.0f, D, d_in);
             for (size_t e = 0; e < n; e++) miss += (double)D[e] * D[e];
             double rel = norm > 0 ? sqrt(miss / norm) : 0;
             if (rel > m->svd_max_rel_error) m->svd_max_rel_error = rel;
@@ -344,7 +364,8 @@ static int delta_merge(struct run *r, struct stage *s, struct merge_source *src,
             /* An input that leaves the tensor alone takes part as an empty sparse vector, so
              * every input keeps its position (DARE's draws are keyed by it). */
             for (int32_t i = 0; i < n_in; i++)
-                if (!in[i].numel) in[i] = (struct tvec){md->tensors[t].numel, 0, &none_idx, &none_val};
+                if (!in[i].numel)
+                    in[i] = (struct tvec){md->tensors[t].numel, 0, &none_idx, &none_val};
             merge_tensor(&m->params, in, w, n_in, md->tensors[t].name, &tau[t]);
         }
         for (int32_t i = 0; i < n_in; i++)
@@ -389,15 +410,18 @@ int merge_execute(struct run *r, struct stage *s, int write, struct method_run *
     struct merge_source *src = xcalloc((size_t)m->n_in, sizeof *src);
     int rc = 0;
     for (int32_t i = 0; i < m->n_in && rc == 0; i++) {
-        int negate = m->op == MERGE_OP_NEGATE || (factor && m->in[i].weight < 0);
+        /* In factor space a negative weight negates the module (PEM's subtraction). */
+        int negate = (m->op == MERGE_OP_NEGATE) != (factor && m->in[i].weight < 0);
         rc = merge_source_open(r, s, i, p0, factor, negate, &src[i]);
     }
-    if (rc == 0) rc = factor ? factor_merge(r, s, src, write, eval_mr) : delta_merge(r, s, src, write);
+    if (rc == 0)
+        rc = factor ? factor_merge(r, s, src, write, eval_mr) : delta_merge(r, s, src, write);
     for (int32_t i = 0; i < m->n_in; i++) merge_source_close(&src[i]);
     free(src);
     if (rc == 0 && !r->quiet) {
         printf("[%s] merge %s in %s space of %d input%s -> %s", s->name, merge_op_name(m->op),
-               factor ? "factor" : "delta", m->n_in, m->n_in == 1 ? "" : "s", merge_output_name(m->output));
+               factor ? "factor" : "delta", m->n_in, m->n_in == 1 ? "" : "s",
+               merge_output_name(m->output));
         if (m->output == MERGE_OUT_LORA)
             printf(" (rank %d; SVD truncation: largest relative error %.2e)", m->rank,
                    m->svd_max_rel_error);

@@ -19,10 +19,9 @@ void hf_lora_tensor_name(char *buf, size_t cap, const char *site, char which) {
 
 /* Is m a llama projection module ("model.layers.N.self_attn.q_proj", ...)? */
 static int llama_module(const char *m) {
-    static const char *const tails[] = {".self_attn.q_proj", ".self_attn.k_proj",
-                                        ".self_attn.v_proj", ".self_attn.o_proj",
-                                        ".mlp.gate_proj",    ".mlp.up_proj",
-                                        ".mlp.down_proj"};
+    static const char *const tails[] = {
+        ".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj", ".self_attn.o_proj",
+        ".mlp.gate_proj",    ".mlp.up_proj",      ".mlp.down_proj"};
     const char *p = "model.layers.";
     if (strncmp(m, p, strlen(p)) != 0) return 0;
     m += strlen(p);
@@ -39,7 +38,9 @@ static char split_key(const char *key, char *module, size_t cap) {
     size_t lp = strlen(hf_prefix), lk = strlen(key), ls = strlen(".lora_A.weight");
     if (lk <= lp + ls || strncmp(key, hf_prefix, lp) != 0) return 0;
     const char *tail = key + lk - ls;
-    char which = strcmp(tail, ".lora_A.weight") == 0 ? 'A' : strcmp(tail, ".lora_B.weight") == 0 ? 'B' : 0;
+    char which = strcmp(tail, ".lora_A.weight") == 0   ? 'A'
+                 : strcmp(tail, ".lora_B.weight") == 0 ? 'B'
+                                                       : 0;
     size_t n = lk - lp - ls;
     if (!which || n + 1 > cap) return 0;
     memcpy(module, key + lp, n);
@@ -70,8 +71,7 @@ void hf_lora_free(struct hf_lora *a) {
 /* ---- reading ------------------------------------------------------------------------- */
 
 /* Optional JSON members: absent or null gives the default; a wrong type is an error. */
-static int json_number(const cJSON *j, const char *key, double def, double *out,
-                       const char *path) {
+static int json_number(const cJSON *j, const char *key, double def, double *out, const char *path) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
     if (!it || cJSON_IsNull(it)) return *out = def, 0;
     if (!cJSON_IsNumber(it)) return err_set("%s: %s: expected a number", path, key);
@@ -139,10 +139,12 @@ static int read_config(const char *dir, struct hf_lora *out, int *derive_targets
         rc = err_set("%s: lora_dropout = %g: expected a number in [0, 1)", path, dropout);
     } else if (json_unsupported(j, "rank_pattern", NULL,
                                 "per-module ranks are not supported (every module must have "
-                                "rank r)", path) ||
+                                "rank r)",
+                                path) ||
                json_unsupported(j, "alpha_pattern", NULL,
                                 "per-module alphas are not supported (every module must use "
-                                "lora_alpha)", path) ||
+                                "lora_alpha)",
+                                path) ||
                json_unsupported(j, "use_dora", NULL, "DoRA adapters are not supported", path) ||
                json_unsupported(j, "lora_bias", NULL, "LoRA biases are not supported", path) ||
                json_unsupported(j, "fan_in_fan_out", NULL,
@@ -197,7 +199,8 @@ static int read_tensors(const char *dir, struct hf_lora *out, int derive_targets
         free(path);
         if (has_bin)
             return err_set("%s: adapter_model.bin is a pickle and is not read; save the adapter "
-                           "with safe_serialization=True (adapter_model.safetensors)", dir);
+                           "with safe_serialization=True (adapter_model.safetensors)",
+                           dir);
         return err_set("%s: no adapter_model.safetensors", dir);
     }
     struct st_file f;
@@ -219,7 +222,8 @@ static int read_tensors(const char *dir, struct hf_lora *out, int derive_targets
         if (!which) {
             rc = err_set("%s: tensor '%s' is not a LoRA factor of a llama projection (expected "
                          "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight and "
-                         "the like)", path, t->name);
+                         "the like)",
+                         path, t->name);
             break;
         }
         int64_t want = which == 'A' ? t->shape[0] : t->shape[1];
@@ -227,8 +231,9 @@ static int read_tensors(const char *dir, struct hf_lora *out, int derive_targets
             char sh[96];
             st_shape_text(sh, sizeof sh, t->ndim, t->shape);
             rc = err_set("%s: tensor '%s' has shape %s, expected %s with r = %lld "
-                         "(adapter_config.json)", path, t->name, sh,
-                         which == 'A' ? "[r, in]" : "[out, r]", (long long)out->r);
+                         "(adapter_config.json)",
+                         path, t->name, sh, which == 'A' ? "[r, in]" : "[out, r]",
+                         (long long)out->r);
             break;
         }
         hf_lora_tensor_name(other, sizeof other, module, which == 'A' ? 'B' : 'A');
@@ -240,7 +245,8 @@ static int read_tensors(const char *dir, struct hf_lora *out, int derive_targets
         for (int k = 0; k < tw.n && !covered; k++) covered = module_matches(module, tw.v[k]);
         if (!covered) {
             rc = err_set("%s: tensor '%s': module %s is not among target_modules '%s' "
-                         "(adapter_config.json)", path, t->name, module, out->target_modules);
+                         "(adapter_config.json)",
+                         path, t->name, module, out->target_modules);
             break;
         }
         if (derive_targets && which == 'A') sb_printf(&mods, "%s%s", mods.len ? " " : "", module);
@@ -272,7 +278,8 @@ int hf_lora_read(const char *dir, struct hf_lora *out) {
     memset(out, 0, sizeof *out);
     if (!dir_exists(dir))
         return err_set("%s: not a folder (an HF PEFT adapter is a folder with "
-                       "adapter_config.json and adapter_model.safetensors)", dir);
+                       "adapter_config.json and adapter_model.safetensors)",
+                       dir);
     int derive = 0;
     if (read_config(dir, out, &derive) || read_tensors(dir, out, derive)) {
         hf_lora_free(out);
@@ -286,7 +293,6 @@ int hf_lora_read(const char *dir, struct hf_lora *out) {
 /* A float as Python's json writes one (always with a '.' or an exponent). */
 static void json_float(struct strbuf *b, double x) {
     char buf[64];
-    snprintf(buf, sizeof buf, "%.17g", x);
     /* the shortest text that reads back to the same double */
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(buf, sizeof buf, "%.*g", prec, x);
@@ -320,8 +326,10 @@ int hf_lora_write(const char *dir, const struct hf_lora *a) {
         json_float(&b, a->lora_alpha);
     sb_printf(&b, ",\n  \"lora_dropout\": ");
     json_float(&b, a->lora_dropout);
-    sb_printf(&b, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
-                  "  \"rank_pattern\": {},\n  \"target_modules\": ", (long long)a->r);
+    sb_printf(&b,
+              ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
+              "  \"rank_pattern\": {},\n  \"target_modules\": ",
+              (long long)a->r);
     struct words w;
     words_split(&w, a->target_modules ? a->target_modules : "");
     if (w.n == 1 && strcmp(w.v[0], "all-linear") == 0) {
@@ -343,7 +351,8 @@ int hf_lora_write(const char *dir, const struct hf_lora *a) {
     sb_free(&b);
     if (rc) return -1;
     struct st_writer *wr = st_writer_new();
-    for (int32_t i = 0; i < a->n; i++) st_writer_add_f32(wr, a->names[i], 2, a->shape[i], a->data[i]);
+    for (int32_t i = 0; i < a->n; i++)
+        st_writer_add_f32(wr, a->names[i], 2, a->shape[i], a->data[i]);
     char *model = path_join(dir, "adapter_model.safetensors");
     rc = st_writer_save(wr, model);
     st_writer_free(wr);
@@ -363,7 +372,8 @@ int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
                       struct kv_list *out) {
     if (!has_key(pm, "r") || !has_key(pm, "lora_alpha") || !has_key(pm, "target_modules"))
         return err_set("method '%s' has no keys r, lora_alpha and target_modules: it cannot hold "
-                       "an HF PEFT LoRA", pm->desc->id);
+                       "an HF PEFT LoRA",
+                       pm->desc->id);
     struct kv_list given = {0};
     char num[64];
     snprintf(num, sizeof num, "%lld", (long long)a->r);
@@ -374,9 +384,9 @@ int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
     kv_list_set(&given, "lora_dropout", num);
     kv_list_set(&given, "target_modules", a->target_modules);
     kv_list_set(&given, "use_rslora", a->use_rslora ? "true" : "false");
-    if (a->use_rslora && !has_key(pm, "use_rslora"))
-        return kv_list_free(&given), err_set("method '%s' has no use_rslora key", pm->desc->id);
-    int rc = kv_complete(&given, pm, "HF PEFT adapter", out);
+    int rc = a->use_rslora && !has_key(pm, "use_rslora")
+                 ? err_set("method '%s' has no use_rslora key", pm->desc->id)
+                 : kv_complete(&given, pm, "HF PEFT adapter", out);
     kv_list_free(&given);
     return rc;
 }
@@ -406,7 +416,8 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
         rc = err_prefix("%s", f.path);
     } else if (!hf || !has_key(pm, "r") || !has_key(pm, "lora_alpha")) {
         rc = err_set("%s: method '%s' does not keep a LoRA in HF PEFT's layout; only LoRA-shaped "
-                     "adapters are exported", f.path, id);
+                     "adapters are exported",
+                     f.path, id);
     } else if (adapter_file_kv(&f, pm, &kv) == 0) {
         int64_t r = 0;
         double alpha = 0, dropout = 0;
@@ -432,7 +443,8 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
             char which = split_key(t->name, module, sizeof module);
             if (!which) {
                 rc = err_set("%s: tensor '%s' is not a LoRA factor: %s keeps more than LoRA's A "
-                             "and B, which HF PEFT's LoRA cannot hold", f.path, t->name, id);
+                             "and B, which HF PEFT's LoRA cannot hold",
+                             f.path, t->name, id);
                 break;
             }
             if (t->ndim != 2 || (which == 'A' ? t->shape[0] : t->shape[1]) != r) {
@@ -471,7 +483,8 @@ int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out
                  : hf_lora_method_kv(&a, pm, &kv);
     if (rc == 0) {
         struct st_writer *w = st_writer_new();
-        for (int32_t i = 0; i < a.n; i++) st_writer_add_f32(w, a.names[i], 2, a.shape[i], a.data[i]);
+        for (int32_t i = 0; i < a.n; i++)
+            st_writer_add_f32(w, a.names[i], 2, a.shape[i], a.data[i]);
         char abi[16];
         snprintf(abi, sizeof abi, "%u", PEFT_ABI_VERSION);
         char *method_json = kv_list_json(&kv);

@@ -32,12 +32,12 @@ struct hf_lora {
     double lora_alpha;
     double lora_dropout;
     int32_t use_rslora;
-    char *target_modules;  /* words; "all-linear" as PEFT's special value */
-    char *base_model;      /* base_model_name_or_path, or NULL */
-    int32_t n;             /* tensors */
-    char **names;          /* (n) HF keys */
-    int64_t (*shape)[2];   /* (n) */
-    float **data;          /* (n) fp32 */
+    char *target_modules; /* words; "all-linear" as PEFT's special value */
+    char *base_model;     /* base_model_name_or_path, or NULL */
+    int32_t n;            /* tensors */
+    char **names;         /* (n) HF keys */
+    int64_t (*shape)[2];  /* (n) */
+    float **data;         /* (n) fp32 */
 };
 
 /* The HF PEFT key of a LoRA factor (which = 'A' or 'B') of a site
@@ -52,8 +52,7 @@ void hf_lora_free(struct hf_lora *a);
 
 /* The keys of method pm (the `lora` plugin) that reproduce a: r, lora_alpha, lora_dropout,
  * target_modules, use_rslora, defaults for the rest. -1 with one line. */
-int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
-                      struct kv_list *out);
+int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm, struct kv_list *out);
 
 /* peft export SRC OUT_DIR: SRC is an adapter file (or a stage folder holding
  * adapter.safetensors) of a LoRA-shaped method. base_model may be NULL. */

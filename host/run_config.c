@@ -613,7 +613,6 @@ static int load_merge_stage(struct run *r, struct data_settings *ds, const char 
     s->seed = (uint64_t)seed;
     s->save_model = save_model;
     s->merge->save_model = save_model;
-    s->log_every = 1;
     if (cfg_check_unused(c, section, merge_stage_keys)) return -1;
     s->config_json = stage_config_json(c, section, "merge");
 

@@ -69,8 +69,8 @@ static void order_by_norm(const double *x, int32_t p, int32_t q, int32_t *order,
 
 /* Thin SVD of A (rows, cols) row-major in double, kk leading triplets: u (rows, kk),
  * s (kk), vt (kk, cols). Jacobi runs on the columns of A or of A^T, whichever are fewer. */
-static void svd_dense(const double *A, int32_t rows, int32_t cols, int32_t kk, double *u,
-                      double *s, double *vt) {
+static void svd_dense(const double *A, int32_t rows, int32_t cols, int32_t kk, double *u, double *s,
+                      double *vt) {
     int tall = rows >= cols;
     int32_t p = tall ? rows : cols, q = tall ? cols : rows; /* q columns of length p */
     double *x = xmalloc((size_t)p * q * sizeof *x), *v = xmalloc((size_t)q * q * sizeof *v);
@@ -112,15 +112,19 @@ static void svd_dense(const double *A, int32_t rows, int32_t cols, int32_t kk, d
 static void orthonormalise_columns(double *a, int32_t rows, int32_t cols) {
     for (int32_t j = 0; j < cols; j++) {
         double before = 0;
-        for (int32_t i = 0; i < rows; i++) before += a[(size_t)i * cols + j] * a[(size_t)i * cols + j];
+        for (int32_t i = 0; i < rows; i++)
+            before += a[(size_t)i * cols + j] * a[(size_t)i * cols + j];
         for (int pass = 0; pass < 2; pass++)
             for (int32_t k = 0; k < j; k++) {
                 double d = 0;
-                for (int32_t i = 0; i < rows; i++) d += a[(size_t)i * cols + k] * a[(size_t)i * cols + j];
-                for (int32_t i = 0; i < rows; i++) a[(size_t)i * cols + j] -= d * a[(size_t)i * cols + k];
+                for (int32_t i = 0; i < rows; i++)
+                    d += a[(size_t)i * cols + k] * a[(size_t)i * cols + j];
+                for (int32_t i = 0; i < rows; i++)
+                    a[(size_t)i * cols + j] -= d * a[(size_t)i * cols + k];
             }
         double after = 0;
-        for (int32_t i = 0; i < rows; i++) after += a[(size_t)i * cols + j] * a[(size_t)i * cols + j];
+        for (int32_t i = 0; i < rows; i++)
+            after += a[(size_t)i * cols + j] * a[(size_t)i * cols + j];
         double scale = after > 1e-24 * before && after > 0 ? 1.0 / sqrt(after) : 0.0;
         for (int32_t i = 0; i < rows; i++) a[(size_t)i * cols + j] *= scale;
     }
@@ -141,26 +145,30 @@ void svd_truncated(const float *M, int32_t m, int32_t n, int32_t k, uint64_t see
     if (route == SVD_JACOBI) {
         svd_dense(A, m, n, kk, ud, sd, vd);
     } else {
-        int32_t l = kk + 10 < mn ? kk + 10 : mn;                 /* sketch width */
-        double *om = xmalloc((size_t)n * l * sizeof *om);         /* (n, l) */
-        double *y = xmalloc((size_t)m * l * sizeof *y);           /* (m, l) */
-        double *z = xmalloc((size_t)n * l * sizeof *z);           /* (n, l) */
+        int32_t l = kk + 10 < mn ? kk + 10 : mn;          /* sketch width */
+        double *om = xmalloc((size_t)n * l * sizeof *om); /* (n, l) */
+        double *y = xmalloc((size_t)m * l * sizeof *y);   /* (m, l) */
+        double *z = xmalloc((size_t)n * l * sizeof *z);   /* (n, l) */
         struct rng g;
         rng_seed_label(&g, seed, "svd-sketch");
         for (size_t i = 0; i < (size_t)n * l; i++) om[i] = rng_normal(&g, 0.0f, 1.0f);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, om, l, 0.0, y, l);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, om, l, 0.0, y,
+                    l);
         orthonormalise_columns(y, m, l);
         for (int it = 0; it < 2; it++) { /* power iterations sharpen the captured range */
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, l, m, 1.0, A, n, y, l, 0.0, z, l);
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, l, m, 1.0, A, n, y, l, 0.0, z,
+                        l);
             orthonormalise_columns(z, n, l);
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, z, l, 0.0, y, l);
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, z, l, 0.0, y,
+                        l);
             orthonormalise_columns(y, m, l);
         }
         /* C (l, n) = Q^T A with Q = y (m, l); A ~ Q C = (Q Uc) S Vt. */
         double *c = xmalloc((size_t)l * n * sizeof *c), *uc = xmalloc((size_t)l * kk * sizeof *uc);
         cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, n, m, 1.0, y, l, A, n, 0.0, c, n);
         svd_dense(c, l, n, kk, uc, sd, vd);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, kk, l, 1.0, y, l, uc, kk, 0.0, ud, kk);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, kk, l, 1.0, y, l, uc, kk, 0.0, ud,
+                    kk);
         free(om);
         free(y);
         free(z);

@@ -205,14 +205,10 @@ static void make_cls_animal(struct rng *r, int32_t label, char *prompt, char *co
     snprintf(completion, SYNTH_BUF, "%s", ANIMAL_LABELS[label]);
 }
 
-/* fruit: the first vowel (aeiou) is the 1st letter, the 2nd, or a later one */
+/* fruit: 3-4, 5-6 or 7-8 letters */
 static void make_cls_fruit(struct rng *r, int32_t label, char *prompt, char *completion) {
     char w[WORD_BUF];
-    int32_t n = rand_int(r, 4, 7);
-    int32_t first = label < 2 ? label : rand_int(r, 2, n - 1);
-    for (int32_t i = 0; i < n; i++)
-        w[i] = i < first ? rand_from(r, CONSONANTS) : i == first ? rand_from(r, VOWELS) : rand_lower(r);
-    w[n] = '\0';
+    rand_word(r, w, rand_int(r, 3 + 2 * label, 4 + 2 * label));
     snprintf(prompt, SYNTH_BUF, "frt %s=", w);
     snprintf(completion, SYNTH_BUF, "%s", FRUIT_LABELS[label]);
 }
@@ -264,8 +260,7 @@ static const struct synth_task TASKS[] = {
     {{"cls_animal", "classification",
       "vowels (aeiou) 0-1/2/3+ -> cat/dog/owl: 'ani rabbit=' -> 'dog'"},
      N_LABELS(ANIMAL_LABELS), make_cls_animal},
-    {{"cls_fruit", "classification",
-      "first vowel (aeiou) at letter 1/2/3+ -> fig/lime/pear: 'frt stone=' -> 'pear'"},
+    {{"cls_fruit", "classification", "3-4/5-6/7-8 letters -> fig/lime/pear: 'frt stone=' -> 'lime'"},
      N_LABELS(FRUIT_LABELS), make_cls_fruit},
     {{"cls_metal", "classification", "last letter a-m/n-z -> gold/iron: 'mtl frog=' -> 'gold'"},
      N_LABELS(METAL_LABELS), make_cls_metal},

@@ -417,12 +417,41 @@ static peft_status cp_task_begin(peft_instance *self, int32_t task) {
     return PEFT_OK;
 }
 
+/* Entries of a LoRA pair. */
+static uint64_t lora_numel(peft_instance *self, const struct cp_lora *l) {
+    peft_tensor_view a, b;
+    if (cp_view(self, l->a, &a) != PEFT_OK || cp_view(self, l->b, &b) != PEFT_OK) return 0;
+    return a.numel + b.numel;
+}
+
 static peft_status cp_stage_end(peft_instance *self) {
-    if (self->mode == CP_DYNAMIC && self->sel_seen > 0)
+    if (self->mode != CP_DYNAMIC) return PEFT_OK;
+    peft_tensor_view ex, w, b;
+    peft_status st;
+    if ((st = cp_view(self, self->experts_id, &ex)) != PEFT_OK ||
+        (st = cp_view(self, self->head_w, &w)) != PEFT_OK ||
+        (st = cp_view(self, self->head_b, &b)) != PEFT_OK)
+        return st;
+    /* The host counts every expert not trained by an earlier stage as trainable (the stage's
+     * tasks are not known when tensors are registered); these are the entries that trained. */
+    uint64_t trained = 0, n_new = 0;
+    for (uint32_t t = 0; t < self->n_tasks; t++) {
+        if (ex.data[t] != EXPERT_TRAINED_HERE) continue;
+        n_new++;
+        for (uint32_t i = 0; i < self->n_sites; i++) trained += lora_numel(self, &self->sites[i].expert[t]);
+    }
+    if (self->sel_seen > 0) {
+        trained += w.numel + b.numel;
+        for (uint32_t i = 0; i < self->n_sites; i++) trained += lora_numel(self, &self->sites[i].sel);
         peft_logf(self->api, self->h, PEFT_LOG_INFO,
                   "selector: %.1f%% of %llu training examples routed to their own task",
                   100.0 * (double)self->sel_right / (double)self->sel_seen,
                   (unsigned long long)self->sel_seen);
+    }
+    peft_logf(self->api, self->h, PEFT_LOG_INFO, "trained: %llu entries (%llu new expert%s%s); "
+              "the other experts did not change", (unsigned long long)trained,
+              (unsigned long long)n_new, n_new == 1 ? "" : "s",
+              self->sel_seen > 0 ? " and the selector" : "");
     return PEFT_OK;
 }
 
