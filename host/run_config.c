@@ -416,6 +416,24 @@ static uint64_t input_files_hash(struct cfg *c, uint64_t h) {
     return h;
 }
 
+/* What a stage's result depends on besides its own inputs: the model, the data (and the files
+ * they come from), the method and its version, the run's seed, the stage's section and the
+ * stage it starts from. */
+static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char *section) {
+    struct cfg *c = &r->cfg;
+    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
+    h = section_hash(c, "data", h);
+    h = input_files_hash(c, h);
+    h = fnv1a(h, s->pm->desc->id);
+    h = fnv1a(h, s->pm->desc->version);
+    char seedtxt[32];
+    snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
+    h = fnv1a(h, seedtxt);
+    h = section_hash(c, section, h);
+    if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
+    return h;
+}
+
 static int load_stage(struct run *r, struct data_settings *ds, const char *section,
                       int32_t line) {
     struct cfg *c = &r->cfg;
@@ -527,16 +545,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     /* The stage's config as JSON (for metadata) and its identity hash. */
     s->config_json = stage_config_json(c, section, "method");
 
-    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
-    h = section_hash(c, "data", h);
-    h = input_files_hash(c, h);
-    h = fnv1a(h, s->pm->desc->id);
-    h = fnv1a(h, s->pm->desc->version);
-    char seedtxt[32];
-    snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
-    h = fnv1a(h, seedtxt);
-    h = section_hash(c, section, h);
-    if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
+    uint64_t h = stage_hash_base(r, s, section);
     /* A stage reading another stage's output through a STAGE key depends on it too. */
     for (uint32_t i = 0; i < s->n_kv; i++)
         for (uint32_t p = 0; p < s->pm->desc->n_params; p++)
@@ -616,16 +625,7 @@ static int load_merge_stage(struct run *r, struct data_settings *ds, const char 
     if (cfg_check_unused(c, section, merge_stage_keys)) return -1;
     s->config_json = stage_config_json(c, section, "merge");
 
-    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
-    h = section_hash(c, "data", h);
-    h = input_files_hash(c, h);
-    h = fnv1a(h, s->pm->desc->id);
-    h = fnv1a(h, s->pm->desc->version);
-    char seedtxt[32];
-    snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
-    h = fnv1a(h, seedtxt);
-    h = section_hash(c, section, h);
-    if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
+    uint64_t h = stage_hash_base(r, s, section);
     s->hash = merge_inputs_hash(r, s, h);
     s->dir = path_join(r->out_dir, s->name);
     return 0;
