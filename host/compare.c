@@ -22,7 +22,7 @@
 
 /* Stage keys an arm may not override: they define the data, its order and the budget. */
 static const char *const fixed_stage_keys[] = {"steps", "batch_size", "tasks", "eval_tasks",
-                                               "n_train", "seed", "from", NULL};
+                                               "n_train", "seed", "from", "eval_labels", NULL};
 
 struct arm {
     char *name;

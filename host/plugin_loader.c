@@ -36,6 +36,7 @@ const char *const reserved_stage_keys[] = {
     "lr",           "weight_decay", "beta1",      "beta2",      "eps",        "grad_clip",
     "warmup_steps", "schedule",   "min_lr_ratio", "eval_every", "save_every", "log_every",
     "save_model",   "seed",       "eval_batch_size", "n_train",
+    "replay_tasks", "replay", "memory_per_label", "eval_labels",
     NULL,
 };
 

@@ -246,7 +246,9 @@ int report_write(const struct compare_result *cr, const char *dir, const char *c
     sb_printf(&md, "# Comparison: %s\n\n", cr->title);
     sb_printf(&md, "Every arm trains the same model (%llu parameters) on the same data, in the "
                    "same order, with the same seed and step budget; only the overrides differ. "
-                   "Accuracy is exact match by greedy decoding on held-out examples. Costs count "
+                   "Accuracy is exact match by greedy decoding on held-out examples (in stages with "
+                   "eval_labels: the label with the highest log-probability among all labels "
+                   "evaluated). Costs count "
                    "the stages that differ between arms (stages identical in every arm are "
                    "trained once and shared). ★ marks the best value of each column.\n\n",
               (unsigned long long)cr->model_params);

@@ -468,7 +468,9 @@ static int write_summary(struct run *r) {
     /* Rows: every task evaluated anywhere. Columns: the task's accuracy before the first
      * stage that evaluated it trained, then after each stage. Cells: exact-match accuracy, %. */
     struct strbuf md = {0};
-    sb_printf(&md, "# %s\n\nExact-match accuracy (%%) by greedy decoding on held-out examples.\n\n", r->cfg.path);
+    sb_printf(&md, "# %s\n\nAccuracy (%%) on held-out examples: exact match by greedy decoding, or in "
+                   "stages with eval_labels the most likely label among all labels evaluated.\n\n",
+              r->cfg.path);
     sb_printf(&md, "| task | before (first evaluated) |");
     for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, " after %s |", r->stages[i].name);
     sb_printf(&md, "\n|---|---|");

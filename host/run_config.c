@@ -505,6 +505,34 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         s->n_eval_tasks = s->n_known_tasks;
     }
 
+    /* The continual-learning sampler (replay.h) and label evaluation (eval.c). */
+    const char *replay_tasks, *replay;
+    int eval_labels;
+    if (cfg_str(c, section, "replay_tasks", NULL, &replay_tasks) ||
+        cfg_str(c, section, "replay", "0.5", &replay) ||
+        cfg_int(c, section, "memory_per_label", 20, 0, 100000000, &s->memory_per_label) ||
+        cfg_bool(c, section, "eval_labels", 0, &eval_labels))
+        return -1;
+    s->eval_labels = eval_labels;
+    if (replay_tasks && resolve_task_list(r, ds, s, "replay_tasks", replay_tasks, &s->replay_tasks,
+                                          &s->n_replay_tasks))
+        return -1;
+    struct cfg_entry *replay_e = cfg_find(c, section, "replay");
+    if (strcmp(replay, "joint") == 0)
+        s->replay_joint = 1;
+    else if (parse_f64(replay, &s->replay) || s->replay < 0 || s->replay >= 1)
+        return err_set("%s: [%s] replay: expected a share in [0, 1) or 'joint', got '%s'",
+                       cfg_where(c, replay_e, where, sizeof where), section, replay);
+    if (replay_e && !replay_tasks)
+        return err_set("%s: [%s] replay: set replay_tasks (the earlier tasks to replay)",
+                       cfg_where(c, replay_e, where, sizeof where), section);
+    for (int32_t i = 0; i < s->n_replay_tasks; i++)
+        for (int32_t k = 0; k < s->n_train_tasks; k++)
+            if (s->replay_tasks[i] == s->train_tasks[k])
+                return err_set("%s: [%s] replay_tasks: '%s' is also in tasks",
+                               cfg_where(c, cfg_find(c, section, "replay_tasks"), where, sizeof where),
+                               section, r->tasks.names[s->replay_tasks[i]]);
+
     int64_t seed, save_model_i = -1;
     int save_model = 0;
     struct optim_params *o = &s->opt;
@@ -707,6 +735,7 @@ void run_free(struct run *r) {
         free(s->section);
         free(s->train_tasks);
         free(s->eval_tasks);
+        free(s->replay_tasks);
         free(s->known_tasks);
         merge_spec_free(s->merge);
         free(s->kv);

@@ -19,14 +19,18 @@
  *            (HF PEFT's names: a static adapter is a plain LoRA, mergeable: dW = s B A)
  *   dynamic  expert of task T: "base_model.model.<site>.lora_A.<T>.weight" (r, d_in) and
  *            "....lora_B.<T>.weight" (d_out, r), as above (HF PEFT's in-memory names of an
- *            adapter called T). Trainable and exempt from weight decay unless init_from
- *            trained task T, then frozen: an expert that gets no gradient in a stage (a task
- *            the stage does not train) stays bit-identical under AdamW.
+ *            adapter called T). Trainable (exempt from weight decay) in the stage that trains
+ *            task T, frozen in every other: init_from's trained experts, and the experts of
+ *            tasks the stage does not train, which are empty and not saved (the host's
+ *            peft.stage_tasks/1 says which; a host without it gets every expert init_from did
+ *            not train as trainable and saved, and those outside the stage's batches get no
+ *            gradient, so under AdamW without decay they stay bit-identical all the same).
  *            selector: "conpet.selector.<site>.lora_A.weight" (selector_r, d_in) U(+-1/sqrt(d_in)),
  *            "conpet.selector.<site>.lora_B.weight" (d_out, selector_r) zero (not NEGATE: negating
  *            the adapter negates the experts, not the routing).
- * Model-level: "conpet.selector.head.weight" (n_tasks, C) and ".bias" (n_tasks), both
- * U(+-1/sqrt(C)) as torch's nn.Linear (dynamic only, trainable); "conpet.config" (5) and
+ * The selector's LoRA and head are frozen in a stage that knows a single task (no selector
+ * pass runs then). Model-level: "conpet.selector.head.weight" (n_tasks, C) and ".bias"
+ * (n_tasks), both U(+-1/sqrt(C)) as torch's nn.Linear (dynamic only); "conpet.config" (5) and
  * "conpet.experts" (n_tasks: 0 fresh, 1 trained by an earlier stage, 2 trained here), saved,
  * never trained: what a later stage's init_from checks and reads. All state is in tensors,
  * so the adapter file is the whole state and a chain can stop after any task and go on.
@@ -59,6 +63,7 @@
 #include <stdlib.h>
 
 #include "conpet.h"
+#include "peft/peft_stage_tasks.h"
 
 static const char *const config_name = "conpet.config";
 static const char *const experts_name = "conpet.experts";
@@ -124,6 +129,35 @@ static int inherited(const struct peft_instance *self, uint32_t task) {
     return self->src_experts && self->src_experts[task] != EXPERT_FRESH;
 }
 
+/* Whether task's expert trains in this stage: not trained by an earlier stage, and one of the
+ * stage's tasks (every such task when the host does not say which those are). */
+static int expert_trains(const struct peft_instance *self, uint32_t task) {
+    return !inherited(self, task) && (!self->stage_trains || self->stage_trains[task]);
+}
+
+/* Whether the selector trains: when the host says which tasks the stage trains, only if at
+ * least two tasks are known in the stage (with one, no selector pass runs). */
+static int selector_trains(const struct peft_instance *self) {
+    if (!self->stage_trains) return 1;
+    uint32_t known = 0;
+    for (uint32_t t = 0; t < self->n_tasks; t++) known += inherited(self, t) || self->stage_trains[t];
+    return known >= 2;
+}
+
+/* The stage's training tasks from the host, when it offers peft.stage_tasks/1. */
+static peft_status read_stage_tasks(struct peft_instance *self) {
+    const peft_stage_tasks_api *x = self->api->get_extension(self->h, PEFT_STAGE_TASKS_EXTENSION);
+    if (!x || !PEFT_HAS_FIELD(x, peft_stage_tasks_api, train_tasks)) return PEFT_OK;
+    const int32_t *ids;
+    uint32_t n;
+    if (x->train_tasks(self->h, &ids, &n) != PEFT_OK) return PEFT_OK;
+    self->stage_trains = calloc(self->n_tasks + 1, 1);
+    if (!self->stage_trains) return PEFT_E_NOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] >= 0 && (uint32_t)ids[i] < self->n_tasks) self->stage_trains[ids[i]] = 1;
+    return PEFT_OK;
+}
+
 static peft_status register_model_tensors(struct peft_instance *self) {
     const peft_host_api *api = self->api;
     peft_tensor_desc c = {
@@ -143,7 +177,7 @@ static peft_status register_model_tensors(struct peft_instance *self) {
         .struct_size = sizeof w, .name = head_w_name, .site = -1, .ndim = 2,
         .shape = {self->n_tasks, self->d_model, 0, 0}, /* (n_tasks, C) */
         .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound,
-        .flags = PEFT_TENSOR_TRAINABLE, .lr_group = "selector",
+        .flags = selector_trains(self) ? PEFT_TENSOR_TRAINABLE : 0u, .lr_group = "selector",
     };
     st = api->tensor_register(self->h, &w, &self->head_w);
     if (st != PEFT_OK) return st;
@@ -151,7 +185,8 @@ static peft_status register_model_tensors(struct peft_instance *self) {
         .struct_size = sizeof b, .name = head_b_name, .site = -1, .ndim = 1,
         .shape = {self->n_tasks, 0, 0, 0}, /* (n_tasks) */
         .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound,
-        .flags = PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY, .lr_group = "selector",
+        .flags = selector_trains(self) ? PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY : 0u,
+        .lr_group = "selector",
     };
     return api->tensor_register(self->h, &b, &self->head_b);
 }
@@ -162,6 +197,7 @@ static void cp_destroy(peft_instance *self) {
     free(self->sites);
     free(self->slot);
     free(self->src_experts);
+    free(self->stage_trains);
     free(self->route);
     free(self->sel_logits);
     free(self->scratch);
@@ -222,6 +258,7 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
     for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->n_model_sites = mi.n_sites;
     if (self->init_from[0]) st = read_source(self);
+    if (st == PEFT_OK) st = read_stage_tasks(self);
     if (st == PEFT_OK) st = register_model_tensors(self);
     if (st != PEFT_OK) {
         cp_destroy(self);
@@ -234,6 +271,25 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
 /* ------------------------------------------------------------------------------------------
  * Sites.
  */
+
+/* Which LoRA pair of a site: the static one, the selector's, or (>= 0) a task's expert. */
+enum { PAIR_STATIC = -1, PAIR_SELECTOR = -2 };
+
+/* The names of a pair's tensors at the site called site_name. */
+static void pair_names(const peft_instance *self, const char *site_name, int32_t pair,
+                       char *a_name, char *b_name, size_t cap) {
+    if (pair == PAIR_SELECTOR) {
+        snprintf(a_name, cap, "conpet.selector.%s.lora_A.weight", site_name);
+        snprintf(b_name, cap, "conpet.selector.%s.lora_B.weight", site_name);
+    } else if (pair == PAIR_STATIC) {
+        snprintf(a_name, cap, "base_model.model.%s.lora_A.weight", site_name);
+        snprintf(b_name, cap, "base_model.model.%s.lora_B.weight", site_name);
+    } else {
+        const char *t = self->api->task_name(self->h, pair);
+        snprintf(a_name, cap, "base_model.model.%s.lora_A.%s.weight", site_name, t);
+        snprintf(b_name, cap, "base_model.model.%s.lora_B.%s.weight", site_name, t);
+    }
+}
 
 /* One LoRA pair at a site: A (r, d_in) uniform, B (d_out, r) zero. */
 static peft_status register_lora(struct peft_instance *self, const peft_site_info *si,
@@ -272,24 +328,25 @@ static peft_status cp_attach(peft_instance *self, uint32_t site) {
     self->n_sites++; /* from here on destroy frees cs->expert */
     char a_name[320], b_name[320];
     if (self->mode == CP_STATIC) {
-        snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", si.name);
-        snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.weight", si.name);
+        pair_names(self, si.name, PAIR_STATIC, a_name, b_name, sizeof a_name);
         st = register_lora(self, &si, a_name, b_name, self->r, PEFT_TENSOR_TRAINABLE,
                            PEFT_TENSOR_NEGATE, NULL, &cs->expert[0]);
     }
     for (uint32_t t = 0; self->mode == CP_DYNAMIC && t < self->n_tasks && st == PEFT_OK; t++) {
-        const char *task = api->task_name(self->h, (int32_t)t);
-        snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.%s.weight", si.name, task);
-        snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.%s.weight", si.name, task);
-        uint32_t flags = inherited(self, t) ? 0u : PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY;
+        pair_names(self, si.name, (int32_t)t, a_name, b_name, sizeof a_name);
+        /* Frozen and kept: trained earlier. Trainable: trained here. Neither: an empty expert
+         * nothing reads, left out of the adapter file. */
+        uint32_t flags = inherited(self, t)       ? 0u
+                         : expert_trains(self, t) ? PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY
+                                                  : PEFT_TENSOR_NO_SAVE;
         st = register_lora(self, &si, a_name, b_name, self->r, flags, PEFT_TENSOR_NEGATE,
                            "experts", &cs->expert[t]);
     }
     if (self->mode == CP_DYNAMIC && st == PEFT_OK) {
-        snprintf(a_name, sizeof a_name, "conpet.selector.%s.lora_A.weight", si.name);
-        snprintf(b_name, sizeof b_name, "conpet.selector.%s.lora_B.weight", si.name);
-        st = register_lora(self, &si, a_name, b_name, self->sel_r, PEFT_TENSOR_TRAINABLE, 0,
-                           "selector", &cs->sel);
+        pair_names(self, si.name, PAIR_SELECTOR, a_name, b_name, sizeof a_name);
+        st = register_lora(self, &si, a_name, b_name, self->sel_r,
+                           selector_trains(self) ? PEFT_TENSOR_TRAINABLE : 0u, 0, "selector",
+                           &cs->sel);
     }
     if (st == PEFT_OK) self->slot[site] = (int32_t)(self->n_sites - 1);
     return st;
@@ -309,31 +366,16 @@ static peft_status source_tensor(peft_instance *self, const char *name, float *o
     return st;
 }
 
-/* The names of a site's tensors, as registered in attach. */
-static void lora_names(const peft_instance *self, const struct cp_site *cs, int32_t task,
-                       char *a_name, char *b_name, size_t cap) {
+/* Copy a pair of the site from the source stage, which names it the same way. */
+static peft_status copy_site_lora(peft_instance *self, const struct cp_site *cs, int32_t pair) {
+    const struct cp_lora *l = pair == PAIR_SELECTOR ? &cs->sel : &cs->expert[pair < 0 ? 0 : pair];
     peft_site_info si = {.struct_size = sizeof si};
-    self->api->site_info(self->h, cs->site, &si);
-    if (task == -2) {
-        snprintf(a_name, cap, "conpet.selector.%s.lora_A.weight", si.name);
-        snprintf(b_name, cap, "conpet.selector.%s.lora_B.weight", si.name);
-    } else if (task < 0) {
-        snprintf(a_name, cap, "base_model.model.%s.lora_A.weight", si.name);
-        snprintf(b_name, cap, "base_model.model.%s.lora_B.weight", si.name);
-    } else {
-        const char *t = self->api->task_name(self->h, task);
-        snprintf(a_name, cap, "base_model.model.%s.lora_A.%s.weight", si.name, t);
-        snprintf(b_name, cap, "base_model.model.%s.lora_B.%s.weight", si.name, t);
-    }
-}
-
-/* task: -1 the static LoRA, -2 the selector's, else that task's expert. */
-static peft_status copy_site_lora(peft_instance *self, const struct cp_site *cs, int32_t task) {
-    const struct cp_lora *l = task == -2 ? &cs->sel : &cs->expert[task < 0 ? 0 : task];
+    peft_status st = self->api->site_info(self->h, cs->site, &si);
+    if (st != PEFT_OK) return st;
     char a_name[320], b_name[320];
-    lora_names(self, cs, task, a_name, b_name, sizeof a_name);
+    pair_names(self, si.name, pair, a_name, b_name, sizeof a_name);
     peft_tensor_view a, b;
-    peft_status st = cp_view(self, l->a, &a);
+    st = cp_view(self, l->a, &a);
     if (st == PEFT_OK) st = cp_view(self, l->b, &b);
     if (st == PEFT_OK) st = source_tensor(self, a_name, a.data, a.numel);
     if (st == PEFT_OK) st = source_tensor(self, b_name, b.data, b.numel);
@@ -383,10 +425,10 @@ static peft_status cp_stage_begin(peft_instance *self) {
     for (uint32_t i = 0; i < self->n_sites && st == PEFT_OK; i++) {
         const struct cp_site *cs = &self->sites[i];
         if (self->mode == CP_STATIC) {
-            st = copy_site_lora(self, cs, -1);
+            st = copy_site_lora(self, cs, PAIR_STATIC);
             continue;
         }
-        st = copy_site_lora(self, cs, -2);
+        st = copy_site_lora(self, cs, PAIR_SELECTOR);
         for (uint32_t t = 0; t < self->n_tasks && st == PEFT_OK; t++)
             if (inherited(self, t)) st = copy_site_lora(self, cs, (int32_t)t);
     }
@@ -413,6 +455,14 @@ static peft_status cp_task_begin(peft_instance *self, int32_t task) {
                       "'%s', frozen", self->api->task_name(self->h, task), self->init_from);
         return PEFT_OK;
     }
+    if (self->mode == CP_DYNAMIC && !expert_trains(self, (uint32_t)task)) {
+        /* A replayed task that no earlier stage of the chain trained: nothing to route to. */
+        peft_logf(self->api, self->h, PEFT_LOG_WARN, "task '%s' is in the batches, but neither "
+                  "this stage nor init_from = '%s' trains it: its expert stays empty and the "
+                  "selector does not choose it", self->api->task_name(self->h, task),
+                  self->init_from);
+        return PEFT_OK;
+    }
     experts.data[task] = EXPERT_TRAINED_HERE;
     return PEFT_OK;
 }
@@ -432,8 +482,9 @@ static peft_status cp_stage_end(peft_instance *self) {
         (st = cp_view(self, self->head_w, &w)) != PEFT_OK ||
         (st = cp_view(self, self->head_b, &b)) != PEFT_OK)
         return st;
-    /* The host counts every expert not trained by an earlier stage as trainable (the stage's
-     * tasks are not known when tensors are registered); these are the entries that trained. */
+    /* What trained (without peft.stage_tasks/1 the host counts every expert not trained by an
+     * earlier stage as trainable, since the stage's tasks are not known when tensors are
+     * registered; the others get no gradient and do not change). */
     uint64_t trained = 0, n_new = 0;
     for (uint32_t t = 0; t < self->n_tasks; t++) {
         if (ex.data[t] != EXPERT_TRAINED_HERE) continue;

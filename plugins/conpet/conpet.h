@@ -37,6 +37,8 @@ struct peft_instance {
     char init_from[128];       /* "" = a fresh start */
     uint32_t n_tasks, d_model, n_model_sites;
     float *src_experts;        /* (n_tasks) init_from's conpet.experts, or NULL */
+    uint8_t *stage_trains;     /* (n_tasks) the tasks this stage trains (peft.stage_tasks/1),
+                                  or NULL when the host does not say */
     struct cp_site *sites;
     uint32_t n_sites;
     int32_t *slot;             /* (model sites) index into sites, or -1 */

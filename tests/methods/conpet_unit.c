@@ -12,7 +12,10 @@
  *   chain:   stage A trains task a; stage B (init_from A) trains b with a replayed: a's
  *            expert is frozen and stays bit-identical, c's (in no batch) stays at its start
  *            under weight decay, b's and the selector train; conpet.experts records it; a
- *            resumed B keeps its checkpoint; static continues its LoRA; mismatches refused.
+ *            resumed B keeps its checkpoint. Twice: with the stage's tasks told (only the new
+ *            expert, and the selector from two known tasks on, are trainable) and not told
+ *            (every expert not trained earlier is). Static continues its LoRA; mismatches
+ *            refused.
  *   replay:  the memory's bound per label (20, full, more than there is), its determinism and
  *            independence of the other tasks, the mix of a batch (exactly the new share; old
  *            tasks and memory entries uniform by chi-square), replay off = the plain sampler,
@@ -35,6 +38,9 @@ enum { N_TASKS = 3 };
 
 static const struct plugin_method *conpet;
 static char tmp_dir[] = "/tmp/peft_conpet_XXXXXX";
+/* The stage's training tasks as the run tells them (peft.stage_tasks/1); NULL: not told. */
+static const int32_t *stage_tasks;
+static int32_t n_stage_tasks;
 
 /* ---- a harness that serves auxiliary passes and an earlier stage's tensors --------------- */
 
@@ -106,6 +112,8 @@ static int h_open(struct harness *H, const char *const *kv, const char *src, uin
     env.run_ctx = H;
     env.run_pass = h_run_pass;
     env.stage_tensor = h_stage_tensor;
+    env.train_tasks = stage_tasks;
+    env.n_train_tasks = n_stage_tasks;
     int rc = method_run_create(&H->mr, conpet, &H->m, &env, cfg.kv, cfg.n);
     mt_cfg_free(&cfg);
     if (rc) H->mr = NULL;
@@ -497,25 +505,65 @@ static int same_as_file(struct method_run *mr, const char *path, const char *con
     return same && seen > 0;
 }
 
-static void test_chain_dynamic(void) {
+/* told: the run tells each stage its training tasks (peft.stage_tasks/1), so only the new
+ * task's expert (and, with two known tasks, the selector) is trainable at all. */
+static void test_chain_dynamic(int told) {
     const char *kv_a[] = {"mode=dynamic", "target_modules=q_proj v_proj", NULL};
     const char *kv_b[] = {"mode=dynamic", "target_modules=q_proj v_proj", "init_from=prev", NULL};
     char *file_a = xasprintf("%s/a.safetensors", tmp_dir), *file_b = xasprintf("%s/b.safetensors", tmp_dir);
     const char *meta[] = {"peft.stage", "test", NULL};
 
     /* Stage A: task a alone. */
+    const int32_t task_a[] = {0}, task_b[] = {1};
+    stage_tasks = told ? task_a : NULL;
+    n_stage_tasks = told ? 1 : 0;
     struct harness A;
     REQUIRE(h_open(&A, kv_a, NULL, 1) == 0, "create: %s", err_msg());
+    uint64_t expert_entries = 0, trainable_a = method_run_trainable_count(A.mr);
+    for (int32_t i = 0; i < method_run_tensor_count(A.mr); i++)
+        if (strstr(method_run_tensor(A.mr, i)->name, ".a.weight"))
+            expert_entries += method_run_tensor(A.mr, i)->numel;
     REQUIRE(method_run_begin(A.mr) == 0 && method_run_task_begin(A.mr, 0) == 0, "begin: %s", err_msg());
     const int32_t only_a[] = {0};
     train_steps(&A, only_a, 1, 4);
     CHECK(A.aux_passes == 0, "a stage with one task ran %d selector passes", A.aux_passes);
     REQUIRE(method_run_save(A.mr, file_a, meta) == 0, "save: %s", err_msg());
     h_close(&A);
+    struct st_file fa;
+    REQUIRE(st_open(&fa, file_a) == 0, "st_open: %s", err_msg());
+    int saved_a = 0, saved_other = 0;
+    for (int32_t i = 0; i < fa.n_tensors; i++) {
+        saved_a += strstr(fa.tensors[i].name, ".a.weight") != NULL;
+        saved_other += strstr(fa.tensors[i].name, ".b.weight") || strstr(fa.tensors[i].name, ".c.weight");
+    }
+    st_close(&fa);
+    printf("chain (dynamic, stage tasks %s): stage A's file holds %d tensors of a's expert and "
+           "%d of the others\n", told ? "told" : "not told", saved_a, saved_other);
+    CHECK(saved_a == 8 && (told ? saved_other == 0 : saved_other == 16),
+          "stage A saved %d tensors of a, %d of the others", saved_a, saved_other);
 
     /* Stage B: task b, a replayed. */
+    stage_tasks = told ? task_b : NULL;
+    n_stage_tasks = told ? 1 : 0;
     struct harness B;
     REQUIRE(h_open(&B, kv_b, file_a, 2) == 0, "create: %s", err_msg());
+    uint64_t trainable_b = method_run_trainable_count(B.mr), selector_entries = 0;
+    for (int32_t i = 0; i < method_run_tensor_count(B.mr); i++)
+        if (strncmp(method_run_tensor(B.mr, i)->name, "conpet.selector", 15) == 0)
+            selector_entries += method_run_tensor(B.mr, i)->numel;
+    printf("chain (dynamic, stage tasks %s): trainable entries: stage A %llu, stage B %llu (an "
+           "expert has %llu, the selector %llu)\n", told ? "told" : "not told",
+           (unsigned long long)trainable_a, (unsigned long long)trainable_b,
+           (unsigned long long)expert_entries, (unsigned long long)selector_entries);
+    if (told)
+        CHECK(trainable_a == expert_entries && trainable_b == expert_entries + selector_entries,
+              "trainable entries %llu, %llu", (unsigned long long)trainable_a,
+              (unsigned long long)trainable_b);
+    else
+        CHECK(trainable_a == 3 * expert_entries + selector_entries &&
+                  trainable_b == 2 * expert_entries + selector_entries,
+              "trainable entries %llu, %llu", (unsigned long long)trainable_a,
+              (unsigned long long)trainable_b);
     REQUIRE(method_run_begin(B.mr) == 0, "begin: %s", err_msg());
     int a_loaded = same_as_file(B.mr, file_a, ".a.weight");
     float **start = snapshot(B.mr);
@@ -526,10 +574,10 @@ static void test_chain_dynamic(void) {
     struct changes c = compare_tensors(B.mr, start);
     const float *ex = tensor(B.mr, "conpet.experts")->data;
     int a_still = same_as_file(B.mr, file_a, ".a.weight");
-    printf("chain (dynamic): stage B starts with a's expert from A: %s; after 6 steps of b with "
+    printf("chain (dynamic, stage tasks %s): stage B starts with a's expert from A: %s; after 6 steps of b with "
            "a replayed: %d of %d tensors of a changed (%d frozen), of b %d changed, of c %d "
            "changed, of the selector %d changed; %d selector passes; conpet.experts = "
-           "[%g %g %g]\n", a_loaded ? "yes" : "NO", c.expert_a, c.a_total, c.frozen_a,
+           "[%g %g %g]\n", told ? "told" : "not told", a_loaded ? "yes" : "NO", c.expert_a, c.a_total, c.frozen_a,
            c.expert_b, c.expert_c, c.selector, B.aux_passes, ex[0], ex[1], ex[2]);
     CHECK(a_loaded, "stage B did not start from A's expert");
     CHECK(c.a_total > 0 && c.expert_a == 0 && a_still && c.frozen_a == c.a_total,
@@ -544,15 +592,18 @@ static void test_chain_dynamic(void) {
     snapshot_free(start, method_run_tensor_count(B.mr));
     h_close(&B);
 
-    /* A resumed B: its checkpoint, not init_from, decides. */
+    /* A resumed B (told the same tasks): its checkpoint, not init_from, decides. */
     struct harness R;
     REQUIRE(h_open(&R, kv_b, file_a, 3) == 0, "create: %s", err_msg());
     REQUIRE(method_run_load(R.mr, file_b) == 0, "load: %s", err_msg());
     REQUIRE(method_run_begin(R.mr) == 0, "begin: %s", err_msg());
     int resumed = same_as_file(R.mr, file_b, NULL);
-    printf("chain (dynamic): a resumed stage B keeps its checkpoint: %s\n", resumed ? "yes" : "NO");
+    printf("chain (dynamic, stage tasks %s): a resumed stage B keeps its checkpoint: %s\n",
+           told ? "told" : "not told", resumed ? "yes" : "NO");
     CHECK(resumed, "stage_begin overwrote a resumed stage's tensors");
     h_close(&R);
+    stage_tasks = NULL;
+    n_stage_tasks = 0;
 
     /* Refusals against A's file. */
     const char *kv_static[] = {"mode=static", "target_modules=q_proj v_proj", "init_from=prev", NULL};
@@ -929,7 +980,8 @@ int main(int argc, char **argv) {
     test_routing(1, 1);
     test_routing(2, 1);
     test_routing(1, 0);
-    test_chain_dynamic();
+    test_chain_dynamic(0);
+    test_chain_dynamic(1);
     test_chain_static();
     test_replay();
     test_labels();

@@ -145,6 +145,12 @@ check from_unfoldable "from_unfoldable.ini:18:" "[stage.b] from" "stage 'a' (lor
 { base; printf 'eval_tasks = upper%0250d\n' 0; } >long_line.ini
 check long_line "long_line.ini:18:" "line too long"
 
+{ base; echo "replay = 0.5"; } >replay_alone.ini
+check replay_alone "replay_alone.ini:18:" "[stage.a] replay" "replay_tasks"
+
+{ base; echo "replay_tasks = upper"; } >replay_overlap.ini
+check replay_overlap "replay_overlap.ini:18:" "[stage.a] replay_tasks" "also in tasks"
+
 # ---- overrides -------------------------------------------------------------------------
 base >set_unknown.ini
 EXTRA_ARGS=(--set colour.x=1)

@@ -105,6 +105,10 @@ log_every = 1
 save_model = true
 seed = 3
 n_train = 4
+replay_tasks = add
+replay = 0.5
+memory_per_label = 4
+eval_labels = true
 INI
 if "$PEFT" run "$TMP/keys.ini" --quiet >/dev/null 2>"$TMP/err" && [ -f "$TMP/keys/a/model/model.safetensors" ] &&
     [ "$(grep -c '"point":"step"' "$TMP/keys/metrics.jsonl")" -eq 2 ]; then
