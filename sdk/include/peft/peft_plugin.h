@@ -378,8 +378,9 @@ typedef struct peft_method_vtable {
     /* (optional) serves: model-level hooks that see all sites. Called once all tensors are
      * allocated and initialized (or loaded). LoTA's global top-k mask is computed here. */
     peft_status (*stage_begin)(peft_instance *self);
-    /* (optional) serves: new routing rows / experts. Called before the first batch that
-     * contains task `task` in this stage (training only). */
+    /* (optional) serves: new routing rows / experts. Called once for every task the stage
+     * trains on (its tasks, then any it replays), in that order, after stage_begin and before
+     * the first training batch. */
     peft_status (*task_begin)(peft_instance *self, int32_t task);
     /* (optional) Called before the forward of every batch (training and evaluation). */
     peft_status (*batch_begin)(peft_instance *self, const peft_batch_info *batch);
