@@ -153,17 +153,8 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
 
 /* Load the arm's run completely (every check a run makes) and keep what the report needs. */
 static int arm_check(struct arm *a, const char *plugin_path) {
-    struct cfg copy = {0};
-    copy.path = xstrdup(a->cfg.path);
-    for (int32_t i = 0; i < a->cfg.n_sections; i++) {
-        copy.sections = xrealloc(copy.sections, sizeof *copy.sections * (size_t)(copy.n_sections + 1));
-        copy.sections[copy.n_sections++] = (struct cfg_section){xstrdup(a->cfg.sections[i].name), a->cfg.sections[i].line};
-    }
-    for (int32_t i = 0; i < a->cfg.n; i++) {
-        const struct cfg_entry *e = &a->cfg.e[i];
-        copy.e = xrealloc(copy.e, sizeof *copy.e * (size_t)(copy.n + 1));
-        copy.e[copy.n++] = (struct cfg_entry){xstrdup(e->section), xstrdup(e->key), xstrdup(e->value), e->line, 0};
-    }
+    struct cfg copy;
+    cfg_copy(&copy, &a->cfg); /* the run takes over its configuration; the arm keeps its own */
     struct run r;
     if (run_load_cfg(&r, &copy, plugin_path)) {
         cfg_free(&copy);

@@ -168,6 +168,14 @@ void cfg_free(struct cfg *c) {
     memset(c, 0, sizeof *c);
 }
 
+void cfg_copy(struct cfg *dst, const struct cfg *src) {
+    memset(dst, 0, sizeof *dst);
+    dst->path = xstrdup(src->path);
+    for (int32_t i = 0; i < src->n_sections; i++) add_section(dst, src->sections[i].name, src->sections[i].line);
+    for (int32_t i = 0; i < src->n; i++)
+        add_entry(dst, src->e[i].section, src->e[i].key, src->e[i].value, src->e[i].line);
+}
+
 struct cfg_entry *cfg_find(struct cfg *c, const char *section, const char *key) {
     for (int32_t i = 0; i < c->n; i++)
         if (strcmp(c->e[i].section, section) == 0 && strcmp(c->e[i].key, key) == 0) return &c->e[i];

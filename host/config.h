@@ -37,6 +37,8 @@ int cfg_load(struct cfg *c, const char *path);
 /* Apply "section.key=value" (the key is after the last dot). -1 with "--set ARG: reason". */
 int cfg_set(struct cfg *c, const char *arg);
 void cfg_free(struct cfg *c);
+/* A deep copy (entries keep their lines; used flags reset). */
+void cfg_copy(struct cfg *dst, const struct cfg *src);
 
 struct cfg_entry *cfg_find(struct cfg *c, const char *section, const char *key);
 int cfg_has_section(const struct cfg *c, const char *section);

@@ -33,24 +33,12 @@ struct fix {
 
 static struct method_run *create_env(struct fix *f, const struct method_env *env,
                                      const char *const *kv) {
-    struct mt_cfg cfg;
-    mt_cfg_defaults(&cfg, f->pm->desc);
-    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
-    struct method_run *mr = NULL;
-    if (method_run_create(&mr, f->pm, &f->m, env, cfg.kv, cfg.n) != 0) mr = NULL;
-    mt_cfg_free(&cfg);
-    return mr;
+    return mt_run_create(f->pm, &f->m, env, kv);
 }
 
 static struct method_run *create(struct fix *f, const char *const *kv) {
     struct method_env env = mt_env(&f->tasks, 42);
     return create_env(f, &env, kv);
-}
-
-static struct mtensor *find(struct method_run *mr, const char *name) {
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++)
-        if (strcmp(method_run_tensor(mr, i)->name, name) == 0) return method_run_tensor(mr, i);
-    return NULL;
 }
 
 static void check_sites_and_init(struct fix *f) {
@@ -62,14 +50,14 @@ static void check_sites_and_init(struct fix *f) {
     for (int i = 0; ok && i < 4; i++) ok = method_run_site(mr, i) == want[i];
     /* probe.frozen, probe.vec, probe.seen and one per attached site */
     ok &= method_run_tensor_count(mr) == 3 + 4 &&
-          !find(mr, "probe.model.layers.0.self_attn.k_proj.w");
+          !mt_find_tensor(mr, "probe.model.layers.0.self_attn.k_proj.w");
     printf("offered every site, declined all but q_proj/down_proj: %d sites attached, %d "
            "tensors kept\n", method_run_site_count(mr), method_run_tensor_count(mr));
     CHECK(ok, "attached sites");
 
-    struct mtensor *fr = find(mr, "probe.frozen"), *vec = find(mr, "probe.vec");
-    struct mtensor *w = find(mr, "probe.model.layers.1.mlp.down_proj.w");
-    struct mtensor *seen = find(mr, "probe.seen");
+    struct mtensor *fr = mt_find_tensor(mr, "probe.frozen"), *vec = mt_find_tensor(mr, "probe.vec");
+    struct mtensor *w = mt_find_tensor(mr, "probe.model.layers.1.mlp.down_proj.w");
+    struct mtensor *seen = mt_find_tensor(mr, "probe.seen");
     REQUIRE(fr && vec && w && seen, "tensors missing");
     int cst = 1, zero = 1;
     for (int i = 0; i < 4; i++) cst &= fr->data[i] == 0.5f;
@@ -94,8 +82,8 @@ static void check_sites_and_init(struct fix *f) {
     env.stage = "other";
     struct method_run *other = create_env(f, &env, kv);
     REQUIRE(same && other, "create: %s", err_msg());
-    int rep = memcmp(find(same, "probe.vec")->data, vec->data, 1024 * 4) == 0;
-    int differs = memcmp(find(other, "probe.vec")->data, vec->data, 1024 * 4) != 0;
+    int rep = memcmp(mt_find_tensor(same, "probe.vec")->data, vec->data, 1024 * 4) == 0;
+    int differs = memcmp(mt_find_tensor(other, "probe.vec")->data, vec->data, 1024 * 4) != 0;
     printf("stream: same seed and stage repeat: %s; another stage differs: %s\n",
            rep ? "yes" : "NO", differs ? "yes" : "NO");
     CHECK(rep && differs, "instance stream");
@@ -186,7 +174,7 @@ static void check_hooks(struct fix *f) {
                            method_run_hooks(mr, 1), &loss);
     CHECK(rc != 0 && strstr(err_msg(), "before method_run_batch_begin"), "no batch: %s",
           rc ? err_msg() : "accepted");
-    const float *seen = find(mr, "probe.seen")->data;
+    const float *seen = mt_find_tensor(mr, "probe.seen")->data;
     REQUIRE(method_run_batch_begin(mr, &f->b, 1, 0) == 0, "%s", err_msg());
     mt_forward(&f->m, f->a, &f->b, method_run_hooks(mr, 1));
     int ok = seen[255] == T && seen[254] == 1.0f;
@@ -216,10 +204,10 @@ static void check_hooks(struct fix *f) {
     st_close(&sf);
     struct method_run *back = create(f, NULL);
     REQUIRE(back && method_run_load(back, path) == 0, "load: %s", err_msg());
-    float got = find(back, "probe.seen")->data[253];
+    float got = mt_find_tensor(back, "probe.seen")->data[253];
     printf("plugin state: 2 forwards saved, state_load read %g\n", got);
     CHECK(got == 2.0f, "state round trip: %g", got);
-    CHECK(memcmp(find(back, "probe.vec")->data, find(mr, "probe.vec")->data, 4096) == 0,
+    CHECK(memcmp(mt_find_tensor(back, "probe.vec")->data, mt_find_tensor(mr, "probe.vec")->data, 4096) == 0,
           "tensor round trip");
     method_run_free(back);
     remove_tree(dir);
@@ -234,7 +222,7 @@ static void check_masked_alias(struct fix *f) {
     REQUIRE(mr, "create: %s", err_msg());
     CHECK(f->m.need_grad[q0] && f->m.need_grad[q1], "need_grad not set");
     REQUIRE(method_run_begin(mr) == 0, "begin: %s", err_msg());
-    struct mtensor *t = find(mr, "probe.model.layers.0.self_attn.q_proj.weight");
+    struct mtensor *t = mt_find_tensor(mr, "probe.model.layers.0.self_attn.q_proj.weight");
     REQUIRE(t && t->mask, "masked alias missing");
     CHECK(t->n_trainable == 128 && t->mask[5] == 10, "mask: %llu", (unsigned long long)t->n_trainable);
     CHECK(t->data == model_site_weight(&f->m, 0), "alias storage");

@@ -30,20 +30,8 @@ struct fix {
 
 static struct method_run *create(struct fix *f, const struct plugin_method *pm,
                                  const char *const *kv) {
-    struct mt_cfg cfg;
-    mt_cfg_defaults(&cfg, pm->desc);
-    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
     struct method_env env = mt_env(&f->tasks, 42);
-    struct method_run *mr = NULL;
-    if (method_run_create(&mr, pm, &f->m, &env, cfg.kv, cfg.n) != 0) mr = NULL;
-    mt_cfg_free(&cfg);
-    return mr;
-}
-
-static struct mtensor *find(struct method_run *mr, const char *name) {
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++)
-        if (strcmp(method_run_tensor(mr, i)->name, name) == 0) return method_run_tensor(mr, i);
-    return NULL;
+    return mt_run_create(pm, &f->m, &env, kv);
 }
 
 static void check_names(struct fix *f, const struct plugin_method *lora) {
@@ -66,7 +54,7 @@ static void check_names(struct fix *f, const struct plugin_method *lora) {
     };
     int ok = 0;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        struct mtensor *t = find(mr, want[i].name);
+        struct mtensor *t = mt_find_tensor(mr, want[i].name);
         CHECK(t, "no tensor %s", want[i].name);
         if (!t) continue;
         int good = t->desc.ndim == 2 && t->desc.shape[0] == want[i].d0 &&
@@ -146,8 +134,8 @@ static double scale_error(struct fix *f, const struct plugin_method *lora, const
     const char *kv[] = {"r", "4", "lora_alpha", "16", "use_rslora", rslora, NULL};
     struct method_run *mr = create(f, lora, kv);
     REQUIRE(mr, "create: %s", err_msg());
-    struct mtensor *A = find(mr, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
-    struct mtensor *Bt = find(mr, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+    struct mtensor *A = mt_find_tensor(mr, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    struct mtensor *Bt = mt_find_tensor(mr, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
     REQUIRE(A && Bt, "tensors missing");
     struct rng g;
     rng_seed(&g, 3);

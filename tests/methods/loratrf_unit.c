@@ -40,20 +40,8 @@ struct fix {
 
 static struct method_run *create(struct fix *f, const struct plugin_method *pm,
                                  const char *const *kv) {
-    struct mt_cfg cfg;
-    mt_cfg_defaults(&cfg, pm->desc);
-    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
     struct method_env env = mt_env(&f->tasks, 42);
-    struct method_run *mr = NULL;
-    if (method_run_create(&mr, pm, &f->m, &env, cfg.kv, cfg.n) != 0) mr = NULL;
-    mt_cfg_free(&cfg);
-    return mr;
-}
-
-static struct mtensor *find(struct method_run *mr, const char *name) {
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++)
-        if (strcmp(method_run_tensor(mr, i)->name, name) == 0) return method_run_tensor(mr, i);
-    return NULL;
+    return mt_run_create(pm, &f->m, &env, kv);
 }
 
 enum kind { LORA, F1, F2 };
@@ -103,7 +91,7 @@ static void check_names(struct fix *f, const struct plugin_method *trf) {
         char *bn = xasprintf("base_model.model.model.layers.1.self_attn.%s.trf_filter.bias", site);
         char *an = xasprintf("base_model.model.model.layers.1.self_attn.%s.lora_A.weight", site);
         char *bbn = xasprintf("base_model.model.model.layers.1.self_attn.%s.lora_B.weight", site);
-        struct mtensor *w = find(mr, wn), *b = find(mr, bn), *A = find(mr, an), *Bt = find(mr, bbn);
+        struct mtensor *w = mt_find_tensor(mr, wn), *b = mt_find_tensor(mr, bn), *A = mt_find_tensor(mr, an), *Bt = mt_find_tensor(mr, bbn);
         CHECK(w && b && A && Bt, "%s: tensors missing", cases[c].filter);
         if (w && b && A && Bt) {
             uint64_t d = f2 ? 8 : (uint64_t)r;
@@ -218,7 +206,7 @@ static void check_gate_value(struct fix *f, const struct plugin_method *trf,
         struct rng g;
         rng_seed(&g, 17);
         for (int32_t i = 0; i < method_run_tensor_count(ml); i++) {
-            struct mtensor *tl = method_run_tensor(ml, i), *tt = find(mt, tl->name);
+            struct mtensor *tl = method_run_tensor(ml, i), *tt = mt_find_tensor(mt, tl->name);
             REQUIRE(tt && tt->numel == tl->numel, "%s: missing in loratrf", tl->name);
             if (strstr(tl->name, "lora_B"))
                 for (uint64_t j = 0; j < tl->numel; j++) tl->data[j] = rng_uniform(&g, -1, 1);

@@ -71,17 +71,11 @@ static uint64_t total_numel(const struct fix *f) {
 /* A method run with the schema's defaults and `kv` (NULL-ended pairs) on top; NULL with
  * err_msg() when creation fails. */
 static struct method_run *create(struct fix *f, const char *const *kv) {
-    struct mt_cfg cfg;
-    mt_cfg_defaults(&cfg, f->pm->desc);
-    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
     struct method_env env = mt_env(&f->tasks, 7);
     env.run_ctx = f;
     env.stage_delta = env_delta;
     env.stage_file = env_file;
-    struct method_run *mr = NULL;
-    int rc = method_run_create(&mr, f->pm, &f->m, &env, cfg.kv, cfg.n);
-    mt_cfg_free(&cfg);
-    return rc == 0 ? mr : NULL;
+    return mt_run_create(f->pm, &f->m, &env, kv);
 }
 
 static struct optim_params opt(double wd) {

@@ -129,6 +129,27 @@ static inline struct method_env mt_env(struct task_table *tasks, uint64_t seed) 
     return env;
 }
 
+/* A method run of pm on m with the schema's defaults and `kv` (NULL-ended key/value pairs) on
+ * top; NULL with err_msg() when creation fails. */
+static inline struct method_run *mt_run_create(const struct plugin_method *pm, struct model *m,
+                                               const struct method_env *env,
+                                               const char *const *kv) {
+    struct mt_cfg cfg;
+    mt_cfg_defaults(&cfg, pm->desc);
+    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
+    struct method_run *mr = NULL;
+    if (method_run_create(&mr, pm, m, env, cfg.kv, cfg.n) != 0) mr = NULL;
+    mt_cfg_free(&cfg);
+    return mr;
+}
+
+/* A registered tensor by name, or NULL. */
+static inline struct mtensor *mt_find_tensor(struct method_run *mr, const char *name) {
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++)
+        if (strcmp(method_run_tensor(mr, i)->name, name) == 0) return method_run_tensor(mr, i);
+    return NULL;
+}
+
 /* ---- the loss, in double from the logits ----------------------------------------------- */
 
 /* Mean cross-entropy over rows with a target, from the logits of the last forward (the fp32

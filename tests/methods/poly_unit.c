@@ -76,16 +76,10 @@ static int source_tensor(void *ctx, const char *stage, const char *name, float *
 static struct method_run *create_on(struct fix *f, struct model *m,
                                     const struct plugin_method *pm, const char *const *kv,
                                     uint64_t seed) {
-    struct mt_cfg cfg;
-    mt_cfg_defaults(&cfg, pm->desc);
-    for (int i = 0; kv && kv[i]; i += 2) mt_cfg_set(&cfg, kv[i], kv[i + 1]);
     struct method_env env = mt_env(&f->tasks, seed);
     env.run_ctx = f;
     env.stage_tensor = source_tensor;
-    struct method_run *mr = NULL;
-    if (method_run_create(&mr, pm, m, &env, cfg.kv, cfg.n) != 0) mr = NULL;
-    mt_cfg_free(&cfg);
-    return mr;
+    return mt_run_create(pm, m, &env, kv);
 }
 
 /* Created and begun, or NULL with err_msg(). */
@@ -99,12 +93,6 @@ static struct method_run *create(struct fix *f, const struct plugin_method *pm,
     return mr;
 }
 
-static struct mtensor *find(struct method_run *mr, const char *name) {
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++)
-        if (strcmp(method_run_tensor(mr, i)->name, name) == 0) return method_run_tensor(mr, i);
-    return NULL;
-}
-
 /* The tensor `what` (poly_lora_A, poly_lora_B, poly_router.module_logits, lora_A.weight, ...)
  * of a site. */
 static struct mtensor *site_tensor(struct fix *f, struct method_run *mr, int32_t site,
@@ -112,7 +100,7 @@ static struct mtensor *site_tensor(struct fix *f, struct method_run *mr, int32_t
     char site_name[96], name[256];
     model_site_name(&f->m, site, site_name, sizeof site_name);
     snprintf(name, sizeof name, "base_model.model.%s.%s", site_name, what);
-    struct mtensor *t = find(mr, name);
+    struct mtensor *t = mt_find_tensor(mr, name);
     REQUIRE(t, "no tensor %s", name);
     return t;
 }
@@ -597,7 +585,7 @@ static void check_start(struct fix *f, struct method_run *mr, int src, const cha
         masks &= z->mask && z->n_trainable == hk && z->mask[0] == 3 * hk &&
                  z->mask[hk - 1] == 4 * hk - 1;
     }
-    const float *tr = find(mr, "poly.task_rows")->data;
+    const float *tr = mt_find_tensor(mr, "poly.task_rows")->data;
     int marks = tr[0] == 1 && tr[1] == 1 && tr[2] == 1 && tr[3] == 0;
     printf("%s: skills as the source's (%s) %s; rows of trained tasks copied %s; the new "
            "task's row fresh %s; routing masked to the new row %s; task_rows %g %g %g %g\n",
