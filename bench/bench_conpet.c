@@ -19,7 +19,7 @@
 #include "model.h"
 #include "plugin_loader.h"
 #include "tokenizer.h"
-#include "util.h"
+#include "core.h"
 
 #define MAX_COUNTS 16
 

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "core.h"
 
 static int same_shape(const struct gemm_shape *a, const struct gemm_shape *b) {
     return a->trans_a == b->trans_a && a->trans_b == b->trans_b && a->m == b->m &&

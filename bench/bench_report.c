@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "core.h"
 
 void report_header(const struct bench_info *info) {
     printf("peftkit training-step benchmark\n");

@@ -20,7 +20,7 @@
 #include "model.h"
 #include "optim.h"
 #include "plugin_loader.h"
-#include "util.h"
+#include "core.h"
 
 #define BYTE_VOCAB 259 /* 256 bytes + BOS, EOS, PAD */
 #define MAX_SIZES 16

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "util.h"
+#include "core.h"
 
 /* A fresh scratch folder under $TMPDIR (or /tmp); caller frees and removes it. */
 static inline char *io_scratch_dir(const char *tag) {

@@ -19,7 +19,7 @@
 #include "plugin_loader.h"
 #include "plugins_cmd.h"
 #include "stage_keys.h"
-#include "util.h"
+#include "core.h"
 
 // ---------------------------------------------------------------------------------------
 // The plugins given on the command line

@@ -17,7 +17,7 @@
 #include "check.h"
 #include "merge_ops.h"
 #include "svd.h"
-#include "util.h"
+#include "core.h"
 
 static struct tvec dense_of(const float *x, uint64_t n) {
     struct tvec t;

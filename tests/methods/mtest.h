@@ -16,7 +16,7 @@
 #include "method.h"
 #include "model.h"
 #include "plugin_loader.h"
-#include "util.h"
+#include "core.h"
 
 /* ---- the model ------------------------------------------------------------------------- */
 

@@ -9,7 +9,7 @@
 
 #include "check.h"
 #include "model.h"
-#include "util.h"
+#include "core.h"
 
 static struct model_config base_config(void)
 {

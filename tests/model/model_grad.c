@@ -10,7 +10,7 @@
 
 #include "check.h"
 #include "model.h"
-#include "util.h"
+#include "core.h"
 
 enum { B = 2, T = 5, N = B * T };
 

@@ -9,7 +9,7 @@
 
 #include "check.h"
 #include "model.h"
-#include "util.h"
+#include "core.h"
 
 #define FIXTURE_MAGIC 0x4d544650u
 #define FIXTURE_VERSION 1u

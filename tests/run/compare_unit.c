@@ -16,7 +16,7 @@
 #include "check.h"
 #include "report.h"
 #include "svg.h"
-#include "util.h"
+#include "core.h"
 
 #define N_TASKS 3
 

@@ -1,0 +1,112 @@
+/*
+ * core.h: the lowest layer, which every host file uses: the error line, checked allocation,
+ * whole-file and atomic file I/O, folders and paths, time, the seeded random stream, growing
+ * strings and word lists.
+ *
+ * Error style: host library functions return 0 on success and -1 on failure after setting
+ * one line with err_set(); the CLI prints "peft: <line>" and exits 2. The line names the file
+ * and the place: "conf/run.ini:12: [stage.adapt] r: expected an integer, got 'abc'".
+ */
+#ifndef PEFT_CORE_H
+#define PEFT_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define PEFT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define PEFT_PRINTF(a, b)
+#endif
+
+/* ---- the error line ------------------------------------------------------------------ */
+/* Set the current error line (replaces any earlier one). Always returns -1. */
+int err_set(const char *fmt, ...) PEFT_PRINTF(1, 2);
+/* Prefix the current error line: err_prefix("%s", path) gives "path: <old line>". */
+int err_prefix(const char *fmt, ...) PEFT_PRINTF(1, 2);
+const char *err_msg(void);
+void err_clear(void);
+
+/* ---- allocation: out of memory is fatal (prints and exits 1) ------------------------- */
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) PEFT_PRINTF(1, 2);
+/* The length vsnprintf would give fmt with ap (ap itself is not consumed). */
+size_t fmt_length(const char *fmt, va_list ap);
+/* 64-byte aligned float buffer, zeroed; free with free(). */
+float *xalloc_floats(size_t n);
+
+/* ---- files ---------------------------------------------------------------------------- */
+/* Read a whole file (NUL-terminated for convenience). -1 with "PATH: reason" on failure. */
+int file_read_all(const char *path, char **out, size_t *len);
+/* Write a file atomically: PATH.tmp.<pid> then rename. -1 with "PATH: reason". */
+int file_write_atomic(const char *path, const void *data, size_t len);
+
+/* Streaming atomic writer: fopen a temporary sibling, write, then commit (fsync + rename) or
+ * abort (unlink). Nothing appears under `path` unless commit succeeds. */
+struct atomic_file {
+    FILE *f;
+    char *path;
+    char *tmp_path;
+};
+int atomic_open(struct atomic_file *af, const char *path);
+int atomic_commit(struct atomic_file *af);
+void atomic_abort(struct atomic_file *af);
+
+int file_exists(const char *path);
+int dir_exists(const char *path);
+/* mkdir -p; -1 with "PATH: reason". */
+int mkdir_p(const char *path);
+/* Remove a directory tree (used for temporary folders only). */
+int remove_tree(const char *path);
+/* a + "/" + b (b absolute -> b). Caller frees. */
+char *path_join(const char *a, const char *b);
+/* Directory part of a path ("." if none). Caller frees. */
+char *path_dirname(const char *path);
+
+/* ---- time ----------------------------------------------------------------------------- */
+double now_seconds(void); /* monotonic */
+
+/* ---- the seeded random stream (xoshiro256**; state is plain data so checkpoints keep it) */
+struct rng {
+    uint64_t s[4];
+};
+void rng_seed(struct rng *r, uint64_t seed);
+uint64_t rng_next(struct rng *r);
+double rng_double(struct rng *r);             /* [0, 1) */
+float rng_uniform(struct rng *r, float lo, float hi);
+float rng_normal(struct rng *r, float mean, float std);
+uint64_t rng_below(struct rng *r, uint64_t n); /* [0, n), n > 0 */
+/* A stream derived from a seed and a label ("data:reverse", "stage:adapt"), so streams do not
+ * depend on the order in which they are made. */
+void rng_seed_label(struct rng *r, uint64_t seed, const char *label);
+
+/* ---- a growing string ----------------------------------------------------------------- */
+struct strbuf {
+    char *s;      /* NUL-terminated; NULL until the first append */
+    size_t len, cap;
+};
+void sb_printf(struct strbuf *b, const char *fmt, ...) PEFT_PRINTF(2, 3);
+void sb_free(struct strbuf *b);
+
+/* ---- words ---------------------------------------------------------------------------- */
+/* Split on commas and/or whitespace; empty items dropped. Caller frees with words_free. */
+struct words {
+    char **v;
+    int n;
+};
+void words_split(struct words *w, const char *s);
+void words_free(struct words *w);
+int words_find(const struct words *w, const char *s); /* index or -1 */
+
+/* Strict number parsing: whole string, no trailing junk. 0 ok, -1 bad. */
+int parse_i64(const char *s, int64_t *out);
+int parse_f64(const char *s, double *out); /* finite only */
+int parse_bool(const char *s, int *out);
+
+#endif

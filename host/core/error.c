@@ -1,0 +1,33 @@
+/* error.c: the error line every failing call leaves for its caller to print. */
+#include "core.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- the error line ------------------------------------------------------------------ */
+
+static char err_line[2048];
+
+int err_set(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_line, sizeof err_line, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int err_prefix(const char *fmt, ...) {
+    char head[1024], old[sizeof err_line];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_line, sizeof old);
+    if (snprintf(err_line, sizeof err_line, "%s: %s", head, old) >= (int)sizeof err_line)
+        err_line[sizeof err_line - 1] = 0; /* a long line is cut, never lost */
+    return -1;
+}
+
+const char *err_msg(void) { return err_line[0] ? err_line : "unknown error"; }
+void err_clear(void) { err_line[0] = 0; }

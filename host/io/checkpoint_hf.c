@@ -1,0 +1,478 @@
+/*
+ * checkpoint_hf.c: HF llama checkpoints (FORMATS.md §3): DIR/config.json and the weights in
+ * DIR/model.safetensors, or in shards listed by DIR/model.safetensors.index.json.
+ *
+ * config.json: both RoPE layouts are read (transformers v4: top-level rope_theta and
+ * rope_scaling; v5: rope_parameters {rope_type, rope_theta}). Only default RoPE, SiLU and
+ * bias-free projections are implemented, so anything else is refused with a line naming the
+ * key rather than loaded into a model that would compute something different.
+ *
+ * Weights: every tensor of the model (model.h's list) must be present with the shape
+ * config.json implies; F32, F16 and BF16 are converted to fp32. Old rotary_emb.inv_freq
+ * buffers are ignored; any other extra tensor is refused by name (a bias, a layer beyond
+ * num_hidden_layers, an lm_head that differs from a tied embedding).
+ *
+ * Writing: config.json (v4 and v5 RoPE keys both present, so both generations read it) and
+ * one F32 model.safetensors, each atomically.
+ */
+#include "checkpoint_hf.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+#include "core/core.h"
+
+// ---------------------------------------------------------------------------------------
+// config.json
+
+/* The shortest decimal that reads back as the same fp32, always with a '.' or exponent so
+ * that Python reads a float. */
+static void float_text(char *buf, size_t cap, float v) {
+    if (v == floorf(v) && fabsf(v) < 1e15f) { /* 10000.0, as HF files spell rope_theta */
+        snprintf(buf, cap, "%.1f", (double)v);
+        return;
+    }
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, cap, "%.*g", digits, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".eE")) strncat(buf, ".0", cap - strlen(buf) - 1);
+}
+
+/* A name read from a file, safe for a one-line message: control bytes escaped, cut at ~150. */
+static const char *printable(const char *s, char buf[static 160]) {
+    size_t j = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (j + 8 >= 160) {
+            memcpy(buf + j, "...", 4);
+            return buf;
+        }
+        if (*p < 0x20 || *p == 0x7f)
+            j += (size_t)snprintf(buf + j, 160 - j, "\\x%02x", *p);
+        else
+            buf[j++] = (char)*p;
+    }
+    buf[j] = '\0';
+    return buf;
+}
+
+/* key absent or null: HF treats both as "use the default" */
+static const cJSON *get_key(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static const char *kind_of(const cJSON *v) {
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    if (cJSON_IsBool(v)) return "a boolean";
+    return "null";
+}
+
+/* A positive integer that fits int32; absent -> def, or an error when def < 0 (required). */
+static int get_pos_int(const char *path, const cJSON *root, const char *key, int32_t def,
+                       int32_t *out) {
+    const cJSON *v = get_key(root, key);
+    if (!v) {
+        if (def < 0) return err_set("%s: %s: missing", path, key);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v))
+        return err_set("%s: %s: expected a positive integer, got %s", path, key, kind_of(v));
+    double d = v->valuedouble;
+    if (!(d >= 1) || d > INT32_MAX || d != floor(d))
+        return err_set("%s: %s: expected a positive integer, got %g", path, key, d);
+    *out = (int32_t)d;
+    return 0;
+}
+
+static int get_pos_float(const char *path, const char *key, const cJSON *v, float *out) {
+    if (!cJSON_IsNumber(v))
+        return err_set("%s: %s: expected a positive number, got %s", path, key, kind_of(v));
+    double d = v->valuedouble;
+    if (!(d > 0) || !isfinite((float)d) || (float)d == 0.0f)
+        return err_set("%s: %s: expected a positive number, got %g", path, key, d);
+    *out = (float)d;
+    return 0;
+}
+
+/* A boolean key that must be false (or absent) for the model we implement. */
+static int require_false(const char *path, const cJSON *root, const char *key,
+                         const char *why) {
+    const cJSON *v = get_key(root, key);
+    if (!v) return 0;
+    if (!cJSON_IsBool(v))
+        return err_set("%s: %s: expected true or false, got %s", path, key, kind_of(v));
+    if (cJSON_IsTrue(v)) return err_set("%s: %s: true is not supported (%s)", path, key, why);
+    return 0;
+}
+
+/* rope_scaling (v4) or rope_parameters (v5): only the default, unscaled RoPE is implemented. */
+static int check_rope_type(const char *path, const char *key, const cJSON *obj) {
+    if (!cJSON_IsObject(obj))
+        return err_set("%s: %s: expected an object or null, got %s", path, key, kind_of(obj));
+    const cJSON *type = get_key(obj, "rope_type");
+    const char *field = "rope_type";
+    if (!type) { /* very old files spell it "type" */
+        type = get_key(obj, "type");
+        field = "type";
+    }
+    if (type && !cJSON_IsString(type))
+        return err_set("%s: %s: %s: expected a string, got %s", path, key, field,
+                       kind_of(type));
+    if (type && strcmp(type->valuestring, "default") != 0)
+        return err_set("%s: %s: %s '%s' is not supported (only the default, unscaled RoPE is "
+                       "implemented)", path, key, field, type->valuestring);
+    if (!type) {
+        for (const cJSON *c = obj->child; c; c = c->next)
+            if (cJSON_IsObject(c))
+                return err_set("%s: %s: per-layer-type RoPE settings ('%s') are not supported",
+                               path, key, c->string);
+        if (strcmp(key, "rope_scaling") == 0 && obj->child)
+            return err_set("%s: rope_scaling: no rope_type given; only the default, unscaled "
+                           "RoPE is implemented", path);
+    }
+    return 0;
+}
+
+static int parse_config(const char *path, const cJSON *root, struct model_config *c) {
+    memset(c, 0, sizeof *c);
+    if (!cJSON_IsObject(root)) return err_set("%s: expected a JSON object", path);
+
+    const cJSON *mt = get_key(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "llama") != 0))
+        return err_set("%s: model_type: '%s' is not supported (llama only)", path,
+                       cJSON_IsString(mt) ? mt->valuestring : kind_of(mt));
+    const cJSON *act = get_key(root, "hidden_act");
+    if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
+        return err_set("%s: hidden_act: '%s' is not supported (silu only)", path,
+                       cJSON_IsString(act) ? act->valuestring : kind_of(act));
+    if (require_false(path, root, "attention_bias", "projections without bias only") != 0 ||
+        require_false(path, root, "mlp_bias", "projections without bias only") != 0)
+        return -1;
+
+    if (get_pos_int(path, root, "vocab_size", -1, &c->vocab) != 0 ||
+        get_pos_int(path, root, "hidden_size", -1, &c->d_model) != 0 ||
+        get_pos_int(path, root, "intermediate_size", -1, &c->d_ff) != 0 ||
+        get_pos_int(path, root, "num_hidden_layers", -1, &c->n_layers) != 0 ||
+        get_pos_int(path, root, "num_attention_heads", -1, &c->n_heads) != 0 ||
+        get_pos_int(path, root, "num_key_value_heads", c->n_heads, &c->n_kv_heads) != 0 ||
+        get_pos_int(path, root, "max_position_embeddings", 2048, &c->max_seq) != 0)
+        return -1;
+    if (c->n_heads % c->n_kv_heads != 0)
+        return err_set("%s: num_key_value_heads: %d does not divide num_attention_heads %d",
+                       path, (int)c->n_kv_heads, (int)c->n_heads);
+    if (!get_key(root, "head_dim") && c->d_model % c->n_heads != 0)
+        return err_set("%s: head_dim: missing, and hidden_size %d is not a multiple of "
+                       "num_attention_heads %d", path, (int)c->d_model, (int)c->n_heads);
+    if (get_pos_int(path, root, "head_dim", c->d_model / c->n_heads, &c->head_dim) != 0)
+        return -1;
+
+    c->rms_eps = 1e-6f;
+    const cJSON *eps = get_key(root, "rms_norm_eps");
+    if (eps && get_pos_float(path, "rms_norm_eps", eps, &c->rms_eps) != 0) return -1;
+
+    c->tied = 0;
+    const cJSON *tie = get_key(root, "tie_word_embeddings");
+    if (tie && !cJSON_IsBool(tie))
+        return err_set("%s: tie_word_embeddings: expected true or false, got %s", path,
+                       kind_of(tie));
+    if (tie) c->tied = cJSON_IsTrue(tie) ? 1 : 0;
+
+    /* RoPE: v5 rope_parameters.rope_theta, else v4 top-level rope_theta, else 10000 */
+    const cJSON *scaling = get_key(root, "rope_scaling");
+    const cJSON *params = get_key(root, "rope_parameters");
+    if (scaling && check_rope_type(path, "rope_scaling", scaling) != 0) return -1;
+    if (params && check_rope_type(path, "rope_parameters", params) != 0) return -1;
+    const cJSON *theta_top = get_key(root, "rope_theta");
+    const cJSON *theta_v5 = params ? get_key(params, "rope_theta") : NULL;
+    float top = 0, v5 = 0;
+    if (theta_top && get_pos_float(path, "rope_theta", theta_top, &top) != 0) return -1;
+    if (theta_v5 && get_pos_float(path, "rope_parameters: rope_theta", theta_v5, &v5) != 0)
+        return -1;
+    if (theta_top && theta_v5 && top != v5) {
+        char a[64], b[64];
+        float_text(a, sizeof a, top);
+        float_text(b, sizeof b, v5);
+        return err_set("%s: rope_theta: %s disagrees with rope_parameters.rope_theta %s", path, a,
+                       b);
+    }
+    c->rope_theta = theta_v5 ? v5 : theta_top ? top : 10000.0f;
+
+    if (model_config_check(c) != 0) return err_prefix("%s", path);
+    return 0;
+}
+
+int hf_config_load(const char *dir, struct model_config *c) {
+    char *path = path_join(dir, "config.json");
+    char *text = NULL;
+    size_t len = 0;
+    int rc = file_read_all(path, &text, &len);
+    if (rc == 0) {
+        const char *end = NULL;
+        /* len + 1: cJSON wants to see the terminating NUL to reject trailing text */
+        cJSON *root = cJSON_ParseWithLengthOpts(text, len + 1, &end, 1);
+        if (!root) {
+            /* the line of the failure helps more than a byte offset in a config file */
+            int line = 1;
+            for (const char *p = text; end && p < end && p < text + len; p++) line += *p == '\n';
+            rc = err_set("%s:%d: not valid JSON", path, line);
+        } else {
+            rc = parse_config(path, root, c);
+            cJSON_Delete(root);
+        }
+    }
+    free(text);
+    free(path);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------
+// weights
+
+/* The weight files of a checkpoint: one model.safetensors or the shards of an index. */
+struct weight_files {
+    struct st_file *v;
+    int32_t n;
+    char *where; /* the file to name when a tensor is missing */
+};
+
+static void weight_files_close(struct weight_files *w) {
+    for (int32_t i = 0; i < w->n; i++) st_close(&w->v[i]);
+    free(w->v);
+    free(w->where);
+    memset(w, 0, sizeof *w);
+}
+
+static const struct st_tensor *weight_find(const struct weight_files *w, const char *name,
+                                           const struct st_file **file) {
+    for (int32_t i = 0; i < w->n; i++) {
+        const struct st_tensor *t = st_find(&w->v[i], name);
+        if (t) {
+            *file = &w->v[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Shard file names come from a file we did not write: plain names in DIR only. */
+static int shard_name_ok(const char *s) {
+    return *s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+static int open_index(const char *dir, const char *index_path, struct weight_files *w) {
+    char *text = NULL;
+    size_t len = 0;
+    if (file_read_all(index_path, &text, &len) != 0) return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root) return err_set("%s: not valid JSON", index_path);
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    char name[160];
+    int rc = 0;
+    if (!cJSON_IsObject(map))
+        rc = err_set("%s: weight_map: missing or not an object", index_path);
+    /* distinct shard names, in first-seen order */
+    int32_t n_map = 0;
+    for (const cJSON *e = map ? map->child : NULL; rc == 0 && e; e = e->next) {
+        n_map++;
+        if (!cJSON_IsString(e) || !shard_name_ok(e->valuestring))
+            rc = err_set("%s: weight_map: '%s': expected a file name in the same folder",
+                         index_path, printable(e->string, name));
+    }
+    if (rc == 0 && n_map == 0) rc = err_set("%s: weight_map: empty", index_path);
+    w->v = xcalloc((size_t)n_map + 1, sizeof *w->v);
+    for (const cJSON *e = map ? map->child : NULL; rc == 0 && e; e = e->next) {
+        char *p = path_join(dir, e->valuestring);
+        int32_t seen = 0;
+        for (int32_t i = 0; i < w->n && !seen; i++) seen = strcmp(w->v[i].path, p) == 0;
+        if (!seen) {
+            rc = st_open(&w->v[w->n], p);
+            if (rc == 0) w->n++;
+        }
+        free(p);
+    }
+    /* every mapped tensor is in the shard the map names */
+    for (const cJSON *e = map ? map->child : NULL; rc == 0 && e; e = e->next) {
+        char *p = path_join(dir, e->valuestring);
+        for (int32_t i = 0; i < w->n; i++)
+            if (strcmp(w->v[i].path, p) == 0 && !st_find(&w->v[i], e->string))
+                rc = err_set("%s: weight_map: tensor '%s' is not in %s", index_path,
+                             printable(e->string, name), e->valuestring);
+        free(p);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int open_weights(const char *dir, struct weight_files *w) {
+    char name[160];
+    memset(w, 0, sizeof *w);
+    char *single = path_join(dir, "model.safetensors");
+    char *index = path_join(dir, "model.safetensors.index.json");
+    int rc;
+    if (file_exists(single) || !file_exists(index)) {
+        w->v = xcalloc(1, sizeof *w->v);
+        rc = st_open(&w->v[0], single);
+        if (rc == 0) w->n = 1;
+        w->where = xstrdup(single);
+    } else {
+        rc = open_index(dir, index, w);
+        w->where = xstrdup(index);
+    }
+    /* a tensor in two shards would make the checkpoint ambiguous */
+    for (int32_t i = 0; rc == 0 && i < w->n; i++)
+        for (int32_t k = 0; rc == 0 && k < w->v[i].n_tensors; k++)
+            for (int32_t j = i + 1; rc == 0 && j < w->n; j++)
+                if (st_find(&w->v[j], w->v[i].tensors[k].name))
+                    rc = err_set("%s: tensor '%s' is also in %s", w->v[j].path,
+                                 printable(w->v[i].tensors[k].name, name), w->v[i].path);
+    if (rc != 0) weight_files_close(w);
+    free(single);
+    free(index);
+    return rc;
+}
+
+static int is_float_dtype(int32_t dtype) {
+    return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16;
+}
+
+static int load_tensor(const struct st_file *f, const struct st_tensor *t,
+                       const struct model_tensor *mt, float *out) {
+    if (!is_float_dtype(t->dtype))
+        return err_set("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", f->path,
+                       t->name, st_dtype_name(t->dtype));
+    int same = t->ndim == mt->ndim;
+    for (int32_t k = 0; same && k < mt->ndim; k++) same = t->shape[k] == mt->shape[k];
+    if (!same) {
+        char have[128], want[64];
+        st_shape_text(have, sizeof have, t->ndim, t->shape);
+        st_shape_text(want, sizeof want, mt->ndim, mt->shape);
+        return err_set("%s: tensor '%s' has shape %s but config.json says %s", f->path, t->name,
+                       have, want);
+    }
+    return st_read_f32(f, t, out, mt->numel);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* A tensor of the files that the model has no place for. */
+static int check_extra(const struct model *m, const struct st_file *f,
+                       const struct st_tensor *t) {
+    if (model_find_tensor(m, t->name) >= 0) return 0;
+    if (ends_with(t->name, "rotary_emb.inv_freq")) return 0; /* a recomputed buffer */
+    if (m->cfg.tied && strcmp(t->name, "lm_head.weight") == 0) {
+        /* a tied checkpoint may still store the head; accept only an exact copy */
+        const struct model_tensor *emb = &m->tensors[0];
+        float *head = xmalloc(emb->numel * sizeof(float) + 1);
+        int rc = load_tensor(f, t, emb, head);
+        if (rc == 0 && memcmp(head, m->w.embed, emb->numel * sizeof(float)) != 0)
+            rc = err_set("%s: tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
+                         "but config.json says tie_word_embeddings: true", f->path);
+        free(head);
+        return rc;
+    }
+    char name[160];
+    return err_set("%s: unexpected tensor '%s' (not part of the llama model config.json "
+                   "describes)", f->path, printable(t->name, name));
+}
+
+int hf_model_load(const char *dir, struct model *m) {
+    memset(m, 0, sizeof *m);
+    struct model_config c;
+    if (hf_config_load(dir, &c) != 0) return -1;
+    struct weight_files w;
+    if (open_weights(dir, &w) != 0) return -1;
+    if (model_init(m, &c) != 0) {
+        weight_files_close(&w);
+        return err_prefix("%s/config.json", dir);
+    }
+    int rc = 0;
+    for (int32_t i = 0; rc == 0 && i < m->n_tensors; i++) {
+        const struct model_tensor *mt = &m->tensors[i];
+        const struct st_file *f = NULL;
+        const struct st_tensor *t = weight_find(&w, mt->name, &f);
+        if (!t)
+            rc = err_set("%s: tensor '%s' is missing", w.where, mt->name);
+        else
+            rc = load_tensor(f, t, mt, m->params + mt->offset);
+    }
+    for (int32_t i = 0; rc == 0 && i < w.n; i++)
+        for (int32_t k = 0; rc == 0 && k < w.v[i].n_tensors; k++)
+            rc = check_extra(m, &w.v[i], &w.v[i].tensors[k]);
+    weight_files_close(&w);
+    if (rc != 0) model_free(m);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------
+// writing
+
+static char *config_json(const struct model_config *c) {
+    char num[64];
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
+    cJSON_AddStringToObject(root, "model_type", "llama");
+    cJSON_AddNumberToObject(root, "vocab_size", c->vocab);
+    cJSON_AddNumberToObject(root, "hidden_size", c->d_model);
+    cJSON_AddNumberToObject(root, "intermediate_size", c->d_ff);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(root, "head_dim", c->head_dim);
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddNumberToObject(root, "max_position_embeddings", c->max_seq);
+    float_text(num, sizeof num, c->rms_eps);
+    cJSON_AddRawToObject(root, "rms_norm_eps", num);
+    float_text(num, sizeof num, c->rope_theta);
+    cJSON_AddRawToObject(root, "rope_theta", num); /* transformers v4 */
+    cJSON *rope = cJSON_AddObjectToObject(root, "rope_parameters"); /* transformers v5 */
+    cJSON_AddStringToObject(rope, "rope_type", "default");
+    cJSON_AddRawToObject(rope, "rope_theta", num);
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tied != 0);
+    cJSON_AddBoolToObject(root, "attention_bias", 0);
+    cJSON_AddBoolToObject(root, "mlp_bias", 0);
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) {
+        fprintf(stderr, "peft: out of memory\n");
+        exit(1);
+    }
+    char *out = xasprintf("%s\n", text);
+    cJSON_free(text);
+    return out;
+}
+
+int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv) {
+    if (mkdir_p(dir) != 0) return -1;
+    struct st_writer *w = st_writer_new();
+    for (int32_t i = 0; i < m->n_tensors; i++) {
+        const struct model_tensor *t = &m->tensors[i];
+        st_writer_add_f32(w, t->name, t->ndim, t->shape, m->params + t->offset);
+    }
+    for (const char *const *kv = meta_kv; kv && kv[0] && kv[1]; kv += 2)
+        st_writer_meta(w, kv[0], kv[1]);
+    char *st_path = path_join(dir, "model.safetensors");
+    int rc = st_writer_save(w, st_path);
+    st_writer_free(w);
+    free(st_path);
+    if (rc != 0) return -1;
+    char *cfg_path = path_join(dir, "config.json");
+    char *text = config_json(&m->cfg);
+    rc = file_write_atomic(cfg_path, text, strlen(text));
+    free(text);
+    free(cfg_path);
+    return rc;
+}

@@ -1,0 +1,21 @@
+/*
+ * checkpoint_hf.h: HF llama checkpoints, a folder with config.json + model.safetensors
+ * (FORMATS.md §3). Reads F32/F16/BF16 weights, both rope_theta layouts (top-level v4 and
+ * rope_parameters v5), tied or untied heads; checks every shape against config.json.
+ * Writes the same layout (F32), atomically.
+ */
+#ifndef PEFT_CHECKPOINT_HF_H
+#define PEFT_CHECKPOINT_HF_H
+
+#include "model/model.h"
+
+/* Parse DIR/config.json into c. -1 with "DIR/config.json: key: reason". */
+int hf_config_load(const char *dir, struct model_config *c);
+/* Load the model in DIR (config.json + model.safetensors): model_init + weights.
+ * -1 with the file and the tensor or key named. */
+int hf_model_load(const char *dir, struct model *m);
+/* Write DIR/config.json and DIR/model.safetensors (extra metadata pairs optional, NULL-ended
+ * key/value array). Creates DIR. */
+int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv);
+
+#endif

@@ -1,0 +1,277 @@
+/* config.c: the run file (INI through inih), --set overrides and typed, located getters. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+/* inih calls the handler after reading the line it reports, so a reader that counts lines
+ * gives each entry its line without the ABI-changing INI_HANDLER_LINENO. */
+struct reader {
+    FILE *f;
+    struct cfg *c;
+    int32_t line;
+    int32_t header_line; /* line of the last "[section]" header */
+    int32_t long_line;   /* first line longer than the reader's buffer */
+};
+
+static void add_section(struct cfg *c, const char *name, int32_t line);
+
+/* Headers are recorded here too: this inih reports no section that has no keys, and an
+ * empty [arm.baseline] or a misspelt empty section must still be seen. */
+static char *read_line(char *str, int num, void *stream) {
+    struct reader *r = stream;
+    char *s = fgets(str, num, r->f);
+    if (s) {
+        r->line++;
+        size_t n = strlen(s);
+        /* inih reads lines into a fixed buffer and would take the rest as a new line. */
+        if (n + 1 >= (size_t)num && s[n - 1] != '\n' && !r->long_line) r->long_line = r->line;
+        const char *p = s;
+        while (*p == ' ' || *p == '\t') p++;
+        const char *end = *p == '[' ? strchr(p, ']') : NULL;
+        if (end) {
+            r->header_line = r->line;
+            const char *b = p + 1, *e = end;
+            while (b < e && (*b == ' ' || *b == '\t')) b++;
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t')) e--;
+            char *name = xstrndup(b, (size_t)(e - b));
+            add_section(r->c, name, r->line);
+            free(name);
+        }
+    }
+    return s;
+}
+
+struct load_ctx {
+    struct cfg *c;
+    struct reader *r;
+    int32_t dup_line; /* first duplicate key, reported after parsing */
+    char dup_desc[256];
+};
+
+static void add_section(struct cfg *c, const char *name, int32_t line) {
+    for (int32_t i = 0; i < c->n_sections; i++)
+        if (strcmp(c->sections[i].name, name) == 0) return;
+    c->sections = xrealloc(c->sections, sizeof *c->sections * (size_t)(c->n_sections + 1));
+    c->sections[c->n_sections].name = xstrdup(name);
+    c->sections[c->n_sections].line = line;
+    c->n_sections++;
+}
+
+static void add_entry(struct cfg *c, const char *section, const char *key, const char *value,
+                      int32_t line) {
+    c->e = xrealloc(c->e, sizeof *c->e * (size_t)(c->n + 1));
+    struct cfg_entry *e = &c->e[c->n++];
+    e->section = xstrdup(section);
+    e->key = xstrdup(key);
+    e->value = xstrdup(value);
+    e->line = line;
+    e->used = 0;
+}
+
+static int on_entry(void *user, const char *section, const char *name, const char *value) {
+    struct load_ctx *lc = user;
+    struct cfg *c = lc->c;
+    if (!name) { /* a section header with no keys yet (inih >= r43 reports these) */
+        add_section(c, section, lc->r->line);
+        return 1;
+    }
+    add_section(c, section, lc->r->header_line ? lc->r->header_line : lc->r->line);
+    struct cfg_entry *old = cfg_find(c, section, name);
+    if (old) {
+        if (!lc->dup_line) {
+            lc->dup_line = lc->r->line;
+            snprintf(lc->dup_desc, sizeof lc->dup_desc, "[%s] %s: given twice (first on line %d)",
+                     section, name, old->line);
+        }
+        return 1;
+    }
+    add_entry(c, section, name, value, lc->r->line);
+    return 1;
+}
+
+int cfg_load(struct cfg *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    c->path = xstrdup(path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        err_set("%s: cannot open: %s", path, strerror(errno));
+        cfg_free(c);
+        return -1;
+    }
+    struct reader r = {f, c, 0, 0, 0};
+    struct load_ctx lc = {c, &r, 0, ""};
+    int rc = ini_parse_stream(read_line, &r, on_entry, &lc);
+    fclose(f);
+    if (r.long_line) {
+        err_set("%s:%d: line too long (at most %d characters)", path, r.long_line, INI_MAX_LINE - 2);
+        cfg_free(c);
+        return -1;
+    }
+    if (rc != 0) {
+        err_set("%s:%d: syntax error (expected '[section]' or 'key = value')", path, rc);
+        cfg_free(c);
+        return -1;
+    }
+    if (lc.dup_line) {
+        err_set("%s:%d: %s", path, lc.dup_line, lc.dup_desc);
+        cfg_free(c);
+        return -1;
+    }
+    for (int32_t i = 0; i < c->n; i++)
+        if (c->e[i].section[0] == 0) {
+            err_set("%s:%d: %s: key outside any section", path, c->e[i].line, c->e[i].key);
+            cfg_free(c);
+            return -1;
+        }
+    return 0;
+}
+
+int cfg_set(struct cfg *c, const char *arg) {
+    const char *eq = strchr(arg, '=');
+    const char *dot = NULL;
+    for (const char *p = arg; eq && p < eq; p++)
+        if (*p == '.') dot = p;
+    if (!eq || !dot || dot == arg || dot + 1 == eq)
+        return err_set("--set %s: expected section.key=value", arg);
+    char *section = xstrndup(arg, (size_t)(dot - arg));
+    char *key = xstrndup(dot + 1, (size_t)(eq - dot - 1));
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (e) {
+        free(e->value);
+        e->value = xstrdup(eq + 1);
+        e->line = 0;
+    } else {
+        add_section(c, section, 0);
+        add_entry(c, section, key, eq + 1, 0);
+    }
+    free(section);
+    free(key);
+    return 0;
+}
+
+void cfg_free(struct cfg *c) {
+    for (int32_t i = 0; i < c->n; i++) {
+        free(c->e[i].section);
+        free(c->e[i].key);
+        free(c->e[i].value);
+    }
+    for (int32_t i = 0; i < c->n_sections; i++) free(c->sections[i].name);
+    free(c->e);
+    free(c->sections);
+    free(c->path);
+    memset(c, 0, sizeof *c);
+}
+
+void cfg_copy(struct cfg *dst, const struct cfg *src) {
+    memset(dst, 0, sizeof *dst);
+    dst->path = xstrdup(src->path);
+    for (int32_t i = 0; i < src->n_sections; i++) add_section(dst, src->sections[i].name, src->sections[i].line);
+    for (int32_t i = 0; i < src->n; i++)
+        add_entry(dst, src->e[i].section, src->e[i].key, src->e[i].value, src->e[i].line);
+}
+
+struct cfg_entry *cfg_find(struct cfg *c, const char *section, const char *key) {
+    for (int32_t i = 0; i < c->n; i++)
+        if (strcmp(c->e[i].section, section) == 0 && strcmp(c->e[i].key, key) == 0) return &c->e[i];
+    return NULL;
+}
+
+int cfg_has_section(const struct cfg *c, const char *section) {
+    for (int32_t i = 0; i < c->n_sections; i++)
+        if (strcmp(c->sections[i].name, section) == 0) return 1;
+    return 0;
+}
+
+const char *cfg_where(const struct cfg *c, const struct cfg_entry *e, char *buf, size_t cap) {
+    if (e && e->line > 0)
+        snprintf(buf, cap, "%s:%d", c->path, e->line);
+    else if (e)
+        snprintf(buf, cap, "%s (--set)", c->path);
+    else
+        snprintf(buf, cap, "%s", c->path);
+    return buf;
+}
+
+static int bad_value(struct cfg *c, struct cfg_entry *e, const char *expected) {
+    char where[512];
+    return err_set("%s: [%s] %s: expected %s, got '%s'", cfg_where(c, e, where, sizeof where),
+                   e->section, e->key, expected, e->value);
+}
+
+int cfg_int(struct cfg *c, const char *section, const char *key, int64_t def, int64_t lo,
+            int64_t hi, int64_t *out) {
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (!e) return *out = def, 0;
+    e->used = 1;
+    int64_t v;
+    char expect[96];
+    snprintf(expect, sizeof expect, "an integer in [%lld, %lld]", (long long)lo, (long long)hi);
+    if (parse_i64(e->value, &v) != 0 || v < lo || v > hi) return bad_value(c, e, expect);
+    *out = v;
+    return 0;
+}
+
+int cfg_float(struct cfg *c, const char *section, const char *key, double def, double lo,
+              double hi, double *out) {
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (!e) return *out = def, 0;
+    e->used = 1;
+    double v;
+    char expect[96];
+    snprintf(expect, sizeof expect, "a number in [%g, %g]", lo, hi);
+    if (parse_f64(e->value, &v) != 0 || v < lo || v > hi) return bad_value(c, e, expect);
+    *out = v;
+    return 0;
+}
+
+int cfg_bool(struct cfg *c, const char *section, const char *key, int def, int *out) {
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (!e) return *out = def, 0;
+    e->used = 1;
+    if (parse_bool(e->value, out) != 0) return bad_value(c, e, "true or false");
+    return 0;
+}
+
+int cfg_str(struct cfg *c, const char *section, const char *key, const char *def,
+            const char **out) {
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (!e) return *out = def, 0;
+    e->used = 1;
+    *out = e->value;
+    return 0;
+}
+
+int cfg_choice(struct cfg *c, const char *section, const char *key, const char *def,
+               const char *choices, const char **out) {
+    struct cfg_entry *e = cfg_find(c, section, key);
+    if (!e) return *out = def, 0;
+    e->used = 1;
+    size_t n = strlen(e->value);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, e->value, n) == 0) return *out = e->value, 0;
+        p += len + (bar ? 1 : 0);
+    }
+    char expect[256];
+    snprintf(expect, sizeof expect, "one of %s", choices);
+    return bad_value(c, e, expect);
+}
+
+int cfg_check_unused(struct cfg *c, const char *section, const char *known) {
+    for (int32_t i = 0; i < c->n; i++) {
+        struct cfg_entry *e = &c->e[i];
+        if (e->used || strcmp(e->section, section) != 0) continue;
+        char where[512];
+        return err_set("%s: [%s] %s: unknown key%s%s%s", cfg_where(c, e, where, sizeof where),
+                       section, e->key, known ? " (known: " : "", known ? known : "",
+                       known ? ")" : "");
+    }
+    return 0;
+}

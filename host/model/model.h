@@ -1,0 +1,166 @@
+/*
+ * model.h: the llama-architecture decoder, fp32, row-major, every matrix product through
+ * cblas_sgemm. RMSNorm, rotary embeddings in the HF rotate-half convention, grouped-query
+ * attention, SwiGLU MLP, tied or untied head.
+ *
+ * Dimension letters: B batch, T sequence, C = d_model, H heads, KV kv heads, D head_dim,
+ * F = d_ff, V = vocab, n_rows = B*T.
+ *
+ * Parameters live in one block (llm.c style) with a struct of views into it; gradients, when
+ * asked for, in a second block of the same layout. Activations live in a separate object so
+ * several passes (main, auxiliary) can be in flight.
+ *
+ * Sites are the seven linear projections of every layer, index = layer * 7 + kind, named as in
+ * HF ("model.layers.3.self_attn.q_proj"). Hooks let adaptation methods add to a site's output
+ * and to its input gradient.
+ */
+#ifndef PEFT_MODEL_H
+#define PEFT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+struct model_config {
+    int32_t vocab;       /* V */
+    int32_t d_model;     /* C */
+    int32_t n_layers;    /* L */
+    int32_t n_heads;     /* H */
+    int32_t n_kv_heads;  /* KV, divides H */
+    int32_t head_dim;    /* D (H*D need not equal C) */
+    int32_t d_ff;        /* F */
+    int32_t max_seq;     /* longest T accepted */
+    float rms_eps;
+    float rope_theta;
+    int32_t tied;        /* lm_head shares embed_tokens */
+};
+
+enum site_kind {
+    SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITE_KINDS
+};
+extern const char *const site_kind_names[SITE_KINDS]; /* "q_proj", ... */
+
+/* Views into the parameter (or gradient) block. */
+struct model_weights {
+    float *embed;        /* (V, C) model.embed_tokens.weight */
+    float *final_norm;   /* (C) model.norm.weight */
+    float *lm_head;      /* (V, C) lm_head.weight; == embed when tied */
+    struct layer_weights {
+        float *attn_norm;  /* (C) input_layernorm */
+        float *wq;         /* (H*D, C) */
+        float *wk;         /* (KV*D, C) */
+        float *wv;         /* (KV*D, C) */
+        float *wo;         /* (C, H*D) */
+        float *mlp_norm;   /* (C) post_attention_layernorm */
+        float *wgate;      /* (F, C) */
+        float *wup;        /* (F, C) */
+        float *wdown;      /* (C, F) */
+    } *layers;           /* (L) */
+};
+
+/* One named model tensor (HF name), for I/O and for plugins registering base tensors. */
+struct model_tensor {
+    char name[96];       /* "model.layers.0.self_attn.q_proj.weight" */
+    int32_t ndim;
+    int64_t shape[2];
+    size_t offset;       /* in floats, into the parameter block */
+    size_t numel;
+    int32_t site;        /* site index, or -1 (norms, embeddings, head) */
+};
+
+/* A sparse gradient target for a site's weight (serves: LoTA's masked weights). When index is
+ * set, model_backward forms that weight's gradient only at the n entries of index (sorted flat
+ * indices into its (d_out, d_in) storage) and accumulates them (+=) into out (n), a sampled
+ * product of dy and x; no dense dW is formed for it and need_grad is not consulted. */
+struct model_sparse_grad {
+    const uint64_t *index;     /* (n), or NULL: no target */
+    uint64_t n;
+    float *out;                /* (n) */
+};
+
+struct model {
+    struct model_config cfg;
+    float *params;             /* one block, n_params floats */
+    size_t n_params;
+    struct model_weights w;    /* views into params */
+    float *grads;              /* NULL, or one block like params (model_alloc_grads) */
+    struct model_weights g;    /* views into grads */
+    /* Per tensor: compute its gradient in model_backward (index as in tensors[]). Only the
+     * gradients of flagged tensors are written; the others are left untouched. */
+    uint8_t *need_grad;
+    /* Per tensor (index as in tensors[]): the sparse target, if any; borrowed pointers, set
+     * with model_set_sparse_grad. */
+    struct model_sparse_grad *sparse_grad;
+    struct model_tensor *tensors;
+    int32_t n_tensors;
+    int32_t n_sites;           /* L * 7 */
+};
+
+/* Check a config (positive sizes, H % KV == 0, ...). -1 with a reason naming the key. */
+int model_config_check(const struct model_config *c);
+/* Allocate a model with zeroed parameters. */
+int model_init(struct model *m, const struct model_config *c);
+/* Random init as HF llama does: normal(0, init_std) for matrices, ones for norms. */
+void model_init_random(struct model *m, uint64_t seed, float init_std);
+void model_free(struct model *m);
+void model_alloc_grads(struct model *m);     /* zeroed; need_grad all 0 */
+void model_zero_grads(struct model *m);
+/* Free the gradient block (views cleared); model_alloc_grads makes a new one. */
+void model_free_grads(struct model *m);
+/* Give a site's weight tensor a sparse gradient target (index NULL removes it). index and out
+ * are borrowed until removed. -1 if the tensor is not a site's weight. */
+int model_set_sparse_grad(struct model *m, int32_t tensor, const uint64_t *index, uint64_t n,
+                          float *out);
+int32_t model_find_tensor(const struct model *m, const char *name); /* index or -1 */
+
+/* Sites. */
+void model_site_name(const struct model *m, int32_t site, char *out, size_t cap);
+int32_t model_site_kind(int32_t site);
+int32_t model_site_layer(int32_t site);
+void model_site_dims(const struct model *m, int32_t site, int32_t *d_in, int32_t *d_out);
+float *model_site_weight(const struct model *m, int32_t site); /* (d_out, d_in) */
+int32_t model_site_tensor(const struct model *m, int32_t site); /* index into tensors[] */
+
+/* Hooks called at every site (NULL members are skipped). They return 0 or -1 (err_set). */
+struct model_hooks {
+    void *ctx;
+    uint32_t pass;
+    /* y (n_rows, d_out) already holds x W^T. */
+    int (*site_forward)(void *ctx, uint32_t pass, int32_t site, const float *x, float *y,
+                        int32_t n_rows);
+    /* dx (n_rows, d_in) already holds dy W. */
+    int (*site_backward)(void *ctx, uint32_t pass, int32_t site, const float *x,
+                         const float *dy, float *dx, int32_t n_rows);
+    /* After the final norm: h (n_rows, C). May add to *loss. */
+    int (*hidden_forward)(void *ctx, uint32_t pass, const float *h, int32_t n_rows,
+                          float *loss);
+    /* Add into dh (n_rows, C). */
+    int (*hidden_backward)(void *ctx, uint32_t pass, const float *h, float *dh,
+                           int32_t n_rows);
+};
+
+/* Activations of one pass for a (B, T) batch; grows on demand. */
+struct model_acts;
+struct model_acts *model_acts_new(void);
+void model_acts_free(struct model_acts *a);
+
+/* Forward over tokens (B, T). targets (B, T): next-token ids, -1 = no loss at that row.
+ * Returns 0 and sets *loss = mean cross-entropy over rows with a target (0 if none), plus
+ * whatever hidden_forward adds. Logits stay in acts for model_logits. */
+int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
+                  const int32_t *targets, int32_t B, int32_t T, const struct model_hooks *hooks,
+                  float *loss);
+/* Backward of the last model_forward on `a` with d(loss) = 1: writes (accumulates, +=) the
+ * gradients of tensors with need_grad set into m->grads, and those of tensors with a sparse
+ * target into the target, and calls the hooks. */
+int model_backward(struct model *m, struct model_acts *a, const struct model_hooks *hooks);
+/* (B*T, V) logits of the last forward on `a`. */
+const float *model_logits(const struct model_acts *a);
+/* (B*T, C) final hidden state (after the final norm) of the last forward on `a`. */
+const float *model_hidden(const struct model_acts *a);
+
+/* FLOPs of one training step (forward + backward, all parameters) per token, for benchmarks. */
+double model_train_flops_per_token(const struct model_config *c, int32_t T);
+
+#endif

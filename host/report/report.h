@@ -1,0 +1,79 @@
+/*
+ * report.h: the results of an A/B comparison and what is computed from them: the accuracy
+ * matrix R[stage][task] of each arm, continual-learning figures, costs, and the report files
+ * (report.md, results.csv) with the winner of each column marked.
+ *
+ * R[s][t] is the exact-match accuracy on task t after stage s (NAN where t was not evaluated).
+ * With L the last stage:
+ *   final average accuracy  = mean over t evaluated after L of R[L][t]
+ *   forgetting of t         = max over s < L of R[s][t] - R[L][t] (tasks evaluated before L)
+ *   backward transfer (BWT) = mean over tasks first trained at a stage s_t < L of
+ *                             R[L][t] - R[s_t][t]
+ */
+#ifndef PEFT_REPORT_H
+#define PEFT_REPORT_H
+
+#include <stdint.h>
+
+struct arm_stage {
+    char *name;
+    char *method;
+    int32_t *trained;           /* task indices this stage trained on */
+    int32_t n_trained;
+    double *acc, *loss;         /* (n_tasks) after the stage; NAN = not evaluated */
+    uint64_t n_trainable;
+    int64_t steps;
+    int64_t adapter_bytes;
+    double train_seconds, tokens_per_second, eval_seconds;
+    int32_t complete;
+    int32_t shared;             /* identical in every arm (same config hash): not a cost of the arm */
+};
+
+struct arm_result {
+    char *name;
+    char *overrides;            /* "stage.adapt.method=lora, ..." */
+    int32_t ok;                 /* every stage complete */
+    char *error;                /* the arm's last error line when it failed */
+    struct arm_stage *stages;
+    int32_t n_stages;
+    int64_t *curve_step;        /* training loss curve over the whole chain */
+    double *curve_loss;
+    int32_t n_curve;
+    int64_t peak_rss_kb;
+    double wall_seconds;
+};
+
+struct compare_result {
+    char *title;                /* the compare file */
+    char **tasks;
+    int32_t n_tasks;
+    struct arm_result *arms;
+    int32_t n_arms;
+    uint64_t model_params;
+};
+
+double report_final_average(const struct arm_result *a, int32_t n_tasks);
+/* NAN when the task was not evaluated both before and after the last stage. */
+double report_forgetting(const struct arm_result *a, int32_t task);
+double report_average_forgetting(const struct arm_result *a, int32_t n_tasks);
+/* NAN when no task was trained before the last stage. */
+double report_backward_transfer(const struct arm_result *a, int32_t n_tasks);
+
+/* Costs of an arm: trainable entries, adapter bytes, train and eval time summed over the
+ * stages that are not shared by every arm (all stages when every one is shared). */
+uint64_t report_trainable(const struct arm_result *a);
+int64_t report_adapter_bytes(const struct arm_result *a);
+double report_train_seconds(const struct arm_result *a);
+double report_eval_seconds(const struct arm_result *a);
+double report_tokens_per_second(const struct arm_result *a); /* of the last stage */
+
+/* Write DIR/report.md and DIR/results.csv (atomically). -1 with err_set. */
+int report_write(const struct compare_result *cr, const char *dir, const char *const *plots,
+                 int32_t n_plots);
+void compare_result_free(struct compare_result *cr);
+
+/* The rest of host/report's face: comparisons (compare.h) and their plots (svg.h). */
+#include "compare.h"
+#include "svg.h"
+
+#endif

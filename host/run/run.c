@@ -1,0 +1,411 @@
+/* run.c: execute a chain of stages: reuse, train, evaluate, save, summarize. */
+#include "run.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "io/io.h"
+#include "merge/merge.h"
+
+/* ---- the stages' view of the run ---------------------------------------------------- */
+
+struct stage_env *run_env(struct run *r) {
+    r->env = (struct stage_env){
+        .run_path = r->cfg.path, .model = &r->model, .reg = &r->reg, .tasks = &r->tasks,
+        .train = &r->train, .eval = &r->eval, .stages = r->stages, .n_stages = r->n_stages,
+        .base_params = r->base_params, .metrics = &r->metrics, .aux = &r->aux, .seed = r->seed,
+        .resume = r->resume, .quiet = r->quiet, .progress = r->quiet ? 0 : r->progress,
+        .stop_after = r->stop_after};
+    return &r->env;
+}
+
+int run_method_create(struct run *r, const char *where, const char *stage, uint64_t seed,
+                      const struct plugin_method *pm, const peft_kv *kv, uint32_t n_kv,
+                      struct method_run **out) {
+    return stage_method_create(run_env(r), where, stage, seed, pm, kv, n_kv, out);
+}
+
+const float *run_stage_start(struct run *r, const struct stage *s) {
+    return stage_start(run_env(r), s);
+}
+
+int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_result *out) {
+    return stage_eval(run_env(r), s, mr, out);
+}
+
+/* ---- one stage --------------------------------------------------------------------- */
+
+static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
+    char *path = path_join(s->dir, "stage.json"), *text;
+    size_t len;
+    int ok = 0;
+    *info = NULL;
+    if (file_read_all(path, &text, &len) == 0) {
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *h = j ? cJSON_GetObjectItemCaseSensitive(j, "hash") : NULL;
+        char want[32];
+        snprintf(want, sizeof want, "%016llx", (unsigned long long)s->hash);
+        if (cJSON_IsString(h) && strcmp(h->valuestring, want) == 0) {
+            ok = 1;
+            *info = j;
+        } else {
+            cJSON_Delete(j);
+        }
+        free(text);
+    }
+    err_clear();
+    free(path);
+    (void)r;
+    return ok;
+}
+
+static void eval_from_json(const cJSON *arr, struct eval_result *out, const struct stage *s) {
+    for (int32_t i = 0; i < s->n_eval_tasks; i++) {
+        out[i].task = s->eval_tasks[i];
+        out[i].n = 0;
+        out[i].loss = out[i].accuracy = -1;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        int32_t task = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "task_id"));
+        for (int32_t i = 0; i < s->n_eval_tasks; i++)
+            if (out[i].task == task) {
+                out[i].n = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "n"));
+                out[i].loss = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "loss"));
+                out[i].accuracy = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "accuracy"));
+            }
+    }
+}
+
+static cJSON *eval_to_json(struct run *r, const struct eval_result *ev, int32_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "task", r->tasks.names[ev[i].task]);
+        cJSON_AddNumberToObject(o, "task_id", ev[i].task);
+        cJSON_AddNumberToObject(o, "n", ev[i].n);
+        cJSON_AddNumberToObject(o, "loss", ev[i].loss);
+        cJSON_AddNumberToObject(o, "accuracy", ev[i].accuracy);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static const char *const *stage_meta(struct run *r, struct stage *s, char **hash_out) {
+    static const char *kv[9];
+    *hash_out = xasprintf("%016llx", (unsigned long long)s->hash);
+    kv[0] = "peft.stage";
+    kv[1] = s->name;
+    kv[2] = "peft.stage_config";
+    kv[3] = s->config_json;
+    kv[4] = "peft.config_hash";
+    kv[5] = *hash_out;
+    kv[6] = "peft.run";
+    kv[7] = r->cfg.path;
+    kv[8] = NULL;
+    return kv;
+}
+
+static int stage_write_outputs(struct run *r, struct stage *s, struct method_run *mr) {
+    char *hash, *path = path_join(s->dir, "adapter.safetensors");
+    const char *const *meta = stage_meta(r, s, &hash);
+    int rc = method_run_save(mr, path, meta);
+    free(path);
+    int save_model = s->save_model;
+    if (save_model < 0) {
+        save_model = 0;
+        for (const char *const *f = s->pm->desc->features; f && *f; f++)
+            save_model |= strcmp(*f, PEFT_FEATURE_WRITES_BASE) == 0;
+    }
+    if (rc == 0 && save_model && s->unmerged) {
+        if (!r->quiet) printf("[%s] no merged model written: %s cannot be folded into the weights\n",
+                              s->name, s->pm->desc->id);
+    } else if (rc == 0 && save_model) {
+        /* The merged model: the way base models are made for later runs ([model] path). */
+        char *dir = path_join(s->dir, "model");
+        rc = hf_model_save(dir, &r->model, meta);
+        free(dir);
+    }
+    free(hash);
+    return rc;
+}
+
+/* What a merge stage did, for stage.json. */
+static cJSON *merge_json(const struct stage *s) {
+    static const char *const files[] = {"task_vector.safetensors", "adapter.safetensors",
+                                        "model/model.safetensors", "adapter.safetensors"};
+    const struct merge_spec *m = s->merge;
+    cJSON *o = cJSON_CreateObject(), *in = cJSON_CreateArray(), *w = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "operator", merge_op_name(m->op));
+    cJSON_AddStringToObject(o, "space", m->space == MERGE_SPACE_FACTOR ? "factor" : "delta");
+    cJSON_AddStringToObject(o, "output", merge_output_name(m->output));
+    cJSON_AddStringToObject(o, "file", files[m->output]);
+    for (int32_t i = 0; i < m->n_in; i++) {
+        cJSON_AddItemToArray(in, cJSON_CreateString(m->in[i].text));
+        cJSON_AddItemToArray(w, cJSON_CreateNumber(m->in[i].weight));
+    }
+    cJSON_AddItemToObject(o, "inputs", in);
+    cJSON_AddItemToObject(o, "weights", w);
+    cJSON_AddNumberToObject(o, "sites_changed", m->n_sites);
+    if (m->output == MERGE_OUT_LORA) {
+        cJSON_AddNumberToObject(o, "rank", m->rank);
+        cJSON_AddNumberToObject(o, "svd_max_rel_error", m->svd_max_rel_error);
+    }
+    return o;
+}
+
+static int stage_write_done(struct run *r, struct stage *s) {
+    cJSON *j = cJSON_CreateObject();
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)s->hash);
+    cJSON_AddStringToObject(j, "stage", s->name);
+    cJSON_AddStringToObject(j, "hash", hash);
+    cJSON_AddStringToObject(j, "method", s->pm->desc->id);
+    cJSON_AddStringToObject(j, "method_version", s->pm->desc->version);
+    cJSON_AddNumberToObject(j, "abi_version", PEFT_ABI_VERSION);
+    cJSON_AddNumberToObject(j, "steps", (double)s->steps);
+    cJSON_AddNumberToObject(j, "trainable_parameters", (double)s->n_trainable);
+    cJSON_AddNumberToObject(j, "train_seconds", s->train_seconds);
+    cJSON_AddNumberToObject(j, "tokens_per_second", s->tokens_per_second);
+    cJSON_AddNumberToObject(j, "eval_seconds", s->eval_seconds);
+    cJSON_AddNumberToObject(j, "peak_rss_kb", (double)s->peak_rss_kb);
+    cJSON_AddItemToObject(j, "config", cJSON_Parse(s->config_json));
+    if (s->merge) cJSON_AddItemToObject(j, "merge", merge_json(s));
+    cJSON_AddItemToObject(j, "before", eval_to_json(r, s->before, s->n_eval_tasks));
+    cJSON_AddItemToObject(j, "after", eval_to_json(r, s->after, s->n_eval_tasks));
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    char *path = path_join(s->dir, "stage.json");
+    int rc = file_write_atomic(path, text, strlen(text));
+    free(path);
+    free(text);
+    return rc;
+}
+
+static void remove_checkpoints(struct stage *s) {
+    const char *names[] = {"checkpoint.safetensors", "checkpoint-optim.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char *p = path_join(s->dir, names[i]);
+        unlink(p);
+        free(p);
+    }
+}
+
+/* What later stages start from: the adapter folded into the weights. A method with no exact
+ * dense change (an input-dependent gate) cannot be folded; that is fine unless a later stage
+ * starts from this one, which the run file's check already refuses. */
+static int stage_merge(struct run *r, struct stage *s, struct method_run *mr) {
+    if (method_run_merge(mr) == 0) return 0;
+    for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
+        if (later->from == (int32_t)(s - r->stages))
+            return err_prefix("stage '%s' starts from stage '%s'", later->name, s->name);
+    err_clear();
+    s->unmerged = 1;
+    return 0;
+}
+
+/* A merge stage (merge.h) trains nothing: evaluate the starting weights, merge, evaluate the
+ * result. A completed one is merged again (cheap and deterministic) to rebuild its weights,
+ * and its evaluations are read back. */
+static int run_merge_stage(struct run *r, struct stage *s) {
+    memcpy(r->model.params, stage_start(&r->env, s), r->model.n_params * sizeof(float));
+    s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
+    s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
+    struct method_run *none = NULL, *eval_mr = NULL;
+    cJSON *info = NULL;
+    int complete = stage_is_complete(r, s, &info), rc = -1;
+    if (stage_method(&r->env, s, &none)) goto out; /* attaches nothing: the bare weights */
+    if (!complete) {
+        if (mkdir_p(s->dir)) goto out;
+        metrics_drop_stage(&r->metrics, s->name, -1);
+        if (stage_eval(&r->env, s, none, s->before)) goto out;
+        stage_log_eval(&r->env, s, "before", 0, s->before);
+    }
+    if (merge_execute(&r->env, s, !complete, &eval_mr)) goto out;
+    if (eval_mr) { /* an adapter that cannot be folded into the weights */
+        for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
+            if (later->from == (int32_t)(s - r->stages)) {
+                err_set("stage '%s' starts from stage '%s', whose result (%s) cannot be folded "
+                        "into the weights", later->name, s->name,
+                        method_run_plugin(eval_mr)->desc->id);
+                goto out;
+            }
+        s->unmerged = 1;
+        if (method_run_begin(eval_mr)) goto out;
+    }
+    if (complete) {
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "before"), s->before, s);
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "after"), s->after, s);
+        s->eval_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "eval_seconds"));
+        s->reused = 1;
+        if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
+    } else {
+        if (stage_eval(&r->env, s, eval_mr ? eval_mr : none, s->after)) goto out;
+        stage_log_eval(&r->env, s, "after", 0, s->after);
+        struct rusage ru;
+        if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
+        if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto out;
+    }
+    s->result_params = xalloc_floats(r->model.n_params);
+    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    rc = 0;
+out:
+    cJSON_Delete(info);
+    if (none) method_run_free(none);
+    if (eval_mr) method_run_free(eval_mr);
+    return rc;
+}
+
+static int run_stage(struct run *r, struct stage *s) {
+    if (s->merge) return run_merge_stage(r, s);
+    /* The model starts from the weights the chain left. */
+    memcpy(r->model.params, stage_start(&r->env, s), r->model.n_params * sizeof(float));
+    s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
+    s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
+
+    struct method_run *mr = NULL;
+    cJSON *info = NULL;
+    if (stage_is_complete(r, s, &info)) {
+        /* Reuse: load its adapter onto the starting weights and merge. */
+        if (stage_method(&r->env, s, &mr)) goto fail;
+        char *path = path_join(s->dir, "adapter.safetensors");
+        int rc = method_run_load(mr, path);
+        free(path);
+        if (rc || stage_merge(r, s, mr)) goto fail;
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "before"), s->before, s);
+        eval_from_json(cJSON_GetObjectItemCaseSensitive(info, "after"), s->after, s);
+        s->train_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "train_seconds"));
+        s->tokens_per_second = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "tokens_per_second"));
+        s->n_trainable = (uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "trainable_parameters"));
+        s->eval_seconds = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "eval_seconds"));
+        s->peak_rss_kb = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(info, "peak_rss_kb"));
+        cJSON_Delete(info);
+        info = NULL;
+        s->reused = 1;
+        if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
+    } else {
+        if (mkdir_p(s->dir)) goto fail;
+        if (stage_method(&r->env, s, &mr)) goto fail;
+        s->n_trainable = method_run_trainable_count(mr);
+        if (!r->quiet)
+            printf("[%s] %s: %llu trainable parameters at %d sites, %lld steps\n", s->name,
+                   s->pm->desc->id, (unsigned long long)method_run_trainable_count(mr),
+                   method_run_site_count(mr), (long long)s->steps);
+        int rc = stage_train(&r->env, s, mr);
+        if (rc > 0) { /* stopped on request (testing aid): the checkpoint is on disk */
+            method_run_free(mr);
+            return 1;
+        }
+        if (rc) goto fail;
+        s->n_trainable = method_run_trainable_count(mr); /* a mask set in the stage (LoTA) */
+        if (method_run_end(mr)) goto fail;
+        if (stage_eval(&r->env, s, mr, s->after)) goto fail;
+        stage_log_eval(&r->env, s, "after", s->steps, s->after);
+        /* Fold first, so that the model written with save_model includes the adapter. */
+        if (stage_merge(r, s, mr) || stage_write_outputs(r, s, mr)) goto fail;
+        struct rusage ru;
+        if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
+        if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto fail;
+        remove_checkpoints(s);
+    }
+    s->result_params = xalloc_floats(r->model.n_params);
+    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    method_run_free(mr);
+    return 0;
+fail:
+    cJSON_Delete(info);
+    if (mr) method_run_free(mr);
+    return -1;
+}
+
+/* ---- summary ----------------------------------------------------------------------- */
+
+static int write_summary(struct run *r) {
+    /* Rows: every task evaluated anywhere. Columns: the task's accuracy before the first
+     * stage that evaluated it trained, then after each stage. Cells: exact-match accuracy, %. */
+    struct strbuf md = {0};
+    sb_printf(&md, "# %s\n\nAccuracy (%%) on held-out examples: exact match by greedy decoding, or in "
+                   "stages with eval_labels the most likely label among all labels evaluated.\n\n",
+              r->cfg.path);
+    sb_printf(&md, "| task | before (first evaluated) |");
+    for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, " after %s |", r->stages[i].name);
+    sb_printf(&md, "\n|---|---|");
+    for (int32_t i = 0; i < r->n_stages; i++) sb_printf(&md, "---|");
+    sb_printf(&md, "\n");
+    for (int32_t t = 0; t < r->tasks.n; t++) {
+        int any = 0;
+        for (int32_t i = 0; i < r->n_stages; i++)
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++) any |= r->stages[i].eval_tasks[k] == t;
+        if (!any) continue;
+        sb_printf(&md, "| %s |", r->tasks.names[t]);
+        /* "before": the first stage that evaluated this task, before it trained. */
+        const char *before = " - |";
+        char cell[32];
+        for (int32_t i = 0; i < r->n_stages && before[1] == '-'; i++)
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks; k++)
+                if (r->stages[i].eval_tasks[k] == t && r->stages[i].before[k].accuracy >= 0) {
+                    snprintf(cell, sizeof cell, " %.1f |", 100.0 * r->stages[i].before[k].accuracy);
+                    before = cell;
+                }
+        sb_printf(&md, "%s", before);
+        for (int32_t i = 0; i < r->n_stages; i++) {
+            int done = 0;
+            for (int32_t k = 0; k < r->stages[i].n_eval_tasks && !done; k++)
+                if (r->stages[i].eval_tasks[k] == t && r->stages[i].after[k].accuracy >= 0) {
+                    sb_printf(&md, " %.1f |", 100.0 * r->stages[i].after[k].accuracy);
+                    done = 1;
+                }
+            if (!done) sb_printf(&md, " - |");
+        }
+        sb_printf(&md, "\n");
+    }
+    sb_printf(&md, "\n| stage | method | trainable parameters | steps | train time (s) | tokens/s |\n"
+         "|---|---|---|---|---|---|\n");
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        const struct stage *s = &r->stages[i];
+        sb_printf(&md, "| %s | %s | %llu | %lld | %.1f | %.0f |\n", s->name, s->pm->desc->id,
+             (unsigned long long)s->n_trainable, (long long)s->steps, s->train_seconds,
+             s->tokens_per_second);
+    }
+    if (!r->quiet) printf("\n%s", md.s);
+    char *path = path_join(r->out_dir, "summary.md");
+    int rc = file_write_atomic(path, md.s, md.len);
+    free(path);
+    sb_free(&md);
+    return rc;
+}
+
+/* Before/after table of each stage, printed as it finishes. */
+static void print_stage_table(struct run *r, const struct stage *s) {
+    if (r->quiet) return;
+    printf("[%s] accuracy %% (loss)   before -> after\n", s->name);
+    for (int32_t k = 0; k < s->n_eval_tasks; k++)
+        printf("  %-14s %6.1f (%.3f) -> %6.1f (%.3f)\n", r->tasks.names[s->eval_tasks[k]],
+               100.0 * s->before[k].accuracy, s->before[k].loss, 100.0 * s->after[k].accuracy,
+               s->after[k].loss);
+}
+
+int run_execute(struct run *r) {
+    if (mkdir_p(r->out_dir)) return -1;
+    char *metrics_path = path_join(r->out_dir, "metrics.jsonl");
+    metrics_free(&r->metrics);
+    metrics_open(&r->metrics, metrics_path);
+    free(metrics_path);
+    run_env(r);
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        struct stage *s = &r->stages[i];
+        int rc = run_stage(r, s);
+        if (rc < 0) return -1;
+        if (rc > 0) {
+            if (!r->quiet) printf("[%s] stopped after %lld steps; continue with --resume\n", s->name,
+                                  (long long)r->stop_after);
+            return metrics_flush(&r->metrics);
+        }
+        print_stage_table(r, s);
+    }
+    return write_summary(r);
+}

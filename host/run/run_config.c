@@ -1,0 +1,765 @@
+/* run_config.c: read and check a run file completely before anything is written. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io/io.h"
+#include "merge/merge.h"
+#include "run.h"
+#include "methods/methods.h"
+#include "data/data.h"
+
+/* ---- [run] ------------------------------------------------------------------------- */
+
+static char *default_out_dir(const char *ini) {
+    const char *base = strrchr(ini, '/');
+    base = base ? base + 1 : ini;
+    const char *dot = strrchr(base, '.');
+    size_t n = dot ? (size_t)(dot - base) : strlen(base);
+    char *name = xstrndup(base, n);
+    char *out = xasprintf("runs/%s", name);
+    free(name);
+    return out;
+}
+
+static int load_run_section(struct run *r, const char *plugin_path_flag) {
+    struct cfg *c = &r->cfg;
+    const char *out, *plugin_path;
+    int64_t seed, threads;
+    if (cfg_str(c, "run", "out", NULL, &out) || cfg_int(c, "run", "seed", 1, 0, INT64_MAX, &seed) ||
+        cfg_int(c, "run", "threads", 0, 0, 256, &threads) ||
+        cfg_str(c, "run", "plugin_path", NULL, &plugin_path))
+        return -1;
+    if (cfg_check_unused(c, "run", "out, seed, threads, plugin_path")) return -1;
+    if (out) {
+        /* A relative out is relative to the working directory, like every path a user types. */
+        r->out_dir = xstrdup(out);
+    } else {
+        r->out_dir = default_out_dir(c->path);
+    }
+    r->seed = (uint64_t)seed;
+    r->threads = (int32_t)threads;
+    char *dirs = NULL;
+    if (plugin_path_flag && plugin_path)
+        dirs = xasprintf("%s:%s", plugin_path_flag, plugin_path);
+    else if (plugin_path_flag || plugin_path)
+        dirs = xstrdup(plugin_path_flag ? plugin_path_flag : plugin_path);
+    registry_init(&r->reg, dirs);
+    free(dirs);
+    return 0;
+}
+
+/* ---- [model] ----------------------------------------------------------------------- */
+
+static const char *model_keys =
+    "path, vocab, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_ff, max_seq, rope_theta, "
+    "rms_eps, tied, init_std";
+
+static int load_model_section(struct run *r) {
+    struct cfg *c = &r->cfg;
+    const char *path;
+    if (cfg_str(c, "model", "path", NULL, &path)) return -1;
+    char where[512];
+    if (path) {
+        for (int32_t i = 0; i < c->n; i++) {
+            struct cfg_entry *e = &c->e[i];
+            if (strcmp(e->section, "model") == 0 && strcmp(e->key, "path") != 0 &&
+                strcmp(e->key, "max_seq") != 0)
+                return err_set("%s: [model] %s: not allowed with path (the checkpoint's "
+                               "config.json sets it)",
+                               cfg_where(c, e, where, sizeof where), e->key);
+        }
+        int64_t max_seq;
+        if (cfg_int(c, "model", "max_seq", 0, 0, 1 << 20, &max_seq)) return -1;
+        if (hf_model_load(path, &r->model)) {
+            struct cfg_entry *e = cfg_find(c, "model", "path");
+            return err_prefix("%s: [model] path", cfg_where(c, e, where, sizeof where));
+        }
+        if (max_seq > 0) r->model.cfg.max_seq = (int32_t)max_seq;
+        if (r->model.cfg.vocab < TOK_VOCAB)
+            return err_set("%s: vocab_size %d is smaller than the byte tokenizer's %d ids", path,
+                           r->model.cfg.vocab, TOK_VOCAB);
+    } else {
+        int64_t vocab, d_model, n_layers, n_heads, n_kv, head_dim, d_ff, max_seq;
+        double theta, eps, init_std;
+        int tied;
+        if (cfg_int(c, "model", "vocab", TOK_VOCAB, TOK_VOCAB, 1 << 24, &vocab) ||
+            cfg_int(c, "model", "d_model", 128, 2, 1 << 16, &d_model) ||
+            cfg_int(c, "model", "n_layers", 4, 1, 1024, &n_layers) ||
+            cfg_int(c, "model", "n_heads", 4, 1, 1024, &n_heads) ||
+            cfg_int(c, "model", "n_kv_heads", n_heads, 1, 1024, &n_kv) ||
+            cfg_int(c, "model", "head_dim", d_model / n_heads, 2, 1 << 12, &head_dim) ||
+            cfg_int(c, "model", "d_ff", (d_model * 8 / 3 + 7) / 8 * 8, 1, 1 << 20, &d_ff) ||
+            cfg_int(c, "model", "max_seq", 64, 2, 1 << 16, &max_seq) ||
+            cfg_float(c, "model", "rope_theta", 10000.0, 1.0, 1e12, &theta) ||
+            cfg_float(c, "model", "rms_eps", 1e-5, 0.0, 1.0, &eps) ||
+            cfg_bool(c, "model", "tied", 1, &tied) ||
+            cfg_float(c, "model", "init_std", 0.02, 0.0, 10.0, &init_std))
+            return -1;
+        struct model_config mc = {
+            .vocab = (int32_t)vocab, .d_model = (int32_t)d_model, .n_layers = (int32_t)n_layers,
+            .n_heads = (int32_t)n_heads, .n_kv_heads = (int32_t)n_kv, .head_dim = (int32_t)head_dim,
+            .d_ff = (int32_t)d_ff, .max_seq = (int32_t)max_seq, .rms_eps = (float)eps,
+            .rope_theta = (float)theta, .tied = tied};
+        if (model_config_check(&mc)) return err_prefix("%s: [model]", c->path);
+        if (model_init(&r->model, &mc)) return err_prefix("%s: [model]", c->path);
+        model_init_random(&r->model, r->seed, (float)init_std);
+    }
+    if (cfg_check_unused(c, "model", model_keys)) return -1;
+    r->base_params = xalloc_floats(r->model.n_params);
+    memcpy(r->base_params, r->model.params, r->model.n_params * sizeof(float));
+    return 0;
+}
+
+/* ---- [data] ------------------------------------------------------------------------ */
+
+struct data_settings {
+    int64_t n_train, n_eval;
+    uint64_t seed;
+    struct dataset file_train, file_eval; /* examples from JSONL files, all tasks */
+};
+
+static int load_data_section(struct run *r, struct data_settings *ds) {
+    struct cfg *c = &r->cfg;
+    int64_t seed;
+    const char *files, *eval_files;
+    if (cfg_int(c, "data", "n_train", 2000, 1, 100000000, &ds->n_train) ||
+        cfg_int(c, "data", "n_eval", 100, 1, 100000000, &ds->n_eval) ||
+        cfg_int(c, "data", "seed", (int64_t)r->seed, 0, INT64_MAX, &seed) ||
+        cfg_str(c, "data", "files", NULL, &files) ||
+        cfg_str(c, "data", "eval_files", NULL, &eval_files))
+        return -1;
+    if (cfg_check_unused(c, "data", "n_train, n_eval, seed, files, eval_files")) return -1;
+    ds->seed = (uint64_t)seed;
+    struct words w;
+    const char *lists[2] = {files, eval_files};
+    struct dataset *into[2] = {&ds->file_train, &ds->file_eval};
+    const char *keys[2] = {"files", "eval_files"};
+    for (int k = 0; k < 2; k++) {
+        words_split(&w, lists[k]);
+        for (int i = 0; i < w.n; i++) {
+            if (data_load_jsonl(w.v[i], into[k], &r->tasks)) {
+                char where[512];
+                words_free(&w);
+                return err_prefix("%s: [data] %s",
+                                  cfg_where(c, cfg_find(c, "data", keys[k]), where, sizeof where),
+                                  keys[k]);
+            }
+        }
+        words_free(&w);
+    }
+    if (files && !eval_files) {
+        /* Hold out every tenth example of each task for evaluation, deterministically. */
+        struct dataset keep = {0};
+        int32_t *seen = xcalloc((size_t)r->tasks.n + 1, sizeof *seen);
+        for (size_t i = 0; i < ds->file_train.n; i++) {
+            struct example *e = &ds->file_train.ex[i];
+            int hold = (seen[e->task]++ % 10) == 9;
+            dataset_add(hold ? &ds->file_eval : &keep, e->task, e->prompt, e->completion);
+        }
+        free(seen);
+        dataset_free(&ds->file_train);
+        ds->file_train = keep;
+    }
+    return 0;
+}
+
+/* Resolve a task name: from the JSONL files, or the built-in suite. Generates its examples
+ * into r->train / r->eval the first time. */
+static int resolve_task(struct run *r, struct data_settings *ds, const char *name, int32_t *out) {
+    int32_t id = task_table_find(&r->tasks, name);
+    int in_files = 0;
+    for (size_t i = 0; id >= 0 && i < ds->file_train.n && !in_files; i++)
+        in_files = ds->file_train.ex[i].task == id;
+    for (size_t i = 0; id >= 0 && i < ds->file_eval.n && !in_files; i++)
+        in_files = ds->file_eval.ex[i].task == id;
+    if (!in_files && synth_find(name) < 0) return -1;
+    id = task_table_id(&r->tasks, name);
+    /* Already materialized? */
+    for (size_t i = 0; i < r->train.n; i++)
+        if (r->train.ex[i].task == id) return *out = id, 0;
+    for (size_t i = 0; i < r->eval.n; i++)
+        if (r->eval.ex[i].task == id) return *out = id, 0;
+    if (in_files) {
+        for (size_t i = 0; i < ds->file_train.n; i++)
+            if (ds->file_train.ex[i].task == id)
+                dataset_add(&r->train, id, ds->file_train.ex[i].prompt, ds->file_train.ex[i].completion);
+        for (size_t i = 0; i < ds->file_eval.n; i++)
+            if (ds->file_eval.ex[i].task == id)
+                dataset_add(&r->eval, id, ds->file_eval.ex[i].prompt, ds->file_eval.ex[i].completion);
+    } else {
+        if (synth_generate(name, ds->seed, 0, (int32_t)ds->n_train, &r->train, &r->tasks) ||
+            synth_generate(name, ds->seed, 1, (int32_t)ds->n_eval, &r->eval, &r->tasks))
+            return -2;
+    }
+    *out = id;
+    return 0;
+}
+
+static int resolve_task_list(struct run *r, struct data_settings *ds, struct stage *s,
+                             const char *key, const char *text, int32_t **ids, int32_t *n) {
+    struct words w;
+    words_split(&w, text);
+    *ids = xcalloc((size_t)w.n + 1, sizeof **ids);
+    *n = 0;
+    char where[512];
+    struct cfg_entry *e = cfg_find(&r->cfg, s->section, key);
+    for (int i = 0; i < w.n; i++) {
+        int32_t id;
+        int rc = resolve_task(r, ds, w.v[i], &id);
+        if (rc == -1) {
+            char known[1024] = "";
+            for (int32_t k = 0; k < synth_count(); k++) {
+                if (k) strncat(known, ", ", sizeof known - strlen(known) - 1);
+                strncat(known, synth_info(k)->name, sizeof known - strlen(known) - 1);
+            }
+            err_set("%s: [%s] %s: unknown task '%s' (not in [data] files; built-in tasks: %s)",
+                    cfg_where(&r->cfg, e, where, sizeof where), s->section, key, w.v[i], known);
+            words_free(&w);
+            return -1;
+        }
+        if (rc == -2) {
+            words_free(&w);
+            return err_prefix("%s: [%s] %s", cfg_where(&r->cfg, e, where, sizeof where),
+                              s->section, key);
+        }
+        int dup = 0;
+        for (int32_t k = 0; k < *n; k++) dup |= (*ids)[k] == id;
+        if (!dup) (*ids)[(*n)++] = id;
+    }
+    words_free(&w);
+    return 0;
+}
+
+/* ---- [stage.NAME] ------------------------------------------------------------------ */
+
+static int method_has_feature(const struct plugin_method *pm, const char *feature) {
+    for (const char *const *f = pm->desc->features; f && *f; f++)
+        if (strcmp(*f, feature) == 0) return 1;
+    return 0;
+}
+
+static int32_t find_stage(const struct run *r, const char *name) {
+    for (int32_t i = 0; i < r->n_stages; i++)
+        if (strcmp(r->stages[i].name, name) == 0) return i;
+    return -1;
+}
+
+static char *json_escape(const char *s) {
+    size_t n = strlen(s);
+    char *out = xmalloc(n * 6 + 3), *o = out;
+    *o++ = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            *o++ = '\\';
+            *o++ = (char)*p;
+        } else if (*p < 0x20) {
+            o += sprintf(o, "\\u%04x", *p);
+        } else {
+            *o++ = (char)*p;
+        }
+    }
+    *o++ = '"';
+    *o = 0;
+    return out;
+}
+
+/* Method keys: check each given key against the schema and type, fill defaults. */
+static int load_method_keys(struct run *r, struct stage *s) {
+    struct cfg *c = &r->cfg;
+    const peft_method_desc *d = s->pm->desc;
+    s->kv = xcalloc((size_t)d->n_params + 1, sizeof *s->kv);
+    char where[512];
+    for (uint32_t i = 0; i < d->n_params; i++) {
+        const peft_param_spec *p = &d->params[i];
+        struct cfg_entry *e = cfg_find(c, s->section, p->name);
+        const char *value = p->default_value;
+        if (e) {
+            e->used = 1;
+            value = e->value;
+            if (param_check_value(p, value))
+                return err_prefix("%s: [%s] %s", cfg_where(c, e, where, sizeof where),
+                                  s->section, p->name);
+            if (p->type == PEFT_PARAM_STAGE && value[0] && find_stage(r, value) < 0)
+                return err_set("%s: [%s] %s: no earlier stage named '%s'",
+                               cfg_where(c, e, where, sizeof where), s->section, p->name, value);
+            if (p->type == PEFT_PARAM_FILES) {
+                struct words w;
+                words_split(&w, value);
+                for (int k = 0; k < w.n; k++)
+                    if (!file_exists(w.v[k])) {
+                        err_set("%s: [%s] %s: no such file '%s'",
+                                cfg_where(c, e, where, sizeof where), s->section, p->name, w.v[k]);
+                        words_free(&w);
+                        return -1;
+                    }
+                words_free(&w);
+            }
+        } else if (!value) {
+            struct cfg_section *sec = NULL;
+            for (int32_t k = 0; k < c->n_sections; k++)
+                if (strcmp(c->sections[k].name, s->section) == 0) sec = &c->sections[k];
+            return err_set("%s:%d: [%s] %s: required by method '%s' but not given", c->path,
+                           sec ? sec->line : 0, s->section, p->name, d->id);
+        }
+        s->kv[s->n_kv].key = p->name;
+        s->kv[s->n_kv].value = value;
+        s->n_kv++;
+    }
+    s->kv[s->n_kv].key = "stage";
+    s->kv[s->n_kv].value = s->name;
+    s->n_kv++;
+    return 0;
+}
+
+static void known_keys_text(const struct stage *s, char *buf, size_t cap) {
+    buf[0] = 0;
+    for (int32_t i = 0; reserved_stage_keys[i]; i++) {
+        if (i) strncat(buf, ", ", cap - strlen(buf) - 1);
+        strncat(buf, reserved_stage_keys[i], cap - strlen(buf) - 1);
+    }
+    if (!s->pm) return;
+    for (uint32_t i = 0; i < s->pm->desc->n_params; i++) {
+        strncat(buf, ", ", cap - strlen(buf) - 1);
+        strncat(buf, s->pm->desc->params[i].name, cap - strlen(buf) - 1);
+    }
+}
+
+/* The stage section as a JSON object of strings, first_key first (then file order). */
+static char *stage_config_json(const struct cfg *c, const char *section, const char *first_key) {
+    struct strbuf b = {0};
+    sb_printf(&b, "{");
+    for (int pass = 0; pass < 2; pass++)
+        for (int32_t i = 0; i < c->n; i++) {
+            if (strcmp(c->e[i].section, section) != 0) continue;
+            if ((strcmp(c->e[i].key, first_key) == 0) != (pass == 0)) continue;
+            char *k = json_escape(c->e[i].key), *v = json_escape(c->e[i].value);
+            sb_printf(&b, "%s%s:%s", b.len > 1 ? "," : "", k, v);
+            free(k);
+            free(v);
+        }
+    sb_printf(&b, "}");
+    return b.s;
+}
+
+/* The tasks a stage's result has seen: its start's, then extra (a merge's inputs'), then its
+ * own training tasks, each once. */
+static void set_known_tasks(struct run *r, struct stage *s, const int32_t *extra_stages,
+                            int32_t n_extra) {
+    s->known_tasks = xcalloc((size_t)r->tasks.n + 1, sizeof *s->known_tasks);
+    s->n_known_tasks = 0;
+    for (int32_t part = -1; part <= n_extra; part++) {
+        const int32_t *ids;
+        int32_t n;
+        if (part == -1 || part < n_extra) {
+            int32_t k = part == -1 ? s->from : extra_stages[part];
+            if (k < 0) continue;
+            ids = r->stages[k].known_tasks;
+            n = r->stages[k].n_known_tasks;
+        } else {
+            ids = s->train_tasks;
+            n = s->n_train_tasks;
+        }
+        for (int32_t t = 0; t < n; t++) {
+            int dup = 0;
+            for (int32_t k = 0; k < s->n_known_tasks; k++) dup |= s->known_tasks[k] == ids[t];
+            if (!dup) s->known_tasks[s->n_known_tasks++] = ids[t];
+        }
+    }
+}
+
+static uint64_t fnv1a(uint64_t h, const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 1099511628211ull;
+    return (h ^ 0xff) * 1099511628211ull;
+}
+
+static uint64_t section_hash(struct cfg *c, const char *section, uint64_t h) {
+    /* Entries in file order; the order of keys inside a section is the user's, so it is
+     * part of the identity only through their values. Sort-free: hash each pair and add. */
+    uint64_t sum = 0;
+    for (int32_t i = 0; i < c->n; i++)
+        if (strcmp(c->e[i].section, section) == 0)
+            sum += fnv1a(fnv1a(1469598103934665603ull, c->e[i].key), c->e[i].value);
+    return fnv1a(h, section) ^ (sum * 0x9e3779b97f4a7c15ull);
+}
+
+/* The files a run reads (model, data) by size and modification time, so that a stage is
+ * trained again when one of them changes, not only when the run file does. */
+static uint64_t file_stamp(uint64_t h, const char *path) {
+    struct stat st;
+    char text[96];
+    if (stat(path, &st) != 0) return fnv1a(h, path);
+    snprintf(text, sizeof text, "%lld:%lld.%09ld", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+             (long)st.st_mtim.tv_nsec);
+    return fnv1a(fnv1a(h, path), text);
+}
+
+static uint64_t input_files_hash(struct cfg *c, uint64_t h) {
+    const char *lists[] = {"files", "eval_files"};
+    for (int k = 0; k < 2; k++) {
+        struct cfg_entry *e = cfg_find(c, "data", lists[k]);
+        struct words w;
+        words_split(&w, e ? e->value : NULL);
+        for (int i = 0; i < w.n; i++) h = file_stamp(h, w.v[i]);
+        words_free(&w);
+    }
+    struct cfg_entry *m = cfg_find(c, "model", "path");
+    if (m) {
+        const char *names[] = {"config.json", "model.safetensors", "model.safetensors.index.json"};
+        for (int k = 0; k < 3; k++) {
+            char *p = path_join(m->value, names[k]);
+            if (file_exists(p)) h = file_stamp(h, p);
+            free(p);
+        }
+    }
+    return h;
+}
+
+/* What a stage's result depends on besides its own inputs: the model, the data (and the files
+ * they come from), the method and its version, the run's seed, the stage's section and the
+ * stage it starts from. */
+static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char *section) {
+    struct cfg *c = &r->cfg;
+    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
+    h = section_hash(c, "data", h);
+    h = input_files_hash(c, h);
+    h = fnv1a(h, s->pm->desc->id);
+    h = fnv1a(h, s->pm->desc->version);
+    char seedtxt[32];
+    snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
+    h = fnv1a(h, seedtxt);
+    h = section_hash(c, section, h);
+    if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
+    return h;
+}
+
+static int load_stage(struct run *r, struct data_settings *ds, const char *section,
+                      int32_t line) {
+    struct cfg *c = &r->cfg;
+    struct stage *s = &r->stages[r->n_stages];
+    memset(s, 0, sizeof *s);
+    s->section = xstrdup(section);
+    s->name = xstrdup(section + strlen("stage."));
+    /* The section's header: a plugin's complaint may concern any of its keys. */
+    s->where = xasprintf("%s:%d: [%s]", c->path, line, section);
+    char where[512];
+    if (!s->name[0] || strchr(s->name, '/') || strchr(s->name, '.') || s->name[0] == '-')
+        return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
+                       line, section);
+    r->n_stages++; /* from here on run_free releases it */
+
+    const char *method, *from, *tasks, *eval_tasks, *schedule;
+    if (cfg_str(c, section, "method", NULL, &method)) return -1;
+    if (!method)
+        return err_set("%s:%d: [%s] method: missing (e.g. method = lora)", c->path, line, section);
+    s->pm = registry_find(&r->reg, method);
+    if (!s->pm) {
+        struct cfg_entry *e = cfg_find(c, section, "method");
+        return err_prefix("%s: [%s] method", cfg_where(c, e, where, sizeof where), section);
+    }
+    if (cfg_str(c, section, "from", NULL, &from)) return -1;
+    s->from = r->n_stages >= 2 ? r->n_stages - 2 : -1; /* default: the previous stage */
+    if (from) {
+        struct cfg_entry *e = cfg_find(c, section, "from");
+        /* Empty: the [model] itself. Otherwise an earlier stage. */
+        if (from[0] == 0)
+            s->from = -1;
+        else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
+            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
+                           "leave it empty to start from [model])",
+                           cfg_where(c, e, where, sizeof where), section, from);
+    }
+    /* Starting from a stage means starting from its weights with its adapter folded in, which
+     * needs a method that can give its exact dense change (or writes the weights itself). */
+    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
+        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE)) {
+        struct cfg_entry *e = cfg_find(c, section, "from");
+        if (e)
+            cfg_where(c, e, where, sizeof where);
+        else
+            snprintf(where, sizeof where, "%s:%d", c->path, line);
+        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
+                       "stage can start from it%s",
+                       where, section,
+                       r->stages[s->from].name, r->stages[s->from].pm->desc->id,
+                       e ? "" : " (the default is the previous stage: set from = another stage, "
+                                "or leave it empty for [model])");
+    }
+    if (cfg_str(c, section, "tasks", NULL, &tasks) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
+        return -1;
+    if (!tasks)
+        return err_set("%s:%d: [%s] tasks: missing (e.g. tasks = reverse add)", c->path, line, section);
+    if (resolve_task_list(r, ds, s, "tasks", tasks, &s->train_tasks, &s->n_train_tasks)) return -1;
+    if (s->n_train_tasks == 0)
+        return err_set("%s: [%s] tasks: empty",
+                       cfg_where(c, cfg_find(c, section, "tasks"), where, sizeof where), section);
+    if (eval_tasks) {
+        if (resolve_task_list(r, ds, s, "eval_tasks", eval_tasks, &s->eval_tasks, &s->n_eval_tasks))
+            return -1;
+    }
+    set_known_tasks(r, s, NULL, 0);
+    if (!eval_tasks) {
+        /* Default: every task trained so far in the chain that leads here (merged inputs'
+         * included), this stage's last. */
+        s->eval_tasks = xcalloc((size_t)s->n_known_tasks + 1, sizeof *s->eval_tasks);
+        memcpy(s->eval_tasks, s->known_tasks, (size_t)s->n_known_tasks * sizeof *s->eval_tasks);
+        s->n_eval_tasks = s->n_known_tasks;
+    }
+
+    /* The continual-learning sampler (replay.h) and label evaluation (eval.c). */
+    const char *replay_tasks, *replay;
+    int eval_labels;
+    if (cfg_str(c, section, "replay_tasks", NULL, &replay_tasks) ||
+        cfg_str(c, section, "replay", "0.5", &replay) ||
+        cfg_int(c, section, "memory_per_label", 20, 0, 100000000, &s->memory_per_label) ||
+        cfg_bool(c, section, "eval_labels", 0, &eval_labels))
+        return -1;
+    s->eval_labels = eval_labels;
+    if (replay_tasks && resolve_task_list(r, ds, s, "replay_tasks", replay_tasks, &s->replay_tasks,
+                                          &s->n_replay_tasks))
+        return -1;
+    struct cfg_entry *replay_e = cfg_find(c, section, "replay");
+    if (strcmp(replay, "joint") == 0)
+        s->replay_joint = 1;
+    else if (parse_f64(replay, &s->replay) || s->replay < 0 || s->replay >= 1)
+        return err_set("%s: [%s] replay: expected a share in [0, 1) or 'joint', got '%s'",
+                       cfg_where(c, replay_e, where, sizeof where), section, replay);
+    if (replay_e && !replay_tasks)
+        return err_set("%s: [%s] replay: set replay_tasks (the earlier tasks to replay)",
+                       cfg_where(c, replay_e, where, sizeof where), section);
+    for (int32_t i = 0; i < s->n_replay_tasks; i++)
+        for (int32_t k = 0; k < s->n_train_tasks; k++)
+            if (s->replay_tasks[i] == s->train_tasks[k])
+                return err_set("%s: [%s] replay_tasks: '%s' is also in tasks",
+                               cfg_where(c, cfg_find(c, section, "replay_tasks"), where, sizeof where),
+                               section, r->tasks.names[s->replay_tasks[i]]);
+
+    int64_t seed, save_model_i = -1;
+    int save_model = 0;
+    struct optim_params *o = &s->opt;
+    if (cfg_int(c, section, "steps", 100, 0, 100000000, &s->steps) ||
+        cfg_int(c, section, "batch_size", 16, 1, 1 << 20, &s->batch_size) ||
+        cfg_int(c, section, "eval_batch_size", 64, 1, 1 << 20, &s->eval_batch_size) ||
+        cfg_int(c, section, "eval_every", 0, 0, 100000000, &s->eval_every) ||
+        cfg_int(c, section, "save_every", 100, 0, 100000000, &s->save_every) ||
+        cfg_int(c, section, "log_every", 10, 1, 100000000, &s->log_every) ||
+        cfg_int(c, section, "n_train", 0, 0, 100000000, &s->n_train) ||
+        cfg_float(c, section, "lr", 1e-3, 0.0, 100.0, &o->lr) ||
+        cfg_float(c, section, "weight_decay", 0.0, 0.0, 100.0, &o->weight_decay) ||
+        cfg_float(c, section, "beta1", 0.9, 0.0, 0.999999, &o->beta1) ||
+        cfg_float(c, section, "beta2", 0.999, 0.0, 0.99999999, &o->beta2) ||
+        cfg_float(c, section, "eps", 1e-8, 0.0, 1.0, &o->eps) ||
+        cfg_float(c, section, "grad_clip", 1.0, 0.0, 1e9, &o->grad_clip) ||
+        cfg_float(c, section, "min_lr_ratio", 0.1, 0.0, 1.0, &o->min_lr_ratio) ||
+        cfg_int(c, section, "warmup_steps", 0, 0, 100000000, &o->warmup_steps) ||
+        cfg_choice(c, section, "schedule", "cosine", "cosine|linear|constant", &schedule) ||
+        cfg_int(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), 0, INT64_MAX, &seed))
+        return -1;
+    struct cfg_entry *sm = cfg_find(c, section, "save_model");
+    if (sm) {
+        if (cfg_bool(c, section, "save_model", 0, &save_model)) return -1;
+        save_model_i = save_model;
+    }
+    s->save_model = (int32_t)save_model_i; /* -1: auto (on for methods that write the base) */
+    o->total_steps = s->steps;
+    o->schedule = strcmp(schedule, "linear") == 0     ? SCHEDULE_LINEAR
+                  : strcmp(schedule, "constant") == 0 ? SCHEDULE_CONSTANT
+                                                      : SCHEDULE_COSINE;
+    s->seed = (uint64_t)seed;
+    if (load_method_keys(r, s)) return -1;
+    char known[2048];
+    known_keys_text(s, known, sizeof known);
+    if (cfg_check_unused(c, section, known)) return -1;
+
+    /* The stage's config as JSON (for metadata) and its identity hash. */
+    s->config_json = stage_config_json(c, section, "method");
+
+    uint64_t h = stage_hash_base(r, s, section);
+    /* A stage reading another stage's output through a STAGE key depends on it too. */
+    for (uint32_t i = 0; i < s->n_kv; i++)
+        for (uint32_t p = 0; p < s->pm->desc->n_params; p++)
+            if (s->pm->desc->params[p].type == PEFT_PARAM_STAGE &&
+                strcmp(s->pm->desc->params[p].name, s->kv[i].key) == 0 && s->kv[i].value[0])
+                h ^= r->stages[find_stage(r, s->kv[i].value)].hash * 0xc4ceb9fe1a85ec53ull;
+    s->hash = h;
+    s->dir = path_join(r->out_dir, s->name);
+    return 0;
+}
+
+/* A merge stage (merge.h): `merge = OP` instead of `method = ID`. It shares with trained
+ * stages from, eval_tasks, eval_batch_size, seed and save_model; its own keys are read by
+ * merge_config_load. */
+static int load_merge_stage(struct run *r, struct data_settings *ds, const char *section,
+                            int32_t line) {
+    struct cfg *c = &r->cfg;
+    struct stage *s = &r->stages[r->n_stages];
+    memset(s, 0, sizeof *s);
+    s->section = xstrdup(section);
+    s->name = xstrdup(section + strlen("stage."));
+    /* The section's header: a plugin's complaint may concern any of its keys. */
+    s->where = xasprintf("%s:%d: [%s]", c->path, line, section);
+    char where[512];
+    if (!s->name[0] || strchr(s->name, '/') || strchr(s->name, '.') || s->name[0] == '-')
+        return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
+                       line, section);
+    r->n_stages++; /* from here on run_free releases it */
+    struct cfg_entry *me = cfg_find(c, section, "method");
+    if (me)
+        return err_set("%s: [%s] method: a stage either trains a method or merges (merge = ...), "
+                       "not both", cfg_where(c, me, where, sizeof where), section);
+    s->pm = merge_stage_method();
+    int32_t default_from;
+    if (merge_config_load(run_env(r), c, s, &default_from)) return -1;
+    const char *from, *eval_tasks;
+    if (cfg_str(c, section, "from", NULL, &from) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
+        return -1;
+    s->from = default_from; /* default: where the first stage input started */
+    if (from) {
+        struct cfg_entry *e = cfg_find(c, section, "from");
+        if (from[0] == 0)
+            s->from = -1;
+        else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
+            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
+                           "leave it empty to start from [model])",
+                           cfg_where(c, e, where, sizeof where), section, from);
+    }
+    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
+        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE))
+        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
+                       "stage can start from it", c->path, section, r->stages[s->from].name,
+                       r->stages[s->from].pm->desc->id);
+    int32_t *inputs = xcalloc((size_t)s->merge->n_in + 1, sizeof *inputs), n_inputs = 0;
+    for (int32_t i = 0; i < s->merge->n_in; i++)
+        if (s->merge->in[i].kind == MERGE_IN_STAGE) inputs[n_inputs++] = s->merge->in[i].stage;
+    set_known_tasks(r, s, inputs, n_inputs);
+    free(inputs);
+    if (eval_tasks) {
+        if (resolve_task_list(r, ds, s, "eval_tasks", eval_tasks, &s->eval_tasks, &s->n_eval_tasks))
+            return -1;
+    } else {
+        s->eval_tasks = xcalloc((size_t)s->n_known_tasks + 1, sizeof *s->eval_tasks);
+        memcpy(s->eval_tasks, s->known_tasks, (size_t)s->n_known_tasks * sizeof *s->eval_tasks);
+        s->n_eval_tasks = s->n_known_tasks;
+    }
+    if (s->n_eval_tasks == 0)
+        return err_set("%s:%d: [%s] eval_tasks: needed (no task is known from the inputs or the "
+                       "start of this merge)", c->path, line, section);
+    int64_t seed;
+    int save_model = 0;
+    if (cfg_int(c, section, "eval_batch_size", 64, 1, 1 << 20, &s->eval_batch_size) ||
+        cfg_int(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), 0, INT64_MAX, &seed) ||
+        cfg_bool(c, section, "save_model", 0, &save_model))
+        return -1;
+    s->seed = (uint64_t)seed;
+    s->save_model = save_model;
+    s->merge->save_model = save_model;
+    if (cfg_check_unused(c, section, merge_stage_keys)) return -1;
+    s->config_json = stage_config_json(c, section, "merge");
+
+    uint64_t h = stage_hash_base(r, s, section);
+    s->hash = merge_inputs_hash(run_env(r), s, h);
+    s->dir = path_join(r->out_dir, s->name);
+    return 0;
+}
+
+/* ---- the whole file ---------------------------------------------------------------- */
+
+int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
+             const char *plugin_path) {
+    struct cfg c;
+    memset(r, 0, sizeof *r);
+    if (cfg_load(&c, ini)) return -1;
+    for (int32_t i = 0; i < n_sets; i++)
+        if (cfg_set(&c, sets[i])) {
+            cfg_free(&c);
+            return -1;
+        }
+    return run_load_cfg(r, &c, plugin_path);
+}
+
+int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
+    memset(r, 0, sizeof *r);
+    r->cfg = *cfg; /* taken over */
+    memset(cfg, 0, sizeof *cfg);
+    r->progress = -1;
+    struct cfg *c = &r->cfg;
+
+    /* Unknown sections first: they are the likeliest typo. */
+    int32_t n_stage_sections = 0;
+    for (int32_t i = 0; i < c->n_sections; i++) {
+        const char *name = c->sections[i].name;
+        if (strncmp(name, "stage.", 6) == 0) {
+            n_stage_sections++;
+            continue;
+        }
+        if (strcmp(name, "run") && strcmp(name, "model") && strcmp(name, "data")) {
+            if (c->sections[i].line > 0)
+                return err_set("%s:%d: [%s]: unknown section (known: run, model, data, stage.NAME)",
+                               c->path, c->sections[i].line, name);
+            return err_set("%s (--set): [%s]: unknown section (known: run, model, data, stage.NAME)",
+                           c->path, name);
+        }
+    }
+    if (n_stage_sections == 0)
+        return err_set("%s: no [stage.NAME] section: a run needs at least one stage", c->path);
+
+    if (load_run_section(r, plugin_path)) return -1;
+    if (load_model_section(r)) return -1;
+    struct data_settings ds = {0};
+    int rc = load_data_section(r, &ds);
+    if (rc == 0) {
+        r->stages = xcalloc((size_t)n_stage_sections, sizeof *r->stages);
+        for (int32_t i = 0; i < c->n_sections && rc == 0; i++)
+            if (strncmp(c->sections[i].name, "stage.", 6) == 0)
+                rc = cfg_find(c, c->sections[i].name, "merge")
+                         ? load_merge_stage(r, &ds, c->sections[i].name, c->sections[i].line)
+                         : load_stage(r, &ds, c->sections[i].name, c->sections[i].line);
+    }
+    dataset_free(&ds.file_train);
+    dataset_free(&ds.file_eval);
+    /* Let every method check its keys against the model now, so that a bad value is reported
+     * before anything is written. */
+    for (int32_t i = 0; i < r->n_stages && rc == 0; i++) {
+        struct method_run *mr;
+        if (r->stages[i].merge) {
+            rc = merge_config_check(run_env(r), &r->stages[i]);
+            continue;
+        }
+        rc = stage_method(run_env(r), &r->stages[i], &mr);
+        if (rc == 0) method_run_free(mr);
+    }
+    return rc;
+}
+
+void run_free(struct run *r) {
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        struct stage *s = &r->stages[i];
+        free(s->name);
+        free(s->section);
+        free(s->where);
+        free(s->train_tasks);
+        free(s->eval_tasks);
+        free(s->replay_tasks);
+        free(s->known_tasks);
+        merge_spec_free(s->merge);
+        free(s->kv);
+        free(s->config_json);
+        free(s->dir);
+        free(s->result_params);
+        free(s->before);
+        free(s->after);
+    }
+    free(r->stages);
+    metrics_free(&r->metrics);
+    dataset_free(&r->train);
+    dataset_free(&r->eval);
+    task_table_free(&r->tasks);
+    model_free(&r->model);
+    if (r->aux.acts) model_acts_free(r->aux.acts);
+    free(r->base_params);
+    registry_free(&r->reg);
+    free(r->out_dir);
+    cfg_free(&r->cfg);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,153 @@
+/*
+ * stage.h: the face of host/stage, one stage of a run: its description (struct stage), what it
+ * gets from the run that executes it (struct stage_env, passed explicitly: nothing here calls
+ * back into the run), its training loop with bit-exact checkpoints (train.c), its evaluation
+ * (eval.c), the optimizer (optim.h), the metrics log (metrics.c), the method instances it
+ * creates and the services they get from the chain (method_env.c), and the progress line.
+ */
+#ifndef PEFT_STAGE_H
+#define PEFT_STAGE_H
+
+#include <stdint.h>
+
+#include "core/core.h"
+#include "data/data.h"
+#include "io/io.h"
+#include "methods/methods.h"
+#include "model/model.h"
+#include "optim.h"
+
+struct eval_result {
+    int32_t task;
+    int32_t n;          /* examples */
+    double loss;        /* mean completion-token loss */
+    double accuracy;    /* exact match by greedy decoding */
+};
+
+struct stage {
+    char *name;
+    char *section;              /* "stage.NAME" */
+    char *where;                /* "FILE:LINE: [stage.NAME]" (its header line), for errors */
+    const struct plugin_method *pm;
+    int32_t from;               /* index of the stage it starts from, -1 = the base model */
+    int32_t *train_tasks, n_train_tasks;
+    int32_t *eval_tasks, n_eval_tasks;
+    /* Tasks the stage's result has seen: its start's, its own training tasks, and for a merge
+     * stage its inputs' (the default eval_tasks). */
+    int32_t *known_tasks, n_known_tasks;
+    struct merge_spec *merge;   /* a merge stage (merge.h): trains nothing; else NULL */
+    int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
+    int64_t n_train;            /* examples per task this stage trains on (0 = all) */
+    /* The continual-learning sampler (train.c, replay.h): a share of every batch comes from
+     * the earlier tasks replay_tasks, each example drawn by picking one of them uniformly,
+     * then an example of its memory (memory_per_label examples per label, 0 = all). */
+    int32_t *replay_tasks, n_replay_tasks;
+    double replay;              /* share of each batch from replay_tasks, in [0, 1) */
+    int32_t replay_joint;       /* instead: every task of tasks + replay_tasks an equal share */
+    int64_t memory_per_label;
+    /* eval.c: accuracy = the label scored best among every label of the eval tasks (the
+     * class-incremental evaluation) instead of greedy exact match. */
+    int32_t eval_labels;
+    struct optim_params opt;
+    uint64_t seed;
+    int32_t save_model;
+    peft_kv *kv;                /* method keys, every schema key (defaults filled) + "stage" */
+    uint32_t n_kv;
+    char *config_json;          /* the stage's keys as JSON, for metadata */
+    uint64_t hash;
+    char *dir;                  /* OUT/NAME */
+    /* results */
+    float *result_params;       /* model parameters after the stage (adapter merged) */
+    struct eval_result *before, *after; /* n_eval_tasks each */
+    int32_t reused;             /* loaded from a completed earlier run */
+    int32_t unmerged;           /* its adapter could not be folded into the weights */
+    uint64_t n_trainable;       /* trainable entries of the method */
+    double train_seconds, tokens_per_second;
+    double eval_seconds;        /* time spent evaluating in this stage */
+    int64_t peak_rss_kb;        /* the process's peak resident size when the stage ended */
+};
+
+/* ---- the metrics log (metrics.c): OUT/metrics.jsonl, rewritten whole and atomically ---- */
+struct metrics {
+    char *path;    /* OUT/metrics.jsonl */
+    char **lines;  /* (n) one JSON object each */
+    int32_t n;
+};
+/* Start from the lines already in path (stages reused from an earlier run keep theirs). */
+void metrics_open(struct metrics *m, const char *path);
+void metrics_add(struct metrics *m, char *json_line); /* takes ownership */
+/* Drop the lines of a stage with step > after_step (all of them when after_step < 0). */
+void metrics_drop_stage(struct metrics *m, const char *stage, int64_t after_step);
+int metrics_flush(const struct metrics *m);
+void metrics_free(struct metrics *m);
+
+/* The batch being processed, for the auxiliary passes a plugin asks for (run_pass); its
+ * activations are kept apart from the main pass's. */
+struct aux_pass {
+    struct method_run *mr;
+    const struct batch *batch;
+    int32_t training;
+    struct model_acts *acts;
+};
+
+/* ---- what a stage gets from the run that executes it -------------------------------- */
+struct stage_env {
+    const char *run_path;               /* the run file, for error lines and metadata */
+    struct model *model;                /* the live model: params are the working weights */
+    struct plugin_registry *reg;
+    struct task_table *tasks;
+    const struct dataset *train, *eval;
+    struct stage *stages;               /* (n_stages) the chain, in order */
+    int32_t n_stages;
+    const float *base_params;           /* (model->n_params) the model before any stage */
+    struct metrics *metrics;
+    struct aux_pass *aux;
+    uint64_t seed;                      /* the run's seed */
+    int32_t resume;                     /* continue from a stage's checkpoint */
+    int32_t quiet;                      /* no progress and no informational lines */
+    int32_t progress;                   /* progress line on stderr: 1, 0, -1 = on a terminal */
+    int64_t stop_after;                 /* testing aid: stop a stage after this many steps */
+};
+
+/* The weights a stage starts from: its `from` stage's result, or the base model. */
+const float *stage_start(const struct stage_env *env, const struct stage *s);
+
+/* Create a method instance on the model as it is now (create + attach + tensors), with the
+ * chain's services (stage_tensor, stage_delta, stage_file, run_pass); where prefixes its
+ * error lines. The instance may use env until it is freed. */
+int stage_method_create(struct stage_env *env, const char *where, const char *stage,
+                        uint64_t seed, const struct plugin_method *pm, const peft_kv *kv,
+                        uint32_t n_kv, struct method_run **out);
+/* The same for a stage's own method and keys. */
+int stage_method(struct stage_env *env, const struct stage *s, struct method_run **out);
+
+/* Mark the batch about to be processed (NULL after it), so plugins can run auxiliary passes
+ * of it from batch_begin. */
+void stage_set_batch(struct stage_env *env, struct method_run *mr, const struct batch *b,
+                     int training);
+
+/* Train s with mr from its start (or its checkpoint with env->resume): 0 done, 1 stopped on
+ * request (stop_after; the checkpoint is on disk), -1 with one line. (train.c) */
+int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr);
+/* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
+int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
+               struct eval_result *out);
+/* One metrics line per evaluated task (point: before, step, after); the step's line on
+ * stdout too unless quiet. */
+void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point,
+                    int64_t step, const struct eval_result *ev);
+
+/* ---- the progress line (progress.c) --------------------------------------------------- */
+struct progress {
+    double t0, last;
+    int64_t step0;      /* the step it started from (a resumed stage), for the time left */
+    int32_t active;
+};
+void progress_begin(struct progress *p, int32_t enabled, int64_t step0);
+void progress_update(struct progress *p, const char *stage, int64_t step, int64_t steps,
+                     double loss, double tokens_per_s);
+/* Before other output: ends a drawn line so the next update starts a fresh one. */
+void progress_interrupt(struct progress *p);
+void progress_end(struct progress *p);
+
+#endif

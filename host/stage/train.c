@@ -1,0 +1,334 @@
+/* train.c: the training loop of one stage, with checkpoints that resume bit-exactly, and its
+ * sampler (the continual-learning replay of replay.h). */
+#include <cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/data.h"
+#include "stage.h"
+#include "io/io.h"
+
+
+/* ---- checkpoint ---------------------------------------------------------------------
+ * Two files: checkpoint.safetensors holds the method's tensors (as an adapter file), and
+ * checkpoint-optim.safetensors the AdamW moments and the loop state. Both carry the step and
+ * the stage hash, so a pair from different moments is refused. */
+
+struct loop_state {
+    int64_t step;
+    struct rng data_rng;
+    double tokens, seconds;
+};
+
+static void rng_to_hex(const struct rng *g, char *out) {
+    sprintf(out, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, g->s[0], g->s[1], g->s[2],
+            g->s[3]);
+}
+
+static int rng_from_hex(struct rng *g, const char *hex) {
+    if (!hex || strlen(hex) != 64) return -1;
+    for (int i = 0; i < 4; i++) {
+        char part[17];
+        memcpy(part, hex + 16 * i, 16);
+        part[16] = 0;
+        char *end;
+        g->s[i] = strtoull(part, &end, 16);
+        if (*end) return -1;
+    }
+    return 0;
+}
+
+static int checkpoint_save(struct stage_env *env, struct stage *s, struct method_run *mr,
+                           const struct loop_state *ls, const char *before_json) {
+    char step[32], hash[32], data_rng[80], method_rng[80], tokens[48], seconds[48];
+    snprintf(step, sizeof step, "%lld", (long long)ls->step);
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)s->hash);
+    rng_to_hex(&ls->data_rng, data_rng);
+    rng_to_hex(method_run_rng(mr), method_rng);
+    snprintf(tokens, sizeof tokens, "%.17g", ls->tokens);
+    snprintf(seconds, sizeof seconds, "%.17g", ls->seconds);
+    const char *meta[] = {"peft.step", step, "peft.config_hash", hash, NULL};
+    char *path = path_join(s->dir, "checkpoint.safetensors");
+    int rc = method_run_save(mr, path, meta);
+    free(path);
+    if (rc) return -1;
+
+    struct st_writer *w = st_writer_new();
+    char **names = xcalloc((size_t)method_run_tensor_count(mr) * 2 + 1, sizeof *names);
+    int32_t n_names = 0;
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
+        struct mtensor *t = method_run_tensor(mr, i);
+        if (!t->adam_m) continue;
+        int64_t shape[1] = {(int64_t)t->n_trainable};
+        names[n_names] = xasprintf("adam_m/%s", t->name);
+        st_writer_add_f32(w, names[n_names++], 1, shape, t->adam_m);
+        names[n_names] = xasprintf("adam_v/%s", t->name);
+        st_writer_add_f32(w, names[n_names++], 1, shape, t->adam_v);
+    }
+    st_writer_meta(w, "peft.step", step);
+    st_writer_meta(w, "peft.config_hash", hash);
+    st_writer_meta(w, "peft.data_rng", data_rng);
+    st_writer_meta(w, "peft.method_rng", method_rng);
+    st_writer_meta(w, "peft.tokens", tokens);
+    st_writer_meta(w, "peft.seconds", seconds);
+    st_writer_meta(w, "peft.before", before_json);
+    path = path_join(s->dir, "checkpoint-optim.safetensors");
+    rc = st_writer_save(w, path);
+    free(path);
+    st_writer_free(w);
+    for (int32_t i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    (void)env;
+    return rc;
+}
+
+/* 1 = resumed, 0 = no usable checkpoint, -1 = a checkpoint that is broken. */
+static int checkpoint_load(struct stage_env *env, struct stage *s, struct method_run *mr,
+                           struct loop_state *ls, char **before_json) {
+    char *path = path_join(s->dir, "checkpoint-optim.safetensors");
+    char *adapter = path_join(s->dir, "checkpoint.safetensors");
+    int rc = 0;
+    struct st_file f = {0}, fa = {0};
+    if (!file_exists(path) || !file_exists(adapter)) goto done;
+    if (st_open(&f, path) || st_open(&fa, adapter)) {
+        rc = -1;
+        goto done;
+    }
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)s->hash);
+    const char *h = st_meta(&f, "peft.config_hash"), *step = st_meta(&f, "peft.step");
+    const char *astep = st_meta(&fa, "peft.step");
+    if (!h || strcmp(h, hash) != 0) {
+        if (!env->quiet) printf("[%s] checkpoint is from a different configuration; starting over\n", s->name);
+        goto done;
+    }
+    int64_t st_step;
+    if (!step || !astep || strcmp(step, astep) != 0 || parse_i64(step, &st_step) ||
+        rng_from_hex(&ls->data_rng, st_meta(&f, "peft.data_rng")) ||
+        rng_from_hex(method_run_rng(mr), st_meta(&f, "peft.method_rng")) || !st_meta(&f, "peft.before")) {
+        rc = err_set("%s: checkpoint state is incomplete or does not match %s", path, adapter);
+        goto done;
+    }
+    if (method_run_load(mr, adapter)) {
+        rc = -1;
+        goto done;
+    }
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
+        struct mtensor *t = method_run_tensor(mr, i);
+        if (!t->grad) continue;
+        char name[512];
+        snprintf(name, sizeof name, "adam_m/%s", t->name);
+        const struct st_tensor *tm = st_find(&f, name);
+        snprintf(name, sizeof name, "adam_v/%s", t->name);
+        const struct st_tensor *tv = st_find(&f, name);
+        if (!tm || !tv) {
+            if (st_step == 0) continue;
+            rc = err_set("%s: optimizer state of '%s' missing", path, t->name);
+            goto done;
+        }
+        if (tm->numel != t->n_trainable || tv->numel != t->n_trainable) {
+            rc = err_set("%s: optimizer state of '%s' has the wrong size", path, t->name);
+            goto done;
+        }
+        t->adam_m = xalloc_floats(t->n_trainable);
+        t->adam_v = xalloc_floats(t->n_trainable);
+        if (st_read_f32(&f, tm, t->adam_m, t->n_trainable) || st_read_f32(&f, tv, t->adam_v, t->n_trainable)) {
+            rc = -1;
+            goto done;
+        }
+    }
+    ls->step = st_step;
+    ls->tokens = strtod(st_meta(&f, "peft.tokens") ? st_meta(&f, "peft.tokens") : "0", NULL);
+    ls->seconds = strtod(st_meta(&f, "peft.seconds") ? st_meta(&f, "peft.seconds") : "0", NULL);
+    *before_json = xstrdup(st_meta(&f, "peft.before"));
+    rc = 1;
+done:
+    if (f.path) st_close(&f);
+    if (fa.path) st_close(&fa);
+    free(path);
+    free(adapter);
+    return rc;
+}
+
+/* ---- evaluation results as JSON (kept in checkpoints) ------------------------------ */
+
+static char *eval_json(const struct eval_result *ev, int32_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "task_id", ev[i].task);
+        cJSON_AddNumberToObject(o, "n", ev[i].n);
+        cJSON_AddNumberToObject(o, "loss", ev[i].loss);
+        cJSON_AddNumberToObject(o, "accuracy", ev[i].accuracy);
+        cJSON_AddItemToArray(arr, o);
+    }
+    char *text = cJSON_PrintUnformatted(arr);
+    cJSON_Delete(arr);
+    return text;
+}
+
+static void eval_parse(const char *json, struct eval_result *ev, int32_t n) {
+    cJSON *arr = cJSON_Parse(json);
+    int32_t i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        if (i >= n) break;
+        ev[i].task = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "task_id"));
+        ev[i].n = (int32_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "n"));
+        ev[i].loss = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "loss"));
+        ev[i].accuracy = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "accuracy"));
+        i++;
+    }
+    cJSON_Delete(arr);
+}
+
+void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point, int64_t step,
+                  const struct eval_result *ev) {
+    for (int32_t i = 0; i < s->n_eval_tasks; i++)
+        metrics_add(env->metrics, xasprintf("{\"type\":\"eval\",\"stage\":\"%s\",\"point\":\"%s\",\"step\":%lld,"
+                                "\"task\":\"%s\",\"n\":%d,\"loss\":%.6f,\"accuracy\":%.6f}",
+                                s->name, point, (long long)step, env->tasks->names[ev[i].task],
+                                ev[i].n, ev[i].loss, ev[i].accuracy));
+    if (env->quiet || strcmp(point, "step") != 0) return;
+    /* Intermediate evaluations (eval_every) as one line: accuracy % (loss) per task. */
+    printf("[%s] step %lld eval:", s->name, (long long)step);
+    for (int32_t i = 0; i < s->n_eval_tasks; i++)
+        printf("%s %s %.1f%% (%.3f)", i ? "," : "", env->tasks->names[ev[i].task],
+               100.0 * ev[i].accuracy, ev[i].loss);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* ---- the loop ---------------------------------------------------------------------- */
+
+int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
+    /* The pool: every training example of the stage's tasks. */
+    /* With n_train, only the first n_train examples of each task (few-shot stages). */
+    size_t *pool = xmalloc(sizeof *pool * (env->train->n + 1)), n_pool = 0;
+    int64_t *taken = xcalloc((size_t)s->n_train_tasks + 1, sizeof *taken);
+    for (size_t i = 0; i < env->train->n; i++)
+        for (int32_t k = 0; k < s->n_train_tasks; k++)
+            if (env->train->ex[i].task == s->train_tasks[k] && (s->n_train == 0 || taken[k] < s->n_train)) {
+                taken[k]++;
+                pool[n_pool++] = i;
+            }
+    free(taken);
+    struct loop_state ls = {0};
+    rng_seed_label(&ls.data_rng, s->seed, "data-order");
+    char *before_json = NULL;
+    int rc = -1, resumed = 0;
+    struct model_acts *acts = model_acts_new();
+    struct batch b = {0};
+    size_t *idx = xmalloc(sizeof *idx * (size_t)s->batch_size);
+    struct progress prog;
+    struct replay_memory memory = {0};
+    int32_t n_old = replay_count(s->replay, s->replay_joint, s->n_replay_tasks,
+                                 s->n_train_tasks, (int32_t)s->batch_size);
+    if (n_pool == 0 && s->batch_size > n_old) {
+        err_set("%s: [%s] tasks: no training example", env->run_path, s->section);
+        goto out;
+    }
+    if (n_old > 0) {
+        char *path = path_join(s->dir, "replay_memory.jsonl");
+        int mrc = replay_memory_build(&memory, env->train, env->tasks, s->replay_tasks,
+                                      s->n_replay_tasks, s->memory_per_label, env->seed) ||
+                  replay_memory_save(&memory, env->train, env->tasks, path);
+        free(path);
+        if (mrc) {
+            err_prefix("%s: [%s] replay_tasks", env->run_path, s->section);
+            goto out;
+        }
+    }
+
+    if (env->resume) {
+        resumed = checkpoint_load(env, s, mr, &ls, &before_json);
+        if (resumed < 0) goto out;
+    }
+    if (method_run_begin(mr)) goto out;
+    for (int32_t k = 0; k < s->n_train_tasks; k++)
+        if (method_run_task_begin(mr, s->train_tasks[k])) goto out;
+    /* Replayed tasks appear in the batches too (task_begin: before a task's first batch). */
+    for (int32_t k = 0; n_old > 0 && k < s->n_replay_tasks; k++)
+        if (method_run_task_begin(mr, s->replay_tasks[k])) goto out;
+    if (resumed) {
+        eval_parse(before_json, s->before, s->n_eval_tasks);
+        metrics_drop_stage(env->metrics, s->name, ls.step);
+        if (!env->quiet) printf("[%s] resuming at step %lld\n", s->name, (long long)ls.step);
+    } else {
+        metrics_drop_stage(env->metrics, s->name, -1);
+        if (stage_eval(env, s, mr, s->before)) goto out;
+        stage_log_eval(env, s, "before", 0, s->before);
+        before_json = eval_json(s->before, s->n_eval_tasks);
+    }
+
+    const struct model_hooks *hooks = method_run_hooks(mr, 1);
+    double window_loss = 0, t_start = now_seconds(), tokens_at_start = ls.tokens;
+    int32_t window_n = 0;
+    progress_begin(&prog, env->progress, ls.step);
+    for (int64_t step = ls.step + 1; step <= s->steps; step++) {
+        replay_draw(&memory, pool, n_pool, (int32_t)s->batch_size, n_old, &ls.data_rng, idx);
+        batch_make(&b, env->train, idx, (int32_t)s->batch_size, env->model->cfg.max_seq);
+        /* Zero first: batch_begin may run an auxiliary pass that accumulates gradients. */
+        method_run_zero_grads(mr);
+        stage_set_batch(env, mr, &b, 1);
+        int failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1));
+        float loss;
+        failed = failed || model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
+                 model_backward(env->model, acts, hooks);
+        stage_set_batch(env, NULL, NULL, 0);
+        if (failed) goto out;
+        method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
+        double grad_norm = optim_step(mr, &s->opt, step);
+        if (method_run_step_end(mr, (uint64_t)step)) goto out;
+        ls.step = step;
+        ls.tokens += (double)b.B * b.T;
+        window_loss += loss;
+        window_n++;
+        double elapsed = now_seconds() - t_start;
+        double tps = elapsed > 0 ? (ls.tokens - tokens_at_start) / elapsed : 0;
+        if (step % s->log_every == 0 || step == s->steps) {
+            metrics_add(env->metrics, xasprintf("{\"type\":\"train\",\"stage\":\"%s\",\"step\":%lld,\"loss\":%.6f,"
+                                    "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f}",
+                                    s->name, (long long)step, window_loss / window_n,
+                                    s->opt.lr * optim_lr_factor(&s->opt, step - 1), grad_norm, tps));
+            progress_update(&prog, s->name, step, s->steps, window_loss / window_n, tps);
+            window_loss = 0;
+            window_n = 0;
+        }
+        if (s->eval_every && step % s->eval_every == 0 && step < s->steps) {
+            struct eval_result *ev = xcalloc((size_t)s->n_eval_tasks, sizeof *ev);
+            int erc = stage_eval(env, s, mr, ev);
+            progress_interrupt(&prog);
+            if (erc == 0) stage_log_eval(env, s, "step", step, ev);
+            free(ev);
+            if (erc) goto out;
+        }
+        int stop_here = env->stop_after > 0 && step == env->stop_after && step < s->steps;
+        if ((s->save_every && step % s->save_every == 0 && step < s->steps) || stop_here) {
+            ls.seconds += now_seconds() - t_start;
+            t_start = now_seconds();
+            tokens_at_start = ls.tokens;
+            if (checkpoint_save(env, s, mr, &ls, before_json) || metrics_flush(env->metrics)) goto out;
+        }
+        if (stop_here) {
+            progress_end(&prog);
+            rc = 1;
+            goto out;
+        }
+    }
+    progress_end(&prog);
+    ls.seconds += now_seconds() - t_start;
+    s->train_seconds = ls.seconds;
+    s->tokens_per_second = ls.seconds > 0 ? ls.tokens / ls.seconds : 0;
+    rc = 0;
+out:
+    replay_memory_free(&memory);
+    free(before_json);
+    free(idx);
+    free(pool);
+    batch_free(&b);
+    model_acts_free(acts);
+    return rc;
+}
