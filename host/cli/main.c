@@ -31,8 +31,12 @@ static const char *usage =
     "      print the tensors (name, dtype, shape, bytes) and metadata of a safetensors file\n"
     "  peft version\n";
 
+/* The error line (several for a run file with several problems), each as "peft: LINE". */
 static int fail(void) {
-    fprintf(stderr, "peft: %s\n", err_msg());
+    const char *m = err_msg();
+    for (const char *nl; (nl = strchr(m, '\n')); m = nl + 1)
+        fprintf(stderr, "peft: %.*s\n", (int)(nl - m), m);
+    fprintf(stderr, "peft: %s\n", m);
     return 2;
 }
 

@@ -104,6 +104,11 @@ void words_split(struct words *w, const char *s);
 void words_free(struct words *w);
 int words_find(const struct words *w, const char *s); /* index or -1 */
 
+/* Levenshtein distance between two strings (bytes). */
+size_t edit_distance(const char *a, const char *b);
+/* The name of names[0..n) nearest to name if it is close enough to be a typo of it, or NULL. */
+const char *nearest_name(const char *name, const char *const *names, size_t n);
+
 /* Strict number parsing: whole string, no trailing junk. 0 ok, -1 bad. */
 int parse_i64(const char *s, int64_t *out);
 int parse_f64(const char *s, double *out); /* finite only */

@@ -7,7 +7,8 @@
 
 /* ---- the error line ------------------------------------------------------------------ */
 
-static char err_line[2048];
+/* Room for every problem of a run file (config.h: CFG_MAX_PROBLEMS lines). */
+static char err_line[16384];
 
 int err_set(const char *fmt, ...) {
     va_list ap;

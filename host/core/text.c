@@ -92,3 +92,35 @@ int parse_bool(const char *s, int *out) {
     }
     return -1;
 }
+
+/* ---- nearest names -------------------------------------------------------------------- */
+
+size_t edit_distance(const char *a, const char *b) {
+    size_t n = strlen(b);
+    size_t *row = xmalloc((n + 1) * sizeof *row);
+    for (size_t j = 0; j <= n; j++) row[j] = j;
+    for (const char *p = a; *p; p++) {
+        size_t diag = row[0]++;
+        for (size_t j = 1; j <= n; j++) {
+            size_t up = row[j];
+            size_t best = diag + (*p != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    size_t d = row[n];
+    free(row);
+    return d;
+}
+
+const char *nearest_name(const char *name, const char *const *names, size_t n) {
+    const char *best = NULL;
+    size_t best_d = 0, limit = strlen(name) / 3 + 1; /* a typo, not another word */
+    for (size_t i = 0; i < n; i++) {
+        size_t d = edit_distance(name, names[i]);
+        if (d <= limit && (!best || d < best_d)) best = names[i], best_d = d;
+    }
+    return best;
+}

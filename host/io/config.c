@@ -165,6 +165,7 @@ void cfg_free(struct cfg *c) {
     free(c->e);
     free(c->sections);
     free(c->path);
+    sb_free(&c->problems);
     memset(c, 0, sizeof *c);
 }
 
@@ -212,7 +213,7 @@ int cfg_int(struct cfg *c, const char *section, const char *key, int64_t def, in
     int64_t v;
     char expect[96];
     snprintf(expect, sizeof expect, "an integer in [%lld, %lld]", (long long)lo, (long long)hi);
-    if (parse_i64(e->value, &v) != 0 || v < lo || v > hi) return bad_value(c, e, expect);
+    if (parse_i64(e->value, &v) != 0 || v < lo || v > hi) return *out = def, bad_value(c, e, expect);
     *out = v;
     return 0;
 }
@@ -225,7 +226,7 @@ int cfg_float(struct cfg *c, const char *section, const char *key, double def, d
     double v;
     char expect[96];
     snprintf(expect, sizeof expect, "a number in [%g, %g]", lo, hi);
-    if (parse_f64(e->value, &v) != 0 || v < lo || v > hi) return bad_value(c, e, expect);
+    if (parse_f64(e->value, &v) != 0 || v < lo || v > hi) return *out = def, bad_value(c, e, expect);
     *out = v;
     return 0;
 }
@@ -234,7 +235,7 @@ int cfg_bool(struct cfg *c, const char *section, const char *key, int def, int *
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
-    if (parse_bool(e->value, out) != 0) return bad_value(c, e, "true or false");
+    if (parse_bool(e->value, out) != 0) return *out = def, bad_value(c, e, "true or false");
     return 0;
 }
 
@@ -261,17 +262,69 @@ int cfg_choice(struct cfg *c, const char *section, const char *key, const char *
     }
     char expect[256];
     snprintf(expect, sizeof expect, "one of %s", choices);
-    return bad_value(c, e, expect);
+    return *out = def, bad_value(c, e, expect);
 }
 
 int cfg_check_unused(struct cfg *c, const char *section, const char *known) {
+    int rc = 0;
     for (int32_t i = 0; i < c->n; i++) {
         struct cfg_entry *e = &c->e[i];
         if (e->used || strcmp(e->section, section) != 0) continue;
         char where[512];
-        return err_set("%s: [%s] %s: unknown key%s%s%s", cfg_where(c, e, where, sizeof where),
-                       section, e->key, known ? " (known: " : "", known ? known : "",
-                       known ? ")" : "");
+        rc = err_set("%s: [%s] %s: unknown key%s%s%s", cfg_where(c, e, where, sizeof where),
+                     section, e->key, known ? " (known: " : "", known ? known : "",
+                     known ? ")" : "");
+        cfg_note(c);
+        e->used = 1; /* noted once */
     }
-    return 0;
+    return rc;
+}
+
+void cfg_note(struct cfg *c) {
+    if (c->n_problems++ < CFG_MAX_PROBLEMS)
+        sb_printf(&c->problems, "%s%s", c->problems.len ? "\n" : "", err_msg());
+}
+
+int cfg_report(struct cfg *c) {
+    if (c->n_problems == 0) return 0;
+    if (c->n_problems > CFG_MAX_PROBLEMS)
+        return err_set("%s\n%s: %d more problems not shown", c->problems.s, c->path,
+                       c->n_problems - CFG_MAX_PROBLEMS);
+    return err_set("%s", c->problems.s);
+}
+
+/* ---- host keys: ranges and defaults from the table (run_keys.c) ------------------------ */
+
+static const struct host_key *key_of(const char *section, const char *key) {
+    const struct host_key *k = host_key_find(section, key);
+    if (!k) { /* a reader asking for a key the table lacks is a bug of the host */
+        fprintf(stderr, "peft: internal error: [%s] %s is not in the host's key table\n", section, key);
+        abort();
+    }
+    return k;
+}
+
+int cfg_key_int_def(struct cfg *c, const char *section, const char *key, int64_t def,
+                    int64_t *out) {
+    const struct host_key *k = key_of(section, key);
+    return cfg_int(c, section, key, def, (int64_t)k->lo,
+                   k->hi >= 9.2e18 ? INT64_MAX : (int64_t)k->hi, out);
+}
+
+int cfg_key_int(struct cfg *c, const char *section, const char *key, int64_t *out) {
+    return cfg_key_int_def(c, section, key, (int64_t)strtod(key_of(section, key)->def, NULL), out);
+}
+
+int cfg_key_float(struct cfg *c, const char *section, const char *key, double *out) {
+    const struct host_key *k = key_of(section, key);
+    return cfg_float(c, section, key, strtod(k->def, NULL), k->lo, k->hi, out);
+}
+
+int cfg_key_bool(struct cfg *c, const char *section, const char *key, int *out) {
+    return cfg_bool(c, section, key, strcmp(key_of(section, key)->def, "true") == 0, out);
+}
+
+int cfg_key_choice(struct cfg *c, const char *section, const char *key, const char **out) {
+    const struct host_key *k = key_of(section, key);
+    return cfg_choice(c, section, key, k->def[0] ? k->def : NULL, k->choices, out);
 }

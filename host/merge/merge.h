@@ -93,8 +93,6 @@ const struct plugin_method *merge_stage_method(void);
  * -1 with one located line. */
 int merge_config_load(struct stage_env *env, struct cfg *c, struct stage *s,
                       int32_t *default_from);
-/* The keys a merge stage accepts, for "unknown key" lines. */
-extern const char *const merge_stage_keys;
 /* Identity of the inputs for the stage hash (stage hashes, file paths, sizes and times). */
 uint64_t merge_inputs_hash(const struct stage_env *env, const struct stage *s, uint64_t h);
 /* Check the inputs against the model and each other before anything is written (opens

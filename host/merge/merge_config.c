@@ -7,10 +7,6 @@
 #include "merge.h"
 #include "merge_input.h"
 
-const char *const merge_stage_keys =
-    "merge, space, inputs, weights, output, rank, density, sign, lambda, from, eval_tasks, "
-    "eval_batch_size, seed, save_model";
-
 /* ---- the stand-in method: attaches to nothing ----------------------------------------- */
 
 struct peft_instance {

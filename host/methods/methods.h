@@ -10,6 +10,5 @@
 #include "method.h"
 #include "peft_hf.h"
 #include "plugin_loader.h"
-#include "stage_keys.h"
 
 #endif

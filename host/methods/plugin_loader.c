@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include "method.h"
-#include "stage_keys.h"
 #include "core/core.h"
+#include "io/io.h"
 
 #ifndef PEFT_PLUGIN_DIR
 #define PEFT_PLUGIN_DIR "/usr/local/lib/peft/plugins"
@@ -30,21 +30,6 @@
 
 /* A garbage method_count must not make the host read far past the plugin's array. */
 #define MAX_METHODS_PER_FILE 1024u
-
-const char *const reserved_stage_keys[] = {
-    "method",       "from",       "tasks",        "eval_tasks", "steps",      "batch_size",
-    "lr",           "weight_decay", "beta1",      "beta2",      "eps",        "grad_clip",
-    "warmup_steps", "schedule",   "min_lr_ratio", "eval_every", "save_every", "log_every",
-    "save_model",   "seed",       "eval_batch_size", "n_train",
-    "replay_tasks", "replay", "memory_per_label", "eval_labels",
-    NULL,
-};
-
-int stage_key_is_reserved(const char *key) {
-    for (const char *const *k = reserved_stage_keys; *k; k++)
-        if (strcmp(*k, key) == 0) return 1;
-    return 0;
-}
 
 /* What the registry keeps per file. `pub` comes first, so files[i] converts back. `methods`
  * is allocated once per file, so the pointers registry_find returns stay valid however much
@@ -277,7 +262,7 @@ static int check_params(const char *path, const peft_method_desc *d) {
             if (strcmp(d->params[j].name, p->name) == 0)
                 return err_set("%s: method '%s': key '%s' is declared twice", path, d->id,
                                p->name);
-        if (stage_key_is_reserved(p->name))
+        if (host_stage_key(p->name))
             return err_set("%s: method '%s': key '%s' collides with a stage key of the host",
                            path, d->id, p->name);
         if (strcmp(p->name, "stage") == 0)
@@ -524,9 +509,26 @@ const struct plugin_method *registry_find(struct plugin_registry *r, const char 
                 lf->methods[0].desc->id);
         return NULL;
     }
+    /* Not found: name the methods there are, and the nearest one. */
+    registry_scan(r, NULL, NULL);
+    const char **ids = xcalloc((size_t)r->n_methods + 1, sizeof *ids);
+    struct strbuf found = {0};
+    for (int32_t i = 0; i < r->n_methods; i++) {
+        ids[i] = r->methods[i].desc->id;
+        sb_printf(&found, "%s%s", i ? ", " : "", ids[i]);
+    }
+    const char *near = nearest_name(id, ids, (size_t)r->n_methods);
     char *dirs = registry_dirs_text(r);
-    err_set("unknown method '%s' (searched: %s)", id, dirs);
+    if (r->n_methods == 0)
+        err_set("unknown method '%s': no method plugin found (searched: %s)", id, dirs);
+    else if (near)
+        err_set("unknown method '%s': did you mean '%s'? (methods found: %s; searched: %s)", id,
+                near, found.s, dirs);
+    else
+        err_set("unknown method '%s' (methods found: %s; searched: %s)", id, found.s, dirs);
     free(dirs);
+    free(ids);
+    sb_free(&found);
     return NULL;
 }
 

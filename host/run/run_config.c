@@ -10,6 +10,20 @@
 #include "methods/methods.h"
 #include "data/data.h"
 
+/* A problem the reader can continue past: noted, reported with the others at the end. */
+#define NOTE(expr)                                                                               \
+    do {                                                                                         \
+        if (expr) cfg_note(c);                                                                   \
+    } while (0)
+
+/* Every key of a host section the checks did not take, noted as unknown. */
+static void note_unknown(struct cfg *c, const char *section, uint32_t flags) {
+    struct strbuf known = {0};
+    host_keys_text(section, flags, &known);
+    cfg_check_unused(c, section, known.s);
+    sb_free(&known);
+}
+
 /* ---- [run] ------------------------------------------------------------------------- */
 
 static char *default_out_dir(const char *ini) {
@@ -25,13 +39,13 @@ static char *default_out_dir(const char *ini) {
 
 static int load_run_section(struct run *r, const char *plugin_path_flag) {
     struct cfg *c = &r->cfg;
-    const char *out, *plugin_path;
-    int64_t seed, threads;
-    if (cfg_str(c, "run", "out", NULL, &out) || cfg_int(c, "run", "seed", 1, 0, INT64_MAX, &seed) ||
-        cfg_int(c, "run", "threads", 0, 0, 256, &threads) ||
-        cfg_str(c, "run", "plugin_path", NULL, &plugin_path))
-        return -1;
-    if (cfg_check_unused(c, "run", "out, seed, threads, plugin_path")) return -1;
+    const char *out = NULL, *plugin_path = NULL;
+    int64_t seed = 1, threads = 0;
+    NOTE(cfg_str(c, "run", "out", NULL, &out));
+    NOTE(cfg_key_int(c, "run", "seed", &seed));
+    NOTE(cfg_key_int(c, "run", "threads", &threads));
+    NOTE(cfg_str(c, "run", "plugin_path", NULL, &plugin_path));
+    note_unknown(c, "run", 0);
     if (out) {
         /* A relative out is relative to the working directory, like every path a user types. */
         r->out_dir = xstrdup(out);
@@ -52,26 +66,27 @@ static int load_run_section(struct run *r, const char *plugin_path_flag) {
 
 /* ---- [model] ----------------------------------------------------------------------- */
 
-static const char *model_keys =
-    "path, vocab, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_ff, max_seq, rope_theta, "
-    "rms_eps, tied, init_std";
-
 static int load_model_section(struct run *r) {
     struct cfg *c = &r->cfg;
-    const char *path;
-    if (cfg_str(c, "model", "path", NULL, &path)) return -1;
+    const char *path = NULL;
+    NOTE(cfg_str(c, "model", "path", NULL, &path));
     char where[512];
+    int32_t problems = c->n_problems;
     if (path) {
         for (int32_t i = 0; i < c->n; i++) {
             struct cfg_entry *e = &c->e[i];
             if (strcmp(e->section, "model") == 0 && strcmp(e->key, "path") != 0 &&
-                strcmp(e->key, "max_seq") != 0)
-                return err_set("%s: [model] %s: not allowed with path (the checkpoint's "
-                               "config.json sets it)",
-                               cfg_where(c, e, where, sizeof where), e->key);
+                strcmp(e->key, "max_seq") != 0 && host_key_find("model", e->key)) {
+                err_set("%s: [model] %s: not allowed with path (the checkpoint's config.json "
+                        "sets it)", cfg_where(c, e, where, sizeof where), e->key);
+                cfg_note(c);
+                e->used = 1;
+            }
         }
-        int64_t max_seq;
-        if (cfg_int(c, "model", "max_seq", 0, 0, 1 << 20, &max_seq)) return -1;
+        int64_t max_seq = 0;
+        NOTE(cfg_key_int_def(c, "model", "max_seq", 0, &max_seq));
+        note_unknown(c, "model", 0);
+        if (c->n_problems > problems) return 0; /* noted: no model to load */
         if (hf_model_load(path, &r->model)) {
             struct cfg_entry *e = cfg_find(c, "model", "path");
             return err_prefix("%s: [model] path", cfg_where(c, e, where, sizeof where));
@@ -81,22 +96,24 @@ static int load_model_section(struct run *r) {
             return err_set("%s: vocab_size %d is smaller than the byte tokenizer's %d ids", path,
                            r->model.cfg.vocab, TOK_VOCAB);
     } else {
-        int64_t vocab, d_model, n_layers, n_heads, n_kv, head_dim, d_ff, max_seq;
-        double theta, eps, init_std;
-        int tied;
-        if (cfg_int(c, "model", "vocab", TOK_VOCAB, TOK_VOCAB, 1 << 24, &vocab) ||
-            cfg_int(c, "model", "d_model", 128, 2, 1 << 16, &d_model) ||
-            cfg_int(c, "model", "n_layers", 4, 1, 1024, &n_layers) ||
-            cfg_int(c, "model", "n_heads", 4, 1, 1024, &n_heads) ||
-            cfg_int(c, "model", "n_kv_heads", n_heads, 1, 1024, &n_kv) ||
-            cfg_int(c, "model", "head_dim", d_model / n_heads, 2, 1 << 12, &head_dim) ||
-            cfg_int(c, "model", "d_ff", (d_model * 8 / 3 + 7) / 8 * 8, 1, 1 << 20, &d_ff) ||
-            cfg_int(c, "model", "max_seq", 64, 2, 1 << 16, &max_seq) ||
-            cfg_float(c, "model", "rope_theta", 10000.0, 1.0, 1e12, &theta) ||
-            cfg_float(c, "model", "rms_eps", 1e-5, 0.0, 1.0, &eps) ||
-            cfg_bool(c, "model", "tied", 1, &tied) ||
-            cfg_float(c, "model", "init_std", 0.02, 0.0, 10.0, &init_std))
-            return -1;
+        int64_t vocab = 0, d_model = 0, n_layers = 0, n_heads = 1, n_kv = 1, head_dim = 0, d_ff = 0,
+                max_seq = 0;
+        double theta = 0, eps = 0, init_std = 0;
+        int tied = 1;
+        NOTE(cfg_key_int(c, "model", "vocab", &vocab));
+        NOTE(cfg_key_int(c, "model", "d_model", &d_model));
+        NOTE(cfg_key_int(c, "model", "n_layers", &n_layers));
+        NOTE(cfg_key_int(c, "model", "n_heads", &n_heads));
+        NOTE(cfg_key_int_def(c, "model", "n_kv_heads", n_heads, &n_kv));
+        NOTE(cfg_key_int_def(c, "model", "head_dim", d_model / n_heads, &head_dim));
+        NOTE(cfg_key_int_def(c, "model", "d_ff", (d_model * 8 / 3 + 7) / 8 * 8, &d_ff));
+        NOTE(cfg_key_int_def(c, "model", "max_seq", 64, &max_seq));
+        NOTE(cfg_key_float(c, "model", "rope_theta", &theta));
+        NOTE(cfg_key_float(c, "model", "rms_eps", &eps));
+        NOTE(cfg_key_bool(c, "model", "tied", &tied));
+        NOTE(cfg_key_float(c, "model", "init_std", &init_std));
+        note_unknown(c, "model", 0);
+        if (c->n_problems > problems) return 0; /* noted: no model to build */
         struct model_config mc = {
             .vocab = (int32_t)vocab, .d_model = (int32_t)d_model, .n_layers = (int32_t)n_layers,
             .n_heads = (int32_t)n_heads, .n_kv_heads = (int32_t)n_kv, .head_dim = (int32_t)head_dim,
@@ -106,7 +123,6 @@ static int load_model_section(struct run *r) {
         if (model_init(&r->model, &mc)) return err_prefix("%s: [model]", c->path);
         model_init_random(&r->model, r->seed, (float)init_std);
     }
-    if (cfg_check_unused(c, "model", model_keys)) return -1;
     r->base_params = xalloc_floats(r->model.n_params);
     memcpy(r->base_params, r->model.params, r->model.n_params * sizeof(float));
     return 0;
@@ -122,15 +138,14 @@ struct data_settings {
 
 static int load_data_section(struct run *r, struct data_settings *ds) {
     struct cfg *c = &r->cfg;
-    int64_t seed;
-    const char *files, *eval_files;
-    if (cfg_int(c, "data", "n_train", 2000, 1, 100000000, &ds->n_train) ||
-        cfg_int(c, "data", "n_eval", 100, 1, 100000000, &ds->n_eval) ||
-        cfg_int(c, "data", "seed", (int64_t)r->seed, 0, INT64_MAX, &seed) ||
-        cfg_str(c, "data", "files", NULL, &files) ||
-        cfg_str(c, "data", "eval_files", NULL, &eval_files))
-        return -1;
-    if (cfg_check_unused(c, "data", "n_train, n_eval, seed, files, eval_files")) return -1;
+    int64_t seed = (int64_t)r->seed;
+    const char *files = NULL, *eval_files = NULL;
+    NOTE(cfg_key_int(c, "data", "n_train", &ds->n_train));
+    NOTE(cfg_key_int(c, "data", "n_eval", &ds->n_eval));
+    NOTE(cfg_key_int_def(c, "data", "seed", (int64_t)r->seed, &seed));
+    NOTE(cfg_str(c, "data", "files", NULL, &files));
+    NOTE(cfg_str(c, "data", "eval_files", NULL, &eval_files));
+    note_unknown(c, "data", 0);
     ds->seed = (uint64_t)seed;
     struct words w;
     const char *lists[2] = {files, eval_files};
@@ -141,10 +156,9 @@ static int load_data_section(struct run *r, struct data_settings *ds) {
         for (int i = 0; i < w.n; i++) {
             if (data_load_jsonl(w.v[i], into[k], &r->tasks)) {
                 char where[512];
-                words_free(&w);
-                return err_prefix("%s: [data] %s",
-                                  cfg_where(c, cfg_find(c, "data", keys[k]), where, sizeof where),
-                                  keys[k]);
+                err_prefix("%s: [data] %s",
+                           cfg_where(c, cfg_find(c, "data", keys[k]), where, sizeof where), keys[k]);
+                cfg_note(c);
             }
         }
         words_free(&w);
@@ -278,30 +292,29 @@ static int load_method_keys(struct run *r, struct stage *s) {
         if (e) {
             e->used = 1;
             value = e->value;
-            if (param_check_value(p, value))
-                return err_prefix("%s: [%s] %s", cfg_where(c, e, where, sizeof where),
-                                  s->section, p->name);
-            if (p->type == PEFT_PARAM_STAGE && value[0] && find_stage(r, value) < 0)
-                return err_set("%s: [%s] %s: no earlier stage named '%s'",
-                               cfg_where(c, e, where, sizeof where), s->section, p->name, value);
-            if (p->type == PEFT_PARAM_FILES) {
+            if (param_check_value(p, value)) {
+                err_prefix("%s: [%s] %s", cfg_where(c, e, where, sizeof where), s->section, p->name);
+                cfg_note(c);
+            } else if (p->type == PEFT_PARAM_STAGE && value[0] && find_stage(r, value) < 0) {
+                err_set("%s: [%s] %s: no earlier stage named '%s'",
+                        cfg_where(c, e, where, sizeof where), s->section, p->name, value);
+                cfg_note(c);
+            } else if (p->type == PEFT_PARAM_FILES) {
                 struct words w;
                 words_split(&w, value);
                 for (int k = 0; k < w.n; k++)
                     if (!file_exists(w.v[k])) {
                         err_set("%s: [%s] %s: no such file '%s'",
                                 cfg_where(c, e, where, sizeof where), s->section, p->name, w.v[k]);
-                        words_free(&w);
-                        return -1;
+                        cfg_note(c);
                     }
                 words_free(&w);
             }
         } else if (!value) {
-            struct cfg_section *sec = NULL;
-            for (int32_t k = 0; k < c->n_sections; k++)
-                if (strcmp(c->sections[k].name, s->section) == 0) sec = &c->sections[k];
-            return err_set("%s:%d: [%s] %s: required by method '%s' but not given", c->path,
-                           sec ? sec->line : 0, s->section, p->name, d->id);
+            err_set("%s: [%s] %s: required by method '%s' but not given", s->where, s->section,
+                    p->name, d->id);
+            cfg_note(c);
+            value = "";
         }
         s->kv[s->n_kv].key = p->name;
         s->kv[s->n_kv].value = value;
@@ -313,17 +326,39 @@ static int load_method_keys(struct run *r, struct stage *s) {
     return 0;
 }
 
-static void known_keys_text(const struct stage *s, char *buf, size_t cap) {
-    buf[0] = 0;
-    for (int32_t i = 0; reserved_stage_keys[i]; i++) {
-        if (i) strncat(buf, ", ", cap - strlen(buf) - 1);
-        strncat(buf, reserved_stage_keys[i], cap - strlen(buf) - 1);
+/* Every key of a trained stage's section that neither the host nor its method reads, noted
+ * with the methods that do read it (a key left over from switching methods). */
+static void note_unknown_stage_keys(struct run *r, const struct stage *s) {
+    struct cfg *c = &r->cfg;
+    struct strbuf known = {0};
+    host_keys_text(s->section, HOST_KEY_TRAIN, &known);
+    for (uint32_t i = 0; i < s->pm->desc->n_params; i++)
+        sb_printf(&known, ", %s", s->pm->desc->params[i].name);
+    registry_scan(&r->reg, NULL, NULL);
+    err_clear();
+    for (int32_t i = 0; i < c->n; i++) {
+        struct cfg_entry *e = &c->e[i];
+        if (e->used || strcmp(e->section, s->section) != 0) continue;
+        e->used = 1;
+        struct strbuf users = {0};
+        for (int32_t m = 0; m < r->reg.n_methods; m++) {
+            const peft_method_desc *d = r->reg.methods[m].desc;
+            for (uint32_t k = 0; k < d->n_params; k++)
+                if (strcmp(d->params[k].name, e->key) == 0)
+                    sb_printf(&users, "%s%s", users.len ? ", " : "", d->id);
+        }
+        char where[512];
+        if (users.len)
+            err_set("%s: [%s] %s: not a key of method '%s' (it is a key of %s); known: %s",
+                    cfg_where(c, e, where, sizeof where), s->section, e->key, s->pm->desc->id,
+                    users.s, known.s);
+        else
+            err_set("%s: [%s] %s: unknown key (known: %s)", cfg_where(c, e, where, sizeof where),
+                    s->section, e->key, known.s);
+        cfg_note(c);
+        sb_free(&users);
     }
-    if (!s->pm) return;
-    for (uint32_t i = 0; i < s->pm->desc->n_params; i++) {
-        strncat(buf, ", ", cap - strlen(buf) - 1);
-        strncat(buf, s->pm->desc->params[i].name, cap - strlen(buf) - 1);
-    }
+    sb_free(&known);
 }
 
 /* The stage section as a JSON object of strings, first_key first (then file order). */
@@ -448,6 +483,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
                        line, section);
     r->n_stages++; /* from here on run_free releases it */
+    int32_t problems = c->n_problems;
 
     const char *method, *from, *tasks, *eval_tasks, *schedule;
     if (cfg_str(c, section, "method", NULL, &method)) return -1;
@@ -510,11 +546,10 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     /* The continual-learning sampler (replay.h) and label evaluation (eval.c). */
     const char *replay_tasks, *replay;
     int eval_labels;
-    if (cfg_str(c, section, "replay_tasks", NULL, &replay_tasks) ||
-        cfg_str(c, section, "replay", "0.5", &replay) ||
-        cfg_int(c, section, "memory_per_label", 20, 0, 100000000, &s->memory_per_label) ||
-        cfg_bool(c, section, "eval_labels", 0, &eval_labels))
-        return -1;
+    NOTE(cfg_str(c, section, "replay_tasks", NULL, &replay_tasks));
+    NOTE(cfg_str(c, section, "replay", host_key_find(section, "replay")->def, &replay));
+    NOTE(cfg_key_int(c, section, "memory_per_label", &s->memory_per_label));
+    NOTE(cfg_key_bool(c, section, "eval_labels", &eval_labels));
     s->eval_labels = eval_labels;
     if (replay_tasks && resolve_task_list(r, ds, s, "replay_tasks", replay_tasks, &s->replay_tasks,
                                           &s->n_replay_tasks))
@@ -535,30 +570,29 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
                                cfg_where(c, cfg_find(c, section, "replay_tasks"), where, sizeof where),
                                section, r->tasks.names[s->replay_tasks[i]]);
 
-    int64_t seed, save_model_i = -1;
+    int64_t seed = 0, save_model_i = -1;
     int save_model = 0;
     struct optim_params *o = &s->opt;
-    if (cfg_int(c, section, "steps", 100, 0, 100000000, &s->steps) ||
-        cfg_int(c, section, "batch_size", 16, 1, 1 << 20, &s->batch_size) ||
-        cfg_int(c, section, "eval_batch_size", 64, 1, 1 << 20, &s->eval_batch_size) ||
-        cfg_int(c, section, "eval_every", 0, 0, 100000000, &s->eval_every) ||
-        cfg_int(c, section, "save_every", 100, 0, 100000000, &s->save_every) ||
-        cfg_int(c, section, "log_every", 10, 1, 100000000, &s->log_every) ||
-        cfg_int(c, section, "n_train", 0, 0, 100000000, &s->n_train) ||
-        cfg_float(c, section, "lr", 1e-3, 0.0, 100.0, &o->lr) ||
-        cfg_float(c, section, "weight_decay", 0.0, 0.0, 100.0, &o->weight_decay) ||
-        cfg_float(c, section, "beta1", 0.9, 0.0, 0.999999, &o->beta1) ||
-        cfg_float(c, section, "beta2", 0.999, 0.0, 0.99999999, &o->beta2) ||
-        cfg_float(c, section, "eps", 1e-8, 0.0, 1.0, &o->eps) ||
-        cfg_float(c, section, "grad_clip", 1.0, 0.0, 1e9, &o->grad_clip) ||
-        cfg_float(c, section, "min_lr_ratio", 0.1, 0.0, 1.0, &o->min_lr_ratio) ||
-        cfg_int(c, section, "warmup_steps", 0, 0, 100000000, &o->warmup_steps) ||
-        cfg_choice(c, section, "schedule", "cosine", "cosine|linear|constant", &schedule) ||
-        cfg_int(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), 0, INT64_MAX, &seed))
-        return -1;
+    NOTE(cfg_key_int(c, section, "steps", &s->steps));
+    NOTE(cfg_key_int(c, section, "batch_size", &s->batch_size));
+    NOTE(cfg_key_int(c, section, "eval_batch_size", &s->eval_batch_size));
+    NOTE(cfg_key_int(c, section, "eval_every", &s->eval_every));
+    NOTE(cfg_key_int(c, section, "save_every", &s->save_every));
+    NOTE(cfg_key_int(c, section, "log_every", &s->log_every));
+    NOTE(cfg_key_int(c, section, "n_train", &s->n_train));
+    NOTE(cfg_key_float(c, section, "lr", &o->lr));
+    NOTE(cfg_key_float(c, section, "weight_decay", &o->weight_decay));
+    NOTE(cfg_key_float(c, section, "beta1", &o->beta1));
+    NOTE(cfg_key_float(c, section, "beta2", &o->beta2));
+    NOTE(cfg_key_float(c, section, "eps", &o->eps));
+    NOTE(cfg_key_float(c, section, "grad_clip", &o->grad_clip));
+    NOTE(cfg_key_float(c, section, "min_lr_ratio", &o->min_lr_ratio));
+    NOTE(cfg_key_int(c, section, "warmup_steps", &o->warmup_steps));
+    NOTE(cfg_key_choice(c, section, "schedule", &schedule));
+    NOTE(cfg_key_int_def(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), &seed));
     struct cfg_entry *sm = cfg_find(c, section, "save_model");
     if (sm) {
-        if (cfg_bool(c, section, "save_model", 0, &save_model)) return -1;
+        NOTE(cfg_key_bool(c, section, "save_model", &save_model));
         save_model_i = save_model;
     }
     s->save_model = (int32_t)save_model_i; /* -1: auto (on for methods that write the base) */
@@ -567,10 +601,9 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
                   : strcmp(schedule, "constant") == 0 ? SCHEDULE_CONSTANT
                                                       : SCHEDULE_COSINE;
     s->seed = (uint64_t)seed;
-    if (load_method_keys(r, s)) return -1;
-    char known[2048];
-    known_keys_text(s, known, sizeof known);
-    if (cfg_check_unused(c, section, known)) return -1;
+    load_method_keys(r, s);
+    note_unknown_stage_keys(r, s);
+    if (c->n_problems > problems) return 0; /* noted; no identity for a stage with problems */
 
     /* The stage's config as JSON (for metadata) and its identity hash. */
     s->config_json = stage_config_json(c, section, "method");
@@ -645,16 +678,17 @@ static int load_merge_stage(struct run *r, struct data_settings *ds, const char 
     if (s->n_eval_tasks == 0)
         return err_set("%s:%d: [%s] eval_tasks: needed (no task is known from the inputs or the "
                        "start of this merge)", c->path, line, section);
-    int64_t seed;
+    int64_t seed = 0;
     int save_model = 0;
-    if (cfg_int(c, section, "eval_batch_size", 64, 1, 1 << 20, &s->eval_batch_size) ||
-        cfg_int(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), 0, INT64_MAX, &seed) ||
-        cfg_bool(c, section, "save_model", 0, &save_model))
-        return -1;
+    int32_t problems = c->n_problems;
+    NOTE(cfg_key_int(c, section, "eval_batch_size", &s->eval_batch_size));
+    NOTE(cfg_key_int_def(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), &seed));
+    NOTE(cfg_key_bool(c, section, "save_model", &save_model));
     s->seed = (uint64_t)seed;
     s->save_model = save_model;
     s->merge->save_model = save_model;
-    if (cfg_check_unused(c, section, merge_stage_keys)) return -1;
+    note_unknown(c, section, HOST_KEY_MERGE);
+    if (c->n_problems > problems) return 0; /* noted */
     s->config_json = stage_config_json(c, section, "merge");
 
     uint64_t h = stage_hash_base(r, s, section);
@@ -685,7 +719,8 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
     r->progress = -1;
     struct cfg *c = &r->cfg;
 
-    /* Unknown sections first: they are the likeliest typo. */
+    /* Every problem of the file is noted and reported together; a problem that leaves
+     * nothing to check further (no model, a stage without a method) ends only its part. */
     int32_t n_stage_sections = 0;
     for (int32_t i = 0; i < c->n_sections; i++) {
         const char *name = c->sections[i].name;
@@ -693,33 +728,43 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
             n_stage_sections++;
             continue;
         }
-        if (strcmp(name, "run") && strcmp(name, "model") && strcmp(name, "data")) {
+        if (!host_key_kind(name)) {
             if (c->sections[i].line > 0)
-                return err_set("%s:%d: [%s]: unknown section (known: run, model, data, stage.NAME)",
-                               c->path, c->sections[i].line, name);
-            return err_set("%s (--set): [%s]: unknown section (known: run, model, data, stage.NAME)",
-                           c->path, name);
+                err_set("%s:%d: [%s]: unknown section (known: run, model, data, stage.NAME)",
+                        c->path, c->sections[i].line, name);
+            else
+                err_set("%s (--set): [%s]: unknown section (known: run, model, data, stage.NAME)",
+                        c->path, name);
+            cfg_note(c);
         }
     }
-    if (n_stage_sections == 0)
-        return err_set("%s: no [stage.NAME] section: a run needs at least one stage", c->path);
+    if (n_stage_sections == 0) {
+        err_set("%s: no [stage.NAME] section: a run needs at least one stage", c->path);
+        cfg_note(c);
+    }
 
-    if (load_run_section(r, plugin_path)) return -1;
-    if (load_model_section(r)) return -1;
+    NOTE(load_run_section(r, plugin_path));
+    NOTE(load_model_section(r));
+    int have_model = r->base_params != NULL;
     struct data_settings ds = {0};
-    int rc = load_data_section(r, &ds);
-    if (rc == 0) {
-        r->stages = xcalloc((size_t)n_stage_sections, sizeof *r->stages);
-        for (int32_t i = 0; i < c->n_sections && rc == 0; i++)
+    int32_t before_data = c->n_problems;
+    NOTE(load_data_section(r, &ds));
+    /* Stages name tasks of the data: with broken data their checks would only echo it. */
+    if (c->n_problems == before_data) {
+        r->stages = xcalloc((size_t)n_stage_sections + 1, sizeof *r->stages);
+        for (int32_t i = 0; i < c->n_sections; i++)
             if (strncmp(c->sections[i].name, "stage.", 6) == 0)
-                rc = cfg_find(c, c->sections[i].name, "merge")
+                NOTE(cfg_find(c, c->sections[i].name, "merge")
                          ? load_merge_stage(r, &ds, c->sections[i].name, c->sections[i].line)
-                         : load_stage(r, &ds, c->sections[i].name, c->sections[i].line);
+                         : load_stage(r, &ds, c->sections[i].name, c->sections[i].line));
     }
     dataset_free(&ds.file_train);
     dataset_free(&ds.file_eval);
+    if (cfg_report(c)) return -1;
+    if (!have_model) return err_set("%s: [model]: no model", c->path); /* not reached */
     /* Let every method check its keys against the model now, so that a bad value is reported
      * before anything is written. */
+    int rc = 0;
     for (int32_t i = 0; i < r->n_stages && rc == 0; i++) {
         struct method_run *mr;
         if (r->stages[i].merge) {

@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "config.h"
 #include "plugin_loader.h"
 #include "plugins_cmd.h"
-#include "stage_keys.h"
 #include "core.h"
 
 // ---------------------------------------------------------------------------------------
@@ -201,8 +201,10 @@ static void test_find(void) {
           m ? m->file->path : "");
     CHECK(registry_find(&r, "test.good") == m, "second find gives another record");
 
-    /* Unknown id: the line lists the searched directories, and only existing ones. */
-    char *want = xasprintf("unknown method 'test.nosuch' (searched: %s", good_dir);
+    /* Unknown id: the line lists the methods found, then the searched directories (only
+     * existing ones). */
+    char *want = xasprintf("unknown method 'test.nosuch' (methods found: test.good, test.other; "
+                           "searched: %s", good_dir);
     CHECK(registry_find(&r, "test.nosuch") == NULL, "found test.nosuch");
     CHECK(strncmp(err_msg(), want, strlen(want)) == 0 && !strstr(err_msg(), "/nonexistent") &&
               err_msg()[strlen(err_msg()) - 1] == ')',
@@ -358,15 +360,16 @@ static void test_values(void) {
                                "save_every", "save_model", "seed", "log_every",
                                "eval_batch_size", "n_train"};
     for (size_t i = 0; i < sizeof host_keys / sizeof host_keys[0]; i++)
-        CHECK(stage_key_is_reserved(host_keys[i]), "'%s' is not reserved", host_keys[i]);
-    CHECK(!stage_key_is_reserved("r") && !stage_key_is_reserved("target_modules") &&
-              !stage_key_is_reserved("lora_alpha"),
+        CHECK(host_stage_key(host_keys[i]), "'%s' is not reserved", host_keys[i]);
+    CHECK(!host_stage_key("r") && !host_stage_key("target_modules") &&
+              !host_stage_key("lora_alpha"),
           "a method key is reserved");
     int n_reserved = 0;
-    while (reserved_stage_keys[n_reserved]) {
-        CHECK(stage_key_is_reserved(reserved_stage_keys[n_reserved]), "list and lookup differ");
-        n_reserved++;
-    }
+    for (int32_t i = 0; i < host_key_count(); i++)
+        if (strcmp(host_key_at(i)->section, "stage") == 0 && (host_key_at(i)->flags & HOST_KEY_TRAIN)) {
+            CHECK(host_stage_key(host_key_at(i)->key), "list and lookup differ");
+            n_reserved++;
+        }
     printf("values: %d cases, %d accepted; %d reserved stage keys\n",
            (int)(sizeof cases / sizeof cases[0]), n_ok, n_reserved);
 }

@@ -1,0 +1,146 @@
+/* run_keys.c: every key of a run file that belongs to the host ([run], [model], [data] and
+ * [stage.NAME]), with its type, default and help. The run file's reader takes its ranges and
+ * defaults from here and refuses any other key, `peft keys` prints it, and the plugin loader
+ * refuses a method that declares a stage key of the host: one table for all three. */
+#include <string.h>
+
+#include "config.h"
+
+#define INF 1e300
+#define TRAIN HOST_KEY_TRAIN
+#define MERGE HOST_KEY_MERGE
+
+static const struct host_key keys[] = {
+    /* [run] */
+    {"run", "out", "path", "runs/<run file name>", 0, 0, NULL, 0,
+     "folder of the run's outputs (relative to the working directory)"},
+    {"run", "seed", "int", "1", 0, 9.2e18, NULL, 0,
+     "seed of everything random: model init, data, adapter init, sampling"},
+    {"run", "threads", "int", "0", 0, 256, NULL, 0, "BLAS threads (0 = OpenBLAS's default)"},
+    {"run", "plugin_path", "dirs", "", 0, 0, NULL, 0,
+     "folders searched for method plugins first (':'-separated)"},
+    /* [model] */
+    {"model", "path", "path", "", 0, 0, NULL, 0,
+     "an HF checkpoint folder (config.json + model.safetensors); then only max_seq may be set"},
+    {"model", "vocab", "int", "259", 259, 1 << 24, NULL, 0,
+     "vocabulary size (at least the byte tokenizer's 259 ids)"},
+    {"model", "d_model", "int", "128", 2, 1 << 16, NULL, 0, "hidden width"},
+    {"model", "n_layers", "int", "4", 1, 1024, NULL, 0, "decoder layers"},
+    {"model", "n_heads", "int", "4", 1, 1024, NULL, 0, "attention heads"},
+    {"model", "n_kv_heads", "int", "n_heads", 1, 1024, NULL, 0,
+     "key/value heads (grouped-query attention when fewer than n_heads)"},
+    {"model", "head_dim", "int", "d_model / n_heads", 2, 1 << 12, NULL, 0, "width of one head"},
+    {"model", "d_ff", "int", "8/3 d_model, rounded up to 8", 1, 1 << 20, NULL, 0,
+     "SwiGLU inner width"},
+    {"model", "max_seq", "int", "64 (with path: the checkpoint's)", 0, 1 << 20, NULL, 0,
+     "longest sequence (prompt + completion) in tokens; longer examples are cut"},
+    {"model", "rope_theta", "float", "10000", 1, 1e12, NULL, 0, "RoPE base"},
+    {"model", "rms_eps", "float", "1e-5", 0, 1, NULL, 0, "RMSNorm epsilon"},
+    {"model", "tied", "bool", "true", 0, 0, NULL, 0, "output head shares the embedding"},
+    {"model", "init_std", "float", "0.02", 0, 10, NULL, 0,
+     "standard deviation of the random initialisation"},
+    /* [data] */
+    {"data", "n_train", "int", "2000", 1, 1e8, NULL, 0,
+     "training examples generated per built-in task"},
+    {"data", "n_eval", "int", "100", 1, 1e8, NULL, 0,
+     "held-out examples generated per built-in task"},
+    {"data", "seed", "int", "[run] seed", 0, 9.2e18, NULL, 0, "seed of the built-in tasks' examples"},
+    {"data", "files", "files", "", 0, 0, NULL, 0,
+     "JSONL files of {task, prompt, completion}; without eval_files every tenth example of "
+     "each task is held out for evaluation"},
+    {"data", "eval_files", "files", "", 0, 0, NULL, 0, "JSONL files of held-out examples"},
+    /* [stage.NAME]: trained stages (method = ID) and merge stages (merge = OP) */
+    {"stage", "method", "string", "", 0, 0, NULL, TRAIN,
+     "the method plugin's id (peft plugins lists them); its keys go in the same section"},
+    {"stage", "merge", "choice", "", 0, 0,
+     "add|task_arithmetic|additive|negate|magnitude_prune|ties|dare_linear|dare_ties", MERGE,
+     "a merge stage: the operator applied to inputs"},
+    {"stage", "space", "choice", "delta", 0, 0, "delta|factor", MERGE,
+     "merge dense changes (delta) or the adapters' factors (factor)"},
+    {"stage", "inputs", "words", "", 0, 0, NULL, MERGE,
+     "stages, adapter files, task vectors or HF PEFT folders to merge"},
+    {"stage", "weights", "floats", "1 each", 0, 0, NULL, MERGE, "one weight per input"},
+    {"stage", "output", "choice", "delta (factor space: adapter)", 0, 0,
+     "delta|lora|model|adapter", MERGE,
+     "what the merge writes: a task vector, a LoRA by SVD, a model, or an adapter"},
+    {"stage", "rank", "int", "", 1, 65536, NULL, MERGE, "rank of output = lora"},
+    {"stage", "density", "float", "", 0, 1, NULL, MERGE,
+     "kept share of each delta (magnitude_prune, ties, dare_*)"},
+    {"stage", "sign", "choice", "total", 0, 0, "total|frequency", MERGE, "TIES sign election"},
+    {"stage", "lambda", "float", "1", -1e6, 1e6, NULL, MERGE, "scale of the merged delta"},
+    {"stage", "from", "stage", "the previous stage", 0, 0, NULL, TRAIN | MERGE,
+     "the stage whose result this one starts from; empty = [model]"},
+    {"stage", "tasks", "words", "", 0, 0, NULL, TRAIN,
+     "tasks to train on: built-in tasks (peft data --list) or tasks of [data] files"},
+    {"stage", "eval_tasks", "words", "every task trained in the chain so far", 0, 0, NULL,
+     TRAIN | MERGE, "tasks evaluated before and after the stage"},
+    {"stage", "steps", "int", "100", 0, 1e8, NULL, TRAIN, "optimizer steps"},
+    {"stage", "batch_size", "int", "16", 1, 1 << 20, NULL, TRAIN, "examples per step"},
+    {"stage", "eval_batch_size", "int", "64", 1, 1 << 20, NULL, TRAIN | MERGE,
+     "examples per evaluation batch"},
+    {"stage", "eval_every", "int", "0", 0, 1e8, NULL, TRAIN,
+     "evaluate every this many steps (0 = before and after only)"},
+    {"stage", "save_every", "int", "100", 0, 1e8, NULL, TRAIN,
+     "checkpoint every this many steps (0 = never), for --resume"},
+    {"stage", "log_every", "int", "10", 1, 1e8, NULL, TRAIN,
+     "a metrics.jsonl train line every this many steps"},
+    {"stage", "n_train", "int", "0", 0, 1e8, NULL, TRAIN,
+     "train on the first n_train examples of each task only (0 = all)"},
+    {"stage", "lr", "float", "1e-3", 0, 100, NULL, TRAIN, "peak learning rate (AdamW)"},
+    {"stage", "weight_decay", "float", "0", 0, 100, NULL, TRAIN, "decoupled weight decay"},
+    {"stage", "beta1", "float", "0.9", 0, 0.999999, NULL, TRAIN, "AdamW beta1"},
+    {"stage", "beta2", "float", "0.999", 0, 0.99999999, NULL, TRAIN, "AdamW beta2"},
+    {"stage", "eps", "float", "1e-8", 0, 1, NULL, TRAIN, "AdamW epsilon"},
+    {"stage", "grad_clip", "float", "1", 0, 1e9, NULL, TRAIN,
+     "clip the global gradient norm to this (0 = off)"},
+    {"stage", "min_lr_ratio", "float", "0.1", 0, 1, NULL, TRAIN,
+     "learning rate at the end of the decay, as a share of lr"},
+    {"stage", "warmup_steps", "int", "0", 0, 1e8, NULL, TRAIN, "linear warmup steps"},
+    {"stage", "schedule", "choice", "cosine", 0, 0, "cosine|linear|constant", TRAIN,
+     "learning-rate decay after warmup"},
+    {"stage", "seed", "int", "[run] seed + the stage's index", 0, 9.2e18, NULL, TRAIN | MERGE,
+     "seed of the stage's adapter initialisation, data order and dropout"},
+    {"stage", "save_model", "bool", "on for methods that write the base weights", 0, 0, NULL,
+     TRAIN | MERGE, "also write the merged model as an HF checkpoint (STAGE/model)"},
+    {"stage", "replay_tasks", "words", "", 0, 0, NULL, TRAIN,
+     "earlier tasks mixed into every batch (continual learning)"},
+    {"stage", "replay", "float|joint", "0.5", 0, 1, NULL, TRAIN,
+     "share of each batch from replay_tasks in [0, 1), or joint: every task an equal share"},
+    {"stage", "memory_per_label", "int", "20", 0, 1e8, NULL, TRAIN,
+     "examples kept per label of a replayed task (0 = all)"},
+    {"stage", "eval_labels", "bool", "false", 0, 0, NULL, TRAIN,
+     "accuracy = the best-scored label among all labels evaluated (class-incremental)"},
+};
+
+int32_t host_key_count(void) { return (int32_t)(sizeof keys / sizeof keys[0]); }
+
+const struct host_key *host_key_at(int32_t i) {
+    return i >= 0 && i < host_key_count() ? &keys[i] : NULL;
+}
+
+const char *host_key_kind(const char *section) {
+    if (strncmp(section, "stage.", 6) == 0) return "stage";
+    for (int32_t i = 0; i < host_key_count(); i++)
+        if (strcmp(keys[i].section, section) == 0) return keys[i].section;
+    return NULL;
+}
+
+const struct host_key *host_key_find(const char *section, const char *key) {
+    const char *kind = host_key_kind(section);
+    if (!kind) return NULL;
+    for (int32_t i = 0; i < host_key_count(); i++)
+        if (strcmp(keys[i].section, kind) == 0 && strcmp(keys[i].key, key) == 0) return &keys[i];
+    return NULL;
+}
+
+int host_stage_key(const char *key) {
+    const struct host_key *k = host_key_find("stage.", key);
+    return k && (k->flags & HOST_KEY_TRAIN);
+}
+
+void host_keys_text(const char *section, uint32_t flags, struct strbuf *out) {
+    const char *kind = host_key_kind(section);
+    for (int32_t i = 0; kind && i < host_key_count(); i++)
+        if (strcmp(keys[i].section, kind) == 0 && (!flags || (keys[i].flags & flags)))
+            sb_printf(out, "%s%s", out->len ? ", " : "", keys[i].key);
+}
