@@ -9,6 +9,8 @@
 
 #include "core/core.h"
 
+static void host_key_listed(const char *section, const char *key);
+
 /* inih calls the handler after reading the line it reports, so a reader that counts lines
  * gives each entry its line without the ABI-changing INI_HANDLER_LINENO. */
 struct reader {
@@ -207,6 +209,7 @@ static int bad_value(struct cfg *c, struct cfg_entry *e, const char *expected) {
 
 int cfg_int(struct cfg *c, const char *section, const char *key, int64_t def, int64_t lo,
             int64_t hi, int64_t *out) {
+    host_key_listed(section, key);
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
@@ -220,6 +223,7 @@ int cfg_int(struct cfg *c, const char *section, const char *key, int64_t def, in
 
 int cfg_float(struct cfg *c, const char *section, const char *key, double def, double lo,
               double hi, double *out) {
+    host_key_listed(section, key);
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
@@ -232,6 +236,7 @@ int cfg_float(struct cfg *c, const char *section, const char *key, double def, d
 }
 
 int cfg_bool(struct cfg *c, const char *section, const char *key, int def, int *out) {
+    host_key_listed(section, key);
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
@@ -241,6 +246,7 @@ int cfg_bool(struct cfg *c, const char *section, const char *key, int def, int *
 
 int cfg_str(struct cfg *c, const char *section, const char *key, const char *def,
             const char **out) {
+    host_key_listed(section, key);
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
@@ -250,6 +256,7 @@ int cfg_str(struct cfg *c, const char *section, const char *key, const char *def
 
 int cfg_choice(struct cfg *c, const char *section, const char *key, const char *def,
                const char *choices, const char **out) {
+    host_key_listed(section, key);
     struct cfg_entry *e = cfg_find(c, section, key);
     if (!e) return *out = def, 0;
     e->used = 1;
@@ -295,13 +302,19 @@ int cfg_report(struct cfg *c) {
 
 /* ---- host keys: ranges and defaults from the table (run_keys.c) ------------------------ */
 
-static const struct host_key *key_of(const char *section, const char *key) {
-    const struct host_key *k = host_key_find(section, key);
-    if (!k) { /* a reader asking for a key the table lacks is a bug of the host */
-        fprintf(stderr, "peft: internal error: [%s] %s is not in the host's key table\n", section, key);
+/* The typed getters read only keys the host's table lists in the host's sections ([run],
+ * [model], [data], [stage.NAME]), so `peft keys` lists every key the reader accepts. */
+static void host_key_listed(const char *section, const char *key) {
+    if (host_key_kind(section) && !host_key_find(section, key)) {
+        fprintf(stderr, "peft: internal error: [%s] %s is read but not in the host's key table\n",
+                section, key);
         abort();
     }
-    return k;
+}
+
+static const struct host_key *key_of(const char *section, const char *key) {
+    host_key_listed(section, key);
+    return host_key_find(section, key);
 }
 
 int cfg_key_int_def(struct cfg *c, const char *section, const char *key, int64_t def,

@@ -288,6 +288,16 @@ static int read_file(struct st_file *f, uint64_t *header_len) {
     }
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | len8[i];
+    /* An impossible header length and no JSON object after it: some other kind of file (a
+     * JSONL or text file starts with '{' or a letter), said as such. */
+    uint8_t first = 0;
+    if ((n > ST_MAX_HEADER || n > size - 8) &&
+        (size == 8 || pread(fd, &first, 1, 8) != 1 ||
+         (first != '{' && first != ' ' && first != '\t' && first != '\r' && first != '\n'))) {
+        close(fd);
+        return err_set("%s: not a safetensors file (it does not start with an 8-byte header "
+                       "length and a JSON header)", path);
+    }
     if (n > ST_MAX_HEADER) {
         close(fd);
         return err_set("%s: header length %llu exceeds the limit of %llu bytes", path,

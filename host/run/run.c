@@ -96,7 +96,9 @@ static cJSON *eval_to_json(struct run *r, const struct eval_result *ev, int32_t 
 }
 
 static const char *const *stage_meta(struct run *r, struct stage *s, char **hash_out) {
-    static const char *kv[9];
+    static const char *kv[11];
+    static char trainable[32];
+    snprintf(trainable, sizeof trainable, "%llu", (unsigned long long)s->n_trainable);
     *hash_out = xasprintf("%016llx", (unsigned long long)s->hash);
     kv[0] = "peft.stage";
     kv[1] = s->name;
@@ -106,7 +108,9 @@ static const char *const *stage_meta(struct run *r, struct stage *s, char **hash
     kv[5] = *hash_out;
     kv[6] = "peft.run";
     kv[7] = r->cfg.path;
-    kv[8] = NULL;
+    kv[8] = "peft.trainable_parameters"; /* the count stage.json, summary and report give */
+    kv[9] = trainable;
+    kv[10] = NULL;
     return kv;
 }
 
@@ -193,6 +197,26 @@ static void remove_checkpoints(struct stage *s) {
         unlink(p);
         free(p);
     }
+}
+
+/* A stage interrupted earlier left a checkpoint: continuing it (--resume) or starting it over
+ * (--restart) is the user's choice, never made silently. */
+static int check_checkpoints(struct run *r) {
+    for (int32_t i = 0; i < r->n_stages; i++) {
+        struct stage *s = &r->stages[i];
+        char *path = path_join(s->dir, "checkpoint.safetensors");
+        int found = file_exists(path);
+        free(path);
+        if (!found || r->resume) continue;
+        if (r->restart) {
+            remove_checkpoints(s);
+            continue;
+        }
+        return err_set("%s: stage '%s' was interrupted and has a checkpoint in %s: continue it "
+                       "with --resume, or start it over with --restart",
+                       r->cfg.path, s->name, s->dir);
+    }
+    return 0;
 }
 
 /* What later stages start from: the adapter folded into the weights. A method with no exact
@@ -290,11 +314,6 @@ static int run_stage(struct run *r, struct stage *s) {
     } else {
         if (mkdir_p(s->dir)) goto fail;
         if (stage_method(&r->env, s, &mr)) goto fail;
-        s->n_trainable = method_run_trainable_count(mr);
-        if (!r->quiet)
-            printf("[%s] %s: %llu trainable parameters at %d sites, %lld steps\n", s->name,
-                   s->pm->desc->id, (unsigned long long)method_run_trainable_count(mr),
-                   method_run_site_count(mr), (long long)s->steps);
         int rc = stage_train(&r->env, s, mr);
         if (rc > 0) { /* stopped on request (testing aid): the checkpoint is on disk */
             method_run_free(mr);
@@ -396,6 +415,7 @@ int run_execute(struct run *r) {
     metrics_open(&r->metrics, metrics_path);
     free(metrics_path);
     run_env(r);
+    if (check_checkpoints(r)) return -1;
     for (int32_t i = 0; i < r->n_stages; i++) {
         struct stage *s = &r->stages[i];
         int rc = run_stage(r, s);

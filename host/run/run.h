@@ -39,6 +39,7 @@ struct run {
     struct aux_pass aux;        /* the batch being processed, for auxiliary passes */
     /* options */
     int32_t resume;
+    int32_t restart;            /* start stages with a checkpoint over (else they refuse) */
     int64_t stop_after;         /* testing aid: stop a stage after this many steps (0 = off) */
     int32_t progress;           /* progress line on stderr (a terminal) */
     int32_t quiet;

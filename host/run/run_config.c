@@ -46,6 +46,17 @@ static int load_run_section(struct run *r, const char *plugin_path_flag) {
     NOTE(cfg_key_int(c, "run", "threads", &threads));
     NOTE(cfg_str(c, "run", "plugin_path", NULL, &plugin_path));
     note_unknown(c, "run", 0);
+    if (plugin_path) { /* a folder that is not there is a typo, not an empty folder */
+        char *dirs = xstrdup(plugin_path);
+        for (char *d = strtok(dirs, ":,"); d; d = strtok(NULL, ":,"))
+            if (!dir_exists(d)) {
+                char where[512];
+                err_set("%s: [run] plugin_path: no such folder '%s'",
+                        cfg_where(c, cfg_find(c, "run", "plugin_path"), where, sizeof where), d);
+                cfg_note(c);
+            }
+        free(dirs);
+    }
     if (out) {
         /* A relative out is relative to the working directory, like every path a user types. */
         r->out_dir = xstrdup(out);

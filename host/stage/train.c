@@ -247,6 +247,12 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         if (resumed < 0) goto out;
     }
     if (method_run_begin(mr)) goto out;
+    /* Counted after stage_begin, where a method may set a mask (LoTA from a calibration). */
+    s->n_trainable = method_run_trainable_count(mr);
+    if (!env->quiet)
+        printf("[%s] %s: %llu trainable parameters at %d sites, %lld steps\n", s->name,
+               s->pm->desc->id, (unsigned long long)s->n_trainable, method_run_site_count(mr),
+               (long long)s->steps);
     for (int32_t k = 0; k < s->n_train_tasks; k++)
         if (method_run_task_begin(mr, s->train_tasks[k])) goto out;
     /* Replayed tasks appear in the batches too (task_begin: before a task's first batch). */
@@ -282,6 +288,13 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double grad_norm = optim_step(mr, &s->opt, step);
         if (method_run_step_end(mr, (uint64_t)step)) goto out;
+        if (method_run_trainable_count(mr) != s->n_trainable) { /* a mask set in the stage */
+            s->n_trainable = method_run_trainable_count(mr);
+            progress_interrupt(&prog);
+            if (!env->quiet)
+                printf("[%s] step %lld: %llu trainable parameters from here on\n", s->name,
+                       (long long)step, (unsigned long long)s->n_trainable);
+        }
         ls.step = step;
         ls.tokens += (double)b.B * b.T;
         window_loss += loss;

@@ -28,6 +28,9 @@ static const struct bad_case cases[] = {
     {"length_past_end", "{}", 0, 1000, 0, "runs past the end"},
     {"length_over_cap", "{}", 0, 200000000ull, 0, "exceeds the limit"},
     {"length_2_pow_64", "{}", 0, UINT64_MAX - 1, 0, "exceeds the limit"},
+    /* a JSONL file: its first 8 bytes, {"task":, read as a length, then no JSON object */
+    {"jsonl_text", "\"a\",\"prompt\":\"b\"}\n", 0, 0x3A226B736174227Bull, 0,
+     "not a safetensors file"},
     /* header text */
     {"not_json", "{\"a\": ", 0, LEN_ACTUAL, 0, "not valid JSON"},
     {"not_object", "[1, 2]", 0, LEN_ACTUAL, 0, "not a JSON object"},
