@@ -390,7 +390,7 @@ static int write_summary(struct run *r) {
              (unsigned long long)s->n_trainable, (long long)s->steps, s->train_seconds,
              s->tokens_per_second);
     }
-    if (!r->quiet) printf("\n%s", md.s);
+    printf("\n%s", md.s); /* results print even with --quiet */
     char *path = path_join(r->out_dir, "summary.md");
     int rc = file_write_atomic(path, md.s, md.len);
     free(path);
@@ -398,9 +398,8 @@ static int write_summary(struct run *r) {
     return rc;
 }
 
-/* Before/after table of each stage, printed as it finishes. */
+/* Before/after table of each stage, printed as it finishes (a result: even with --quiet). */
 static void print_stage_table(struct run *r, const struct stage *s) {
-    if (r->quiet) return;
     printf("[%s] accuracy %% (loss)   before -> after\n", s->name);
     for (int32_t k = 0; k < s->n_eval_tasks; k++)
         printf("  %-14s %6.1f (%.3f) -> %6.1f (%.3f)\n", r->tasks.names[s->eval_tasks[k]],

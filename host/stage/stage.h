@@ -104,7 +104,8 @@ struct stage_env {
     struct aux_pass *aux;
     uint64_t seed;                      /* the run's seed */
     int32_t resume;                     /* continue from a stage's checkpoint */
-    int32_t quiet;                      /* no progress and no informational lines */
+    int32_t quiet;                      /* no progress and no informational lines (results
+                                         * and errors still print) */
     int32_t progress;                   /* progress line on stderr: 1, 0, -1 = on a terminal */
     int64_t stop_after;                 /* testing aid: stop a stage after this many steps */
 };
@@ -132,8 +133,8 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr);
 /* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
 int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
                struct eval_result *out);
-/* One metrics line per evaluated task (point: before, step, after); the step's line on
- * stdout too unless quiet. */
+/* One metrics line per evaluated task (point: before, step, after); a step's evaluation
+ * (eval_every) also as one line on stdout. */
 void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point,
                     int64_t step, const struct eval_result *ev);
 

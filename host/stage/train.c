@@ -191,7 +191,7 @@ void stage_log_eval(struct stage_env *env, const struct stage *s, const char *po
                                 "\"task\":\"%s\",\"n\":%d,\"loss\":%.6f,\"accuracy\":%.6f}",
                                 s->name, point, (long long)step, env->tasks->names[ev[i].task],
                                 ev[i].n, ev[i].loss, ev[i].accuracy));
-    if (env->quiet || strcmp(point, "step") != 0) return;
+    if (strcmp(point, "step") != 0) return; /* a result: printed even with --quiet */
     /* Intermediate evaluations (eval_every) as one line: accuracy % (loss) per task. */
     printf("[%s] step %lld eval:", s->name, (long long)step);
     for (int32_t i = 0; i < s->n_eval_tasks; i++)

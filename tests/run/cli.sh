@@ -110,11 +110,17 @@ replay = 0.5
 memory_per_label = 4
 eval_labels = true
 INI
-if "$PEFT" run "$TMP/keys.ini" --quiet >/dev/null 2>"$TMP/err" && [ -f "$TMP/keys/a/model/model.safetensors" ] &&
+if "$PEFT" run "$TMP/keys.ini" --quiet >"$TMP/keys.out" 2>"$TMP/err" && [ -f "$TMP/keys/a/model/model.safetensors" ] &&
     [ "$(grep -c '"point":"step"' "$TMP/keys/metrics.jsonl")" -eq 2 ]; then
     ok "every stage key accepted (save_model and eval_every take effect)"
 else
     bad "stage keys: $(cat "$TMP/err")"
+fi
+# eval_every's results reach the screen as a line (even with --quiet: they are results).
+if grep -qE "^\[a\] step 1 eval: [a-z_]+ [0-9.]+% \([0-9.]+\)" "$TMP/keys.out"; then
+    ok "eval_every prints each evaluation as a line"
+else
+    bad "no eval_every line in: $(cat "$TMP/keys.out")"
 fi
 
 "$PEFT" frobnicate >/dev/null 2>&1

@@ -58,25 +58,47 @@ run whole.log --quiet --set run.out="$TMP/whole"
 run p1.log --quiet --set run.out="$TMP/parts" --stop-after 13
 [ -f parts/base/checkpoint.safetensors ] || { echo "FAIL no checkpoint after the interruption"; fail=1; }
 [ ! -f parts/base/stage.json ] || { echo "FAIL an interrupted stage was marked complete"; fail=1; }
+# Found without --resume, the checkpoint is neither continued nor dropped silently: refused.
+"$PEFT" run chain.ini --quiet --set run.out="$TMP/parts" >refused.log 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "stage 'base' was interrupted and has a checkpoint.*--resume.*--restart" refused.log &&
+    [ -f parts/base/checkpoint.safetensors ] && [ ! -f parts/base/stage.json ]; then
+    echo "ok   a checkpoint without --resume is refused (exit 2), files untouched"
+else
+    echo "FAIL run over a checkpoint without --resume: exit $rc"; cat refused.log; fail=1
+fi
+# --restart starts the stage over without reading its checkpoint (spoiled here, so that a
+# resume would fail): the same files as the uninterrupted run.
+run r1.log --quiet --set run.out="$TMP/restarted" --stop-after 13
+echo spoiled >restarted/base/checkpoint.safetensors
+run r2.log --quiet --set run.out="$TMP/restarted" --restart
 run p2.log --quiet --set run.out="$TMP/parts" --resume --stop-after 11
 [ -f parts/base/stage.json ] || { echo "FAIL the first stage did not complete"; fail=1; }
 run p3.log --quiet --set run.out="$TMP/parts" --resume
 
-for f in base/adapter.safetensors base/model/model.safetensors adapt/adapter.safetensors; do
-    if cmp -s "whole/$f" "parts/$f"; then
-        echo "ok   $f identical after resume ($(stat -c %s "whole/$f") bytes)"
-    else
-        echo "FAIL $f differs between the uninterrupted and the resumed run"
-        fail=1
-    fi
+for d in parts restarted; do
+    for f in base/adapter.safetensors base/model/model.safetensors adapt/adapter.safetensors; do
+        if cmp -s "whole/$f" "$d/$f"; then
+            echo "ok   $d: $f identical to the uninterrupted run's ($(stat -c %s "whole/$f") bytes)"
+        else
+            echo "FAIL $d: $f differs between the uninterrupted and the $d run"
+            fail=1
+        fi
+    done
 done
+# --quiet: no progress lines, but the results (stage tables, summary) still print.
+if ! grep -q "step [0-9]*/" whole.log && grep -q "accuracy % (loss)" whole.log && grep -q "^| task |" whole.log; then
+    echo "ok   --quiet prints the results and no progress"
+else
+    echo "FAIL --quiet output:"; cat whole.log; fail=1
+fi
 # Accuracy columns of the summary must agree too (times differ, of course).
 if cmp -s <(grep '^| [a-z]' whole/summary.md | head -n 3) <(grep '^| [a-z]' parts/summary.md | head -n 3); then
     echo "ok   summary accuracies identical"
 else
     echo "FAIL summaries differ"; diff whole/summary.md parts/summary.md; fail=1
 fi
-for d in whole parts; do
+for d in whole parts restarted; do
     if ls "$d"/*/checkpoint* >/dev/null 2>&1; then echo "FAIL checkpoints left in $d"; fail=1; fi
 done
 # A second run reuses completed stages instead of training again.
