@@ -34,8 +34,9 @@ static int compare_cmd_main(int argc, char **argv) {
 
 const struct command cmd_compare = {
     "compare", "FILE.ini [--jobs N] [--resume] [--plugin-path DIRS]",
-    "Run the arms of an A/B comparison on the same model, data, seed and budget; write\n"
-    "report.md, results.csv and SVG plots to [compare] out.",
+    "Run the arms of an A/B comparison and write its report, table and plots.",
+    "The arms run on the same model, data, seed and step budget; report.md, results.csv and\n"
+    "SVG plots go to [compare] out.\n"
     "FILE.ini is a run file plus [compare] (out, jobs) and one [arm.NAME] section per arm,\n"
     "whose keys override the run file's stage keys (e.g. stage.adapt.method = lota). Stages\n"
     "identical in every arm are trained once. The exit status is 1 when an arm failed.\n"

@@ -38,9 +38,10 @@ static int import_main(int argc, char **argv) { return hf_main(&cmd_import, argc
 
 const struct command cmd_export = {
     "export", "ADAPTER.safetensors|STAGE_DIR OUT_DIR [--base-model NAME] [--plugin-path DIRS]",
-    "Write a LoRA adapter as an HF PEFT folder (adapter_config.json, adapter_model.safetensors).",
-    "The adapter is a stage's adapter.safetensors (or its stage folder) of method lora, or a\n"
-    "merge stage's LoRA output. HF PEFT loads the folder onto the base model it was trained on.\n"
+    "Write a LoRA adapter as an HF PEFT folder.",
+    "The folder holds adapter_config.json and adapter_model.safetensors. The adapter is a\n"
+    "stage's adapter.safetensors (or its stage folder) of method lora, or a merge stage's\n"
+    "LoRA output. HF PEFT loads the folder onto the base model it was trained on.\n"
     "\n"
     "options:\n"
     "  --base-model NAME   base_model_name_or_path written into adapter_config.json\n"

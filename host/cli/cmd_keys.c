@@ -60,7 +60,7 @@ static int keys_main(int argc, char **argv) {
 
 const struct command cmd_keys = {
     "keys", "[run | model | data | stage]",
-    "Print every key of a run file that the host reads, with its type, default and help.",
+    "Print every key of a run file that the host reads: type, default, help.",
     "These are the keys of [run], [model], [data] and of every [stage.NAME]; a method's own\n"
     "keys, set in its stage's section, are printed by peft plugins ID. The run file's reader\n"
     "takes its ranges and defaults from this same table and refuses any other key.\n"

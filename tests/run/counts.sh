@@ -6,14 +6,8 @@
 #
 # usage: counts.sh PEFT
 set -u
-PEFT=$(realpath "$1")
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+# shellcheck source=../testlib.sh
+. "$(dirname "$0")/../testlib.sh"
 
 cat >counts.ini <<'INI'
 [run]
@@ -78,5 +72,4 @@ if grep -qE "^\[own\] step 2: [0-9]+ trainable parameters from here on" run.log 
 else
     bad "own calibration lines: $(grep '^\[own\]' run.log)"
 fi
-echo "$passed passed, $failed failed"
-[ $failed -eq 0 ]
+finish

@@ -5,14 +5,8 @@
 #
 # usage: help.sh PEFT
 set -u
-PEFT=$(realpath "$1")
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+# shellcheck source=../testlib.sh
+. "$(dirname "$0")/../testlib.sh"
 
 overview=$("$PEFT" help); rc=$?
 [ $rc -eq 0 ] && ok "peft help exits 0" || bad "peft help: status $rc"
@@ -53,5 +47,4 @@ done
 "$PEFT" >/dev/null 2>err.txt; rc=$?
 [ $rc -eq 2 ] && grep -q "^usage: peft COMMAND" err.txt && ok "no command: usage on stderr, status 2" || bad "no command: status $rc"
 
-echo "$passed passed, $failed failed"
-[ $failed -eq 0 ]
+finish

@@ -7,14 +7,8 @@
 #
 # usage: keys.sh PEFT
 set -u
-PEFT=$(realpath "$1")
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+# shellcheck source=../testlib.sh
+. "$(dirname "$0")/../testlib.sh"
 
 "$PEFT" keys >keys.txt || { echo "peft keys failed"; exit 1; }
 # "[section]..." headers, then "  key  FLAGS type..." lines.
@@ -66,5 +60,4 @@ check_known "[stage.m] (merge)" "$(listed stage M)" u.ini
 lora_keys=$("$PEFT" plugins lora | awk '/^keys/ {k=1; next} k && /^  [a-z_0-9]+ / {print $1}' | paste -sd, | sed 's/,/, /g')
 check_known "[stage.a] (trained, lora)" "$(listed stage T), $lora_keys" u.ini
 
-echo "$passed passed, $failed failed"
-[ $failed -eq 0 ]
+finish
