@@ -188,7 +188,7 @@ static peft_kv *method_cfg(const struct plugin_method *pm, const char *method, c
     return kv;
 }
 
-/* The trainer's step (host/train.c) on a fixed batch. */
+/* The trainer's step (host/stage/train.c) on a fixed batch. */
 static int train_step(struct model *m, struct model_acts *acts, struct method_run *mr,
                       const struct model_hooks *hooks, const struct batch *b,
                       const struct optim_params *op, int64_t t, float *loss) {

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "peft/peft_plugin.h"
-#include "io/io.h"
 #include "cli.h"
+#include "peft/peft_plugin.h"
 #include "core/core.h"
+#include "io/io.h"
 
 /* A metadata value: JSON objects and arrays indented under the key, anything else inline. */
 static void print_value(FILE *out, const char *key, const char *value) {

@@ -5,7 +5,6 @@
 
 #include "replay.h"
 
-
 int replay_memory_build(struct replay_memory *m, const struct dataset *train,
                         const struct task_table *tt, const int32_t *tasks, int32_t n_tasks,
                         int64_t per_label, uint64_t seed) {

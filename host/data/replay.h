@@ -1,5 +1,6 @@
 /*
- * replay.h: the host's continual-learning sampler, part of the training loop (train.c).
+ * replay.h: the host's continual-learning sampler (replay.c), drawn from by the training loop
+ * (stage/train.c).
  *
  * A stage with replay_tasks and a replay share (struct stage) draws every batch as
  *   B - n_old examples from its own tasks' pool, uniformly with replacement (the ordinary

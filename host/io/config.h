@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-#include "core/core.h"
 #include "peft/peft_plugin.h"
+#include "core/core.h"
 
 struct cfg_entry {
     char *section;

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "methods/methods.h"
 #include "io/io.h"
+#include "methods/methods.h"
 
 /* ---- task vectors -------------------------------------------------------------------- */
 

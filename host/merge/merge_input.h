@@ -13,8 +13,8 @@
 #ifndef PEFT_MERGE_INPUT_H
 #define PEFT_MERGE_INPUT_H
 
-#include "methods/methods.h"
 #include "merge.h"
+#include "methods/methods.h"
 
 struct merge_source {
     char *label;                    /* for messages: "stage 'a'", or the path */

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "methods/methods.h"
-#include "io/io.h"
 #include "merge.h"
 #include "merge_input.h"
 #include "svd.h"
+#include "io/io.h"
+#include "methods/methods.h"
 
 /* ---- metadata ---------------------------------------------------------------------------- */
 

@@ -13,11 +13,11 @@
 
 #include <stdint.h>
 
-#include "data/data.h"
-#include "model/model.h"
 #include "peft/peft_plugin.h"
 #include "plugin_loader.h"
 #include "core/core.h"
+#include "data/data.h"
+#include "model/model.h"
 
 /* A registered tensor, host-owned. */
 struct mtensor {

@@ -33,8 +33,8 @@
 
 #include "method_internal.h"
 #include "peft/peft_files.h"
-#include "peft/peft_tensor_start.h"
 #include "peft/peft_stage_tasks.h"
+#include "peft/peft_tensor_start.h"
 #include "io/io.h"
 
 static const char *status_name(peft_status st) {

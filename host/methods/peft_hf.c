@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/io.h"
 #include "core/core.h"
+#include "io/io.h"
 
 static const char *const hf_prefix = "base_model.model.";
 

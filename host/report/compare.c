@@ -14,11 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "io/io.h"
 #include "report.h"
-#include "run/run.h"
 #include "svg.h"
 #include "core/core.h"
+#include "io/io.h"
+#include "run/run.h"
 
 /* Stage keys an arm may not override: they define the data, its order and the budget. */
 static const char *const fixed_stage_keys[] = {"steps", "batch_size", "tasks", "eval_tasks",

@@ -4,11 +4,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "run.h"
+#include "data/data.h"
 #include "io/io.h"
 #include "merge/merge.h"
-#include "run.h"
 #include "methods/methods.h"
-#include "data/data.h"
 
 /* A problem the reader can continue past: noted, reported with the others at the end. */
 #define NOTE(expr)                                                                               \
@@ -772,7 +772,8 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
     dataset_free(&ds.file_train);
     dataset_free(&ds.file_eval);
     if (cfg_report(c)) return -1;
-    if (!have_model) return err_set("%s: [model]: no model", c->path); /* not reached */
+    /* Every way to end without a model noted a problem, so there is one here. */
+    if (!have_model) return err_set("%s: [model]: no model", c->path);
     /* Let every method check its keys against the model now, so that a bad value is reported
      * before anything is written. */
     int rc = 0;

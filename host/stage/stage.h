@@ -10,12 +10,12 @@
 
 #include <stdint.h>
 
+#include "optim.h"
 #include "core/core.h"
 #include "data/data.h"
 #include "io/io.h"
 #include "methods/methods.h"
 #include "model/model.h"
-#include "optim.h"
 
 struct eval_result {
     int32_t task;

@@ -1,15 +1,14 @@
-/* train.c: the training loop of one stage, with checkpoints that resume bit-exactly, and its
- * sampler (the continual-learning replay of replay.h). */
+/* train.c: the training loop of one stage, with checkpoints that resume bit-exactly; its
+ * batches come from the stage's tasks and the continual-learning replay (data/replay.h). */
 #include <cJSON.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "data/data.h"
 #include "stage.h"
+#include "data/data.h"
 #include "io/io.h"
-
 
 /* ---- checkpoint ---------------------------------------------------------------------
  * Two files: checkpoint.safetensors holds the method's tensors (as an adapter file), and

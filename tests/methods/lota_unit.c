@@ -84,7 +84,7 @@ static struct optim_params opt(double wd) {
                                  .schedule = SCHEDULE_CONSTANT};
 }
 
-/* One trainer step (host/train.c); snap (n_params) gets the weights before step_end. */
+/* One trainer step (host/stage/train.c); snap (n_params) gets the weights before step_end. */
 static void step(struct fix *f, struct method_run *mr, int64_t t, const struct optim_params *p,
                  float *snap) {
     REQUIRE(method_run_batch_begin(mr, &f->b, 1, (uint64_t)(t - 1)) == 0, "%s", err_msg());
