@@ -272,17 +272,25 @@ int cfg_choice(struct cfg *c, const char *section, const char *key, const char *
     return *out = def, bad_value(c, e, expect);
 }
 
+int cfg_unknown_key(struct cfg *c, struct cfg_entry *e, const char *known) {
+    struct words w;
+    words_split(&w, known);
+    const char *near = nearest_name(e->key, (const char *const *)w.v, (size_t)w.n);
+    char where[512], hint[160] = "";
+    if (near) snprintf(hint, sizeof hint, ": did you mean '%s'?", near);
+    err_set("%s: [%s] %s: unknown key%s%s%s%s", cfg_where(c, e, where, sizeof where), e->section,
+            e->key, hint, known ? " (known: " : "", known ? known : "", known ? ")" : "");
+    words_free(&w);
+    cfg_note(c);
+    e->used = 1; /* noted once */
+    return -1;
+}
+
 int cfg_check_unused(struct cfg *c, const char *section, const char *known) {
     int rc = 0;
     for (int32_t i = 0; i < c->n; i++) {
         struct cfg_entry *e = &c->e[i];
-        if (e->used || strcmp(e->section, section) != 0) continue;
-        char where[512];
-        rc = err_set("%s: [%s] %s: unknown key%s%s%s", cfg_where(c, e, where, sizeof where),
-                     section, e->key, known ? " (known: " : "", known ? known : "",
-                     known ? ")" : "");
-        cfg_note(c);
-        e->used = 1; /* noted once */
+        if (!e->used && strcmp(e->section, section) == 0) rc = cfg_unknown_key(c, e, known);
     }
     return rc;
 }

@@ -67,6 +67,9 @@ int cfg_choice(struct cfg *c, const char *section, const char *key, const char *
  * "FILE:LINE: [section] key: unknown key (known: a, b, c)"; -1 if there was one. known may be
  * NULL. */
 int cfg_check_unused(struct cfg *c, const char *section, const char *known);
+/* Note e as an unknown key, with the nearest of known (", "-separated) when it looks like a
+ * typo of it; -1. */
+int cfg_unknown_key(struct cfg *c, struct cfg_entry *e, const char *known);
 
 /* ---- every problem of a file at once --------------------------------------------------
  * A checker that finds a problem it can continue past notes the error line and goes on;

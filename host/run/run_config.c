@@ -345,12 +345,14 @@ static void note_unknown_stage_keys(struct run *r, const struct stage *s) {
     host_keys_text(s->section, HOST_KEY_TRAIN, &known);
     for (uint32_t i = 0; i < s->pm->desc->n_params; i++)
         sb_printf(&known, ", %s", s->pm->desc->params[i].name);
-    registry_scan(&r->reg, NULL, NULL);
-    err_clear();
+    int scanned = 0;
     for (int32_t i = 0; i < c->n; i++) {
         struct cfg_entry *e = &c->e[i];
         if (e->used || strcmp(e->section, s->section) != 0) continue;
-        e->used = 1;
+        if (!scanned++) { /* every method there is, to say which ones read the key */
+            registry_scan(&r->reg, NULL, NULL);
+            err_clear();
+        }
         struct strbuf users = {0};
         for (int32_t m = 0; m < r->reg.n_methods; m++) {
             const peft_method_desc *d = r->reg.methods[m].desc;
@@ -358,15 +360,16 @@ static void note_unknown_stage_keys(struct run *r, const struct stage *s) {
                 if (strcmp(d->params[k].name, e->key) == 0)
                     sb_printf(&users, "%s%s", users.len ? ", " : "", d->id);
         }
-        char where[512];
-        if (users.len)
-            err_set("%s: [%s] %s: not a key of method '%s' (it is a key of %s); known: %s",
+        if (users.len) {
+            char where[512];
+            err_set("%s: [%s] %s: not a key of method '%s' (it is a key of %s)",
                     cfg_where(c, e, where, sizeof where), s->section, e->key, s->pm->desc->id,
-                    users.s, known.s);
-        else
-            err_set("%s: [%s] %s: unknown key (known: %s)", cfg_where(c, e, where, sizeof where),
-                    s->section, e->key, known.s);
-        cfg_note(c);
+                    users.s);
+            cfg_note(c);
+            e->used = 1;
+        } else {
+            cfg_unknown_key(c, e, known.s);
+        }
         sb_free(&users);
     }
     sb_free(&known);

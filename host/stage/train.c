@@ -39,7 +39,7 @@ static int rng_from_hex(struct rng *g, const char *hex) {
     return 0;
 }
 
-static int checkpoint_save(struct stage_env *env, struct stage *s, struct method_run *mr,
+static int checkpoint_save(const struct stage *s, struct method_run *mr,
                            const struct loop_state *ls, const char *before_json) {
     char step[32], hash[32], data_rng[80], method_rng[80], tokens[48], seconds[48];
     snprintf(step, sizeof step, "%lld", (long long)ls->step);
@@ -79,7 +79,6 @@ static int checkpoint_save(struct stage_env *env, struct stage *s, struct method
     st_writer_free(w);
     for (int32_t i = 0; i < n_names; i++) free(names[i]);
     free(names);
-    (void)env;
     return rc;
 }
 
@@ -322,7 +321,7 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             ls.seconds += now_seconds() - t_start;
             t_start = now_seconds();
             tokens_at_start = ls.tokens;
-            if (checkpoint_save(env, s, mr, &ls, before_json) || metrics_flush(env->metrics)) goto out;
+            if (checkpoint_save(s, mr, &ls, before_json) || metrics_flush(env->metrics)) goto out;
         }
         if (stop_here) {
             progress_end(&prog);

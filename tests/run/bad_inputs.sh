@@ -209,6 +209,11 @@ base | sed -e 's/^seed = 1/seed = -4/' -e 's/^n_heads = 2/n_heads = two/' \
 LINES=3 check three_problems "three_problems.ini:3: [run] seed" "three_problems.ini:7: [model] n_heads" \
     "three_problems.ini:18: [stage.a] warmup: unknown key"
 
+# At most 20 problems are shown, then a count of the rest.
+{ base; for i in $(seq 1 25); do echo "typo_$i = 1"; done; } >many_problems.ini
+LINES=21 check many_problems "many_problems.ini:18: [stage.a] typo_1: unknown key" \
+    "many_problems.ini: 5 more problems not shown"
+
 # A key left over from another method says which method reads it.
 base | sed -e 's/^method = lora/method = full/' -e 's/^steps = 2/steps = 2\nr = 4\nlora_alpha = 8/' >leftover_keys.ini
 LINES=2 check leftover_keys "leftover_keys.ini:17: [stage.a] r: not a key of method 'full' (it is a key of" \
