@@ -483,20 +483,30 @@ static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char
     return h;
 }
 
+/* The next stage of the chain, named after its section (run_free releases it). NULL with one
+ * line for a name that cannot be a folder. */
+static struct stage *stage_add(struct run *r, const char *section, int32_t line) {
+    const char *name = section + strlen("stage.");
+    if (!name[0] || strchr(name, '/') || strchr(name, '.') || name[0] == '-') {
+        err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", r->cfg.path,
+                line, section);
+        return NULL;
+    }
+    struct stage *s = &r->stages[r->n_stages++];
+    memset(s, 0, sizeof *s);
+    s->section = xstrdup(section);
+    s->name = xstrdup(name);
+    /* The section's header: a plugin's complaint may concern any of its keys. */
+    s->where = xasprintf("%s:%d: [%s]", r->cfg.path, line, section);
+    return s;
+}
+
 static int load_stage(struct run *r, struct data_settings *ds, const char *section,
                       int32_t line) {
     struct cfg *c = &r->cfg;
-    struct stage *s = &r->stages[r->n_stages];
-    memset(s, 0, sizeof *s);
-    s->section = xstrdup(section);
-    s->name = xstrdup(section + strlen("stage."));
-    /* The section's header: a plugin's complaint may concern any of its keys. */
-    s->where = xasprintf("%s:%d: [%s]", c->path, line, section);
+    struct stage *s = stage_add(r, section, line);
+    if (!s) return -1;
     char where[512];
-    if (!s->name[0] || strchr(s->name, '/') || strchr(s->name, '.') || s->name[0] == '-')
-        return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
-                       line, section);
-    r->n_stages++; /* from here on run_free releases it */
     int32_t problems = c->n_problems;
 
     const char *method, *from, *tasks, *eval_tasks, *schedule;
@@ -640,17 +650,9 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
 static int load_merge_stage(struct run *r, struct data_settings *ds, const char *section,
                             int32_t line) {
     struct cfg *c = &r->cfg;
-    struct stage *s = &r->stages[r->n_stages];
-    memset(s, 0, sizeof *s);
-    s->section = xstrdup(section);
-    s->name = xstrdup(section + strlen("stage."));
-    /* The section's header: a plugin's complaint may concern any of its keys. */
-    s->where = xasprintf("%s:%d: [%s]", c->path, line, section);
+    struct stage *s = stage_add(r, section, line);
+    if (!s) return -1;
     char where[512];
-    if (!s->name[0] || strchr(s->name, '/') || strchr(s->name, '.') || s->name[0] == '-')
-        return err_set("%s:%d: [%s]: a stage name must be non-empty, without '/' or '.'", c->path,
-                       line, section);
-    r->n_stages++; /* from here on run_free releases it */
     struct cfg_entry *me = cfg_find(c, section, "method");
     if (me)
         return err_set("%s: [%s] method: a stage either trains a method or merges (merge = ...), "
