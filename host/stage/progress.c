@@ -24,12 +24,16 @@ static void format_time(double s, char *out, size_t cap) {
         snprintf(out, cap, "%ld:%02ld", t / 60, t % 60);
 }
 
+double progress_time_left(double elapsed, int64_t step0, int64_t step, int64_t steps) {
+    /* The rate of this process's steps: a resumed stage did step0 of them before. */
+    int64_t done = step - step0;
+    return done > 0 ? elapsed / (double)done * (double)(steps - step) : 0;
+}
+
 void progress_update(struct progress *p, const char *stage, int64_t step, int64_t steps,
                      double loss, double tokens_per_s) {
     double now = now_seconds(), elapsed = now - p->t0;
-    /* The rate of this process's steps: a resumed stage did step0 of them before. */
-    int64_t done = step - p->step0;
-    double left = done > 0 ? elapsed / (double)done * (double)(steps - step) : 0;
+    double left = progress_time_left(elapsed, p->step0, step, steps);
     char eta[32];
     format_time(left, eta, sizeof eta);
     if (p->active == PROGRESS_OFF) return;

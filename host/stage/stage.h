@@ -147,6 +147,9 @@ struct progress {
 void progress_begin(struct progress *p, int32_t enabled, int64_t step0);
 void progress_update(struct progress *p, const char *stage, int64_t step, int64_t steps,
                      double loss, double tokens_per_s);
+/* Seconds left at step of steps, elapsed seconds after starting at step0 (a resumed stage's
+ * earlier steps are not in elapsed). */
+double progress_time_left(double elapsed, int64_t step0, int64_t step, int64_t steps);
 /* Before other output: ends a drawn line so the next update starts a fresh one. */
 void progress_interrupt(struct progress *p);
 void progress_end(struct progress *p);
