@@ -32,8 +32,9 @@ static const struct host_key keys[] = {
     {"model", "head_dim", "int", "d_model / n_heads", 2, 1 << 12, NULL, 0, "width of one head"},
     {"model", "d_ff", "int", "8/3 d_model, rounded up to 8", 1, 1 << 20, NULL, 0,
      "SwiGLU inner width"},
-    {"model", "max_seq", "int", "64 (with path: the checkpoint's)", 0, 1 << 20, NULL, 0,
-     "longest sequence (prompt + completion) in tokens; longer examples are cut"},
+    {"model", "max_seq", "int", "64 (with path: the checkpoint's)", 2, 1 << 16, NULL, 0,
+     "longest sequence (prompt + completion) in tokens; longer examples are cut (with path: 0 "
+     "to 1048576, 0 = the checkpoint's)"},
     {"model", "rope_theta", "float", "10000", 1, 1e12, NULL, 0, "RoPE base"},
     {"model", "rms_eps", "float", "1e-5", 0, 1, NULL, 0, "RMSNorm epsilon"},
     {"model", "tied", "bool", "true", 0, 0, NULL, 0, "output head shares the embedding"},

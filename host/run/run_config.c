@@ -95,7 +95,8 @@ static int load_model_section(struct run *r) {
             }
         }
         int64_t max_seq = 0;
-        NOTE(cfg_key_int_def(c, "model", "max_seq", 0, &max_seq));
+        /* A checkpoint may be longer than a generated model: its own range (run_keys.c). */
+        NOTE(cfg_int(c, "model", "max_seq", 0, 0, 1 << 20, &max_seq));
         note_unknown(c, "model", 0);
         if (c->n_problems > problems) return 0; /* noted: no model to load */
         if (hf_model_load(path, &r->model)) {
