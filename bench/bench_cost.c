@@ -1,5 +1,5 @@
 /* bench_cost.c: FLOPs and sgemm calls of one training step (see bench_cost.h). The call
- * shapes mirror host/ops.c (matmul_*, attention_*) and the LoRA plugin's products. */
+ * shapes mirror host/model/ops.c (matmul_*, attention_*) and the LoRA plugin's products. */
 #include "bench_cost.h"
 
 #include <stdlib.h>

@@ -38,7 +38,7 @@ CONFIGS = [
 
 
 def tensor_list(c):
-    """(name, shape) in the order of host/model.c."""
+    """(name, shape) in the order of host/model/model.c."""
     C, HD = c["d_model"], c["n_heads"] * c["head_dim"]
     KVD, F = c["n_kv_heads"] * c["head_dim"], c["d_ff"]
     out = [("model.embed_tokens.weight", (c["vocab"], C))]

@@ -29,7 +29,7 @@
  * task vector site by site again, so extra memory is one site's weight.
  *
  * Outputs. The host saves a masked aliased tensor as its sparse task vector (NAME.sparse_index
- * I64, NAME.sparse_value F32, NAME.sparse_delta F32; see host/method_file.c), which `exclude`
+ * I64, NAME.sparse_value F32, NAME.sparse_delta F32; see host/methods/method_file.c), which `exclude`
  * reads back (through peft.files/1). delta_weight and negate are left to the host, which
  * computes them from live - start. The merged model is the host's `save_model`.
  *
