@@ -502,6 +502,35 @@ static struct stage *stage_add(struct run *r, const char *section, int32_t line)
     return s;
 }
 
+/* Where stage s starts: `from` (an earlier stage, or empty for [model]) or def_from when it is
+ * not given. Starting from a stage means starting from its weights with its adapter folded in,
+ * which needs a method that can give its exact dense change (or writes the weights itself). */
+static int stage_from(struct run *r, struct stage *s, const char *from, int32_t def_from,
+                      int32_t line) {
+    struct cfg *c = &r->cfg;
+    struct cfg_entry *e = cfg_find(c, s->section, "from");
+    char where[512];
+    if (e)
+        cfg_where(c, e, where, sizeof where);
+    else
+        snprintf(where, sizeof where, "%s:%d", c->path, line);
+    s->from = def_from;
+    if (from && from[0] == 0)
+        s->from = -1;
+    else if (from && ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1))
+        return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
+                       "leave it empty to start from [model])", where, s->section, from);
+    const struct stage *f = s->from >= 0 ? &r->stages[s->from] : NULL;
+    if (!f || !f->pm) return 0; /* the model, or a stage whose own problem is already noted */
+    if (method_has_feature(f->pm, PEFT_FEATURE_MERGEABLE) ||
+        method_has_feature(f->pm, PEFT_FEATURE_WRITES_BASE))
+        return 0;
+    return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
+                   "stage can start from it%s", where, s->section, f->name, f->pm->desc->id,
+                   e ? "" : " (that is the default here: set from = another stage, or leave it "
+                            "empty for [model])");
+}
+
 static int load_stage(struct run *r, struct data_settings *ds, const char *section,
                       int32_t line) {
     struct cfg *c = &r->cfg;
@@ -519,34 +548,9 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         struct cfg_entry *e = cfg_find(c, section, "method");
         return err_prefix("%s: [%s] method", cfg_where(c, e, where, sizeof where), section);
     }
-    if (cfg_str(c, section, "from", NULL, &from)) return -1;
-    s->from = r->n_stages >= 2 ? r->n_stages - 2 : -1; /* default: the previous stage */
-    if (from) {
-        struct cfg_entry *e = cfg_find(c, section, "from");
-        /* Empty: the [model] itself. Otherwise an earlier stage. */
-        if (from[0] == 0)
-            s->from = -1;
-        else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
-            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
-                           "leave it empty to start from [model])",
-                           cfg_where(c, e, where, sizeof where), section, from);
-    }
-    /* Starting from a stage means starting from its weights with its adapter folded in, which
-     * needs a method that can give its exact dense change (or writes the weights itself). */
-    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
-        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE)) {
-        struct cfg_entry *e = cfg_find(c, section, "from");
-        if (e)
-            cfg_where(c, e, where, sizeof where);
-        else
-            snprintf(where, sizeof where, "%s:%d", c->path, line);
-        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
-                       "stage can start from it%s",
-                       where, section,
-                       r->stages[s->from].name, r->stages[s->from].pm->desc->id,
-                       e ? "" : " (the default is the previous stage: set from = another stage, "
-                                "or leave it empty for [model])");
-    }
+    if (cfg_str(c, section, "from", NULL, &from) ||
+        stage_from(r, s, from, r->n_stages >= 2 ? r->n_stages - 2 : -1, line)) /* default: the previous stage */
+        return -1;
     if (cfg_str(c, section, "tasks", NULL, &tasks) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
         return -1;
     if (!tasks)
@@ -664,21 +668,8 @@ static int load_merge_stage(struct run *r, struct data_settings *ds, const char 
     const char *from, *eval_tasks;
     if (cfg_str(c, section, "from", NULL, &from) || cfg_str(c, section, "eval_tasks", NULL, &eval_tasks))
         return -1;
-    s->from = default_from; /* default: where the first stage input started */
-    if (from) {
-        struct cfg_entry *e = cfg_find(c, section, "from");
-        if (from[0] == 0)
-            s->from = -1;
-        else if ((s->from = find_stage(r, from)) < 0 || s->from == r->n_stages - 1)
-            return err_set("%s: [%s] from: no earlier stage named '%s' (stages run in file order; "
-                           "leave it empty to start from [model])",
-                           cfg_where(c, e, where, sizeof where), section, from);
-    }
-    if (s->from >= 0 && !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_MERGEABLE) &&
-        !method_has_feature(r->stages[s->from].pm, PEFT_FEATURE_WRITES_BASE))
-        return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
-                       "stage can start from it", c->path, section, r->stages[s->from].name,
-                       r->stages[s->from].pm->desc->id);
+    if (stage_from(r, s, from, default_from, line)) /* default: where the first input started */
+        return -1;
     int32_t *inputs = xcalloc((size_t)s->merge->n_in + 1, sizeof *inputs), n_inputs = 0;
     for (int32_t i = 0; i < s->merge->n_in; i++)
         if (s->merge->in[i].kind == MERGE_IN_STAGE) inputs[n_inputs++] = s->merge->in[i].stage;

@@ -219,6 +219,11 @@ base | sed -e 's/^method = lora/method = full/' -e 's/^steps = 2/steps = 2\nr = 
 LINES=2 check leftover_keys "leftover_keys.ini:17: [stage.a] r: not a key of method 'full' (it is a key of" \
     "leftover_keys.ini:18: [stage.a] lora_alpha: not a key of method 'full'" "lora"
 
+# A stage after one whose method is unknown starts from it by default: only the unknown
+# method is reported (the later stage is checked without it, and nothing crashes).
+{ base | sed 's/^method = lora/method = lroa/'; printf '[stage.b]\nmethod = lora\ntasks = upper\n'; } >after_broken.ini
+check after_broken "after_broken.ini:14: [stage.a] method: unknown method 'lroa'"
+
 # An unknown method: the methods found, and the nearest one.
 base | sed 's/^method = lora/method = lroa/' >method_typo.ini
 check method_typo "method_typo.ini:14: [stage.a] method" "did you mean 'lora'?" "methods found:" "lota"
