@@ -8,7 +8,9 @@
  *   OUT/STAGE/adapter.safetensors  the method's tensors; method, version, ABI, config in metadata
  *   OUT/STAGE/stage.json           written last: the stage is complete (with its config hash)
  *   OUT/STAGE/model/               config.json + model.safetensors when save_model is on
- *   OUT/STAGE/checkpoint*.safetensors  while a stage is in progress (removed when it completes)
+ *   OUT/STAGE/checkpoint*.safetensors  while a stage is in progress (removed when it completes;
+ *                                  found by a later run, it is continued with --resume or
+ *                                  dropped with --restart, never silently)
  * A completed stage whose hash (its config, the configs it depends on, model, data, seed and
  * plugin version) is unchanged is not trained again: its outputs are loaded.
  */
@@ -18,7 +20,6 @@
 #include <stdint.h>
 
 #include "stage/stage.h"
-
 
 struct run {
     struct cfg cfg;
@@ -41,7 +42,7 @@ struct run {
     int32_t resume;
     int32_t restart;            /* start stages with a checkpoint over (else they refuse) */
     int64_t stop_after;         /* testing aid: stop a stage after this many steps (0 = off) */
-    int32_t progress;           /* progress line on stderr (a terminal) */
+    int32_t progress;           /* progress on stderr: 1, 0, -1 = a line on a terminal */
     int32_t quiet;
     /* What the stages get: pointers into this run, bound by run_env(). */
     struct stage_env env;
