@@ -58,7 +58,8 @@ static int data_main(int argc, char **argv) {
     for (int i = 0; i < w.n && rc == 0; i++)
         rc = synth_generate(w.v[i], (uint64_t)seed, strcmp(split, "eval") == 0, (int32_t)n, &d, &tt);
     if (rc == 0) rc = data_save_jsonl(out, &d, &tt);
-    if (rc == 0) printf("wrote %zu examples of %d tasks to %s\n", d.n, w.n, out);
+    if (rc == 0 && strcmp(out, "-") != 0) /* with "-" stdout is the data alone */
+        printf("wrote %zu examples of %d tasks to %s\n", d.n, w.n, out);
     words_free(&w);
     dataset_free(&d);
     task_table_free(&tt);
@@ -74,7 +75,7 @@ const struct command cmd_data = {
     "options:\n"
     "  --list              the tasks: name, kind, description\n"
     "  --tasks T1,T2       tasks to write (comma- or space-separated)\n"
-    "  --out FILE          the JSONL file to write\n"
+    "  --out FILE          the JSONL file to write (- for standard output)\n"
     "  --n N               examples per task (default 100)\n"
     "  --split train|eval  the training or the held-out stream (default train)\n"
     "  --seed S            seed of the examples (default 1)\n"

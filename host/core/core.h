@@ -42,9 +42,16 @@ size_t fmt_length(const char *fmt, va_list ap);
 float *xalloc_floats(size_t n);
 
 /* ---- files ---------------------------------------------------------------------------- */
+/* Open a regular file for reading without ever blocking on a FIFO or device: the fd, or -1
+ * with "PATH: not a regular file" / "PATH: cannot open: reason". st gets its stat (may be
+ * NULL). file_fopen_regular: the same as a FILE (NULL on failure). */
+struct stat;
+int file_open_regular(const char *path, struct stat *st);
+FILE *file_fopen_regular(const char *path);
 /* Read a whole file (NUL-terminated for convenience). -1 with "PATH: reason" on failure. */
 int file_read_all(const char *path, char **out, size_t *len);
-/* Write a file atomically: PATH.tmp.<pid> then rename. -1 with "PATH: reason". */
+/* Write a file atomically: an exclusive temporary sibling (PATH.tmp.<pid>.<random>), fsync,
+ * rename, fsync of the folder. Only a regular file is ever replaced. -1 with "PATH: reason". */
 int file_write_atomic(const char *path, const void *data, size_t len);
 
 /* Streaming atomic writer: fopen a temporary sibling, write, then commit (fsync + rename) or
@@ -58,6 +65,13 @@ int atomic_open(struct atomic_file *af, const char *path);
 int atomic_commit(struct atomic_file *af);
 void atomic_abort(struct atomic_file *af);
 
+/* Lock folder dir for this process (flock on dir/.lock, which holds the holder's pid): the
+ * lock's fd, kept open for as long as the lock is held (closing it, or exiting, releases it),
+ * or -1 with "DIR: in use by another peft process (pid N); ...". */
+int dir_lock(const char *dir);
+/* Remove the temporary files (NAME.tmp.*) an interrupted writer left in dir and, depth levels
+ * down, its subfolders; how many were removed. Only for folders this process holds the lock of. */
+int file_remove_temporaries(const char *dir, int depth);
 int file_exists(const char *path);
 int dir_exists(const char *path);
 /* mkdir -p; -1 with "PATH: reason". */

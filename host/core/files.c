@@ -3,22 +3,51 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- files --------------------------------------------------------------------------- */
 
-int file_read_all(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set("%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
+int file_open_regular(const char *path, struct stat *st) {
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return err_set("%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
         return err_set("%s: not a regular file", path);
     }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return err_set("%s: cannot open: %s", path, strerror(e));
+    }
+    if (st) *st = sb;
+    return fd;
+}
+
+FILE *file_fopen_regular(const char *path) {
+    int fd = file_open_regular(path, NULL);
+    if (fd < 0) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        err_set("%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
+int file_read_all(const char *path, char **out, size_t *len) {
+    FILE *f = file_fopen_regular(path);
+    if (!f) return -1;
+    struct stat st;
+    fstat(fileno(f), &st);
     size_t cap = (size_t)st.st_size + 1, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
@@ -39,19 +68,46 @@ int file_read_all(const char *path, char **out, size_t *len) {
     return 0;
 }
 
+/* The temporary sibling is created exclusively under an unpredictable name (mkstemp: O_CREAT |
+ * O_EXCL, so a planted file or symlink is never followed), and only a regular file (or
+ * nothing) is ever replaced: a device, FIFO, folder or symlink at the destination is refused. */
 int atomic_open(struct atomic_file *af, const char *path) {
     memset(af, 0, sizeof *af);
-    af->path = xstrdup(path);
-    af->tmp_path = xasprintf("%s.tmp.%ld", path, (long)getpid());
-    af->f = fopen(af->tmp_path, "wb");
-    if (!af->f) {
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return err_set("%s: exists and is not a regular file; not replaced", path);
+    char *tmp = xasprintf("%s.tmp.%ld.XXXXXX", path, (long)getpid());
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
         err_set("%s: cannot write: %s", path, strerror(errno));
-        free(af->path);
-        free(af->tmp_path);
-        memset(af, 0, sizeof *af);
+        free(tmp);
         return -1;
     }
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask); /* mkstemp's 0600 would make outputs private */
+    af->f = fdopen(fd, "wb");
+    if (!af->f) {
+        err_set("%s: cannot write: %s", path, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    af->path = xstrdup(path);
+    af->tmp_path = tmp;
     return 0;
+}
+
+/* After a rename, the folder's entry is made durable too. */
+static void fsync_parent(const char *path) {
+    char *dir = path_dirname(path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(dir);
 }
 
 int atomic_commit(struct atomic_file *af) {
@@ -60,8 +116,12 @@ int atomic_commit(struct atomic_file *af) {
         rc = err_set("%s: write failed: %s", af->path, strerror(errno));
     if (fclose(af->f) != 0 && rc == 0) rc = err_set("%s: write failed: %s", af->path, strerror(errno));
     af->f = NULL;
+    struct stat st;
+    if (rc == 0 && lstat(af->path, &st) == 0 && !S_ISREG(st.st_mode))
+        rc = err_set("%s: exists and is not a regular file; not replaced", af->path);
     if (rc == 0 && rename(af->tmp_path, af->path) != 0)
         rc = err_set("%s: cannot rename into place: %s", af->path, strerror(errno));
+    if (rc == 0) fsync_parent(af->path);
     if (rc != 0) unlink(af->tmp_path);
     free(af->path);
     free(af->tmp_path);
@@ -85,6 +145,59 @@ int file_write_atomic(const char *path, const void *data, size_t len) {
         return err_set("%s: write failed", path);
     }
     return atomic_commit(&af);
+}
+
+int file_remove_temporaries(const char *dir, int depth) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *sub = path_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(sub, &st) == 0) {
+            if (S_ISDIR(st.st_mode) && depth > 0)
+                n += file_remove_temporaries(sub, depth - 1);
+            else if (S_ISREG(st.st_mode) && strstr(e->d_name, ".tmp.") && unlink(sub) == 0)
+                n++;
+        }
+        free(sub);
+    }
+    closedir(d);
+    return n;
+}
+
+int dir_lock(const char *dir) {
+    char *path = path_join(dir, ".lock");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        err_set("%s: cannot create the lock file: %s", path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = 0;
+        holder[strcspn(holder, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            err_set("%s: in use by another peft process%s%s%s; wait for it to end", dir,
+                    holder[0] ? " (pid " : "", holder, holder[0] ? ")" : "");
+        else
+            err_set("%s: cannot lock: %s", path, strerror(e));
+        close(fd);
+        free(path);
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        /* the lock holds without the pid; only the message of a second process loses it */
+    }
+    free(path);
+    return fd;
 }
 
 int file_exists(const char *path) {

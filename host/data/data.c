@@ -263,27 +263,34 @@ static char *example_json(const struct example *e, const char *task) {
     return text;
 }
 
+/* Every example as one JSON line onto out; "NAME: ..." on failure. */
+static int write_jsonl(FILE *out, const char *name, const struct dataset *d,
+                       const struct task_table *tt) {
+    for (size_t i = 0; i < d->n; i++) {
+        char *text = example_json(&d->ex[i], tt->names[d->ex[i].task]);
+        if (text == NULL) return err_set("%s: out of memory while writing example %zu", name, i);
+        int ok = fputs(text, out) >= 0 && fputc('\n', out) != EOF;
+        cJSON_free(text);
+        if (!ok) return err_set("%s: write failed at example %zu", name, i);
+    }
+    return 0;
+}
+
 int data_save_jsonl(const char *path, const struct dataset *d, const struct task_table *tt) {
     for (size_t i = 0; i < d->n; i++)
         if (d->ex[i].task < 0 || d->ex[i].task >= tt->n)
             return err_set("%s: example %zu has task id %d, not in the task table (%d tasks)",
                            path, i, (int)d->ex[i].task, (int)tt->n);
-
+    if (strcmp(path, "-") == 0) /* standard output, written in place */
+        return write_jsonl(stdout, "standard output", d, tt) ||
+                       (fflush(stdout) != 0 ? err_set("standard output: write failed") : 0)
+                   ? -1
+                   : 0;
     struct atomic_file af;
-    if (atomic_open(&af, path) != 0)
+    if (atomic_open(&af, path) != 0) return -1;
+    if (write_jsonl(af.f, path, d, tt)) {
+        atomic_abort(&af);
         return -1;
-    for (size_t i = 0; i < d->n; i++) {
-        char *text = example_json(&d->ex[i], tt->names[d->ex[i].task]);
-        if (text == NULL) {
-            atomic_abort(&af);
-            return err_set("%s: out of memory while writing example %zu", path, i);
-        }
-        int ok = fputs(text, af.f) >= 0 && fputc('\n', af.f) != EOF;
-        cJSON_free(text);
-        if (!ok) {
-            atomic_abort(&af);
-            return err_set("%s: write failed at example %zu", path, i);
-        }
     }
     return atomic_commit(&af);
 }

@@ -40,7 +40,7 @@ void dataset_filter(struct dataset *d, const int32_t *ids, int32_t n_ids);
 /* Read JSONL: one object per line with string fields "task", "prompt", "completion" (extra
  * fields ignored, blank lines skipped). -1 with "PATH:LINE: reason". */
 int data_load_jsonl(const char *path, struct dataset *out, struct task_table *tt);
-/* Write JSONL atomically. */
+/* Write d as JSONL to path (atomically), or to standard output when path is "-". */
 int data_save_jsonl(const char *path, const struct dataset *d, const struct task_table *tt);
 
 /* ---- built-in synthetic suite ------------------------------------------------------- */

@@ -100,9 +100,8 @@ static int on_entry(void *user, const char *section, const char *name, const cha
 int cfg_load(struct cfg *c, const char *path) {
     memset(c, 0, sizeof *c);
     c->path = xstrdup(path);
-    FILE *f = fopen(path, "r");
+    FILE *f = file_fopen_regular(path);
     if (!f) {
-        err_set("%s: cannot open: %s", path, strerror(errno));
         cfg_free(c);
         return -1;
     }

@@ -255,18 +255,9 @@ static int cmp_tensor_offsets(const void *a, const void *b) {
 /* Read the whole file; the length prefix is checked before the file-sized buffer exists. */
 static int read_file(struct st_file *f, uint64_t *header_len) {
     const char *path = f->path;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_set("%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return err_set("%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return err_set("%s: not a regular file", path);
-    }
+    int fd = file_open_regular(path, &sb);
+    if (fd < 0) return -1;
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8) {
         close(fd);

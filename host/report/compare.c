@@ -515,6 +515,7 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
     if (cfg_load(&c, file)) return fprintf(stderr, "peft: %s\n", err_msg()), 2;
     struct arm *arms = NULL;
     int32_t n_arms = 0, code = 2;
+    int lock_fd = -1;
     const char *out_text;
     int64_t jobs_file;
     char *out = NULL;
@@ -553,6 +554,8 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
     printf("[compare] %s: %d arms, checking\n", file, n_arms);
     for (int32_t i = 0; i < n_arms; i++)
         if (arm_check(&arms[i], plugin_path)) goto done;
+    /* One comparison at a time in its folder (each arm's run locks its own folder too). */
+    if (mkdir_p(out) || (lock_fd = dir_lock(out)) < 0) goto done;
     for (int32_t i = 0; i < n_arms; i++)
         if (write_arm_ini(&arms[i])) goto done;
 
@@ -613,6 +616,7 @@ done:
     }
     free(arms);
     free(out);
+    if (lock_fd >= 0) close(lock_fd);
     cfg_free(&c);
     return code;
 }

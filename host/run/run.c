@@ -39,6 +39,27 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
 
 /* ---- one stage --------------------------------------------------------------------- */
 
+/* The stage's output file carries the config hash it was made with. A run killed between
+ * renaming a new output into place and writing its stage.json leaves an old stage.json beside
+ * another configuration's output: that is not a complete stage. */
+static int output_matches(struct run *r, const struct stage *s, const cJSON *info,
+                          const char *want) {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(info, "merge");
+    const cJSON *file = m ? cJSON_GetObjectItemCaseSensitive(m, "file") : NULL;
+    char *path = path_join(s->dir, cJSON_IsString(file) ? file->valuestring : "adapter.safetensors");
+    struct st_file f;
+    int opened = st_open(&f, path) == 0;
+    const char *h = opened ? st_meta(&f, "peft.config_hash") : NULL;
+    int ok = h && strcmp(h, want) == 0;
+    if (!ok && !r->quiet)
+        printf("[%s] %s is not the output stage.json describes (an interrupted run): "
+               "running the stage again\n", s->name, path);
+    if (opened) st_close(&f);
+    free(path);
+    err_clear();
+    return ok;
+}
+
 static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
     char *path = path_join(s->dir, "stage.json"), *text;
     size_t len;
@@ -49,7 +70,7 @@ static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
         const cJSON *h = j ? cJSON_GetObjectItemCaseSensitive(j, "hash") : NULL;
         char want[32];
         snprintf(want, sizeof want, "%016llx", (unsigned long long)s->hash);
-        if (cJSON_IsString(h) && strcmp(h->valuestring, want) == 0) {
+        if (cJSON_IsString(h) && strcmp(h->valuestring, want) == 0 && output_matches(r, s, j, want)) {
             ok = 1;
             *info = j;
         } else {
@@ -59,7 +80,6 @@ static int stage_is_complete(struct run *r, struct stage *s, cJSON **info) {
     }
     err_clear();
     free(path);
-    (void)r;
     return ok;
 }
 
@@ -407,8 +427,10 @@ static void print_stage_table(struct run *r, const struct stage *s) {
                s->after[k].loss);
 }
 
-int run_execute(struct run *r) {
-    if (mkdir_p(r->out_dir)) return -1;
+/* The chain, in a locked run folder. */
+static int run_chain(struct run *r) {
+    int stale = file_remove_temporaries(r->out_dir, 2);
+    if (stale && !r->quiet) printf("removed %d temporary files an interrupted run left\n", stale);
     char *metrics_path = path_join(r->out_dir, "metrics.jsonl");
     metrics_free(&r->metrics);
     metrics_open(&r->metrics, metrics_path);
@@ -427,4 +449,15 @@ int run_execute(struct run *r) {
         print_stage_table(r, s);
     }
     return write_summary(r);
+}
+
+int run_execute(struct run *r) {
+    if (mkdir_p(r->out_dir)) return -1;
+    /* One process at a time in a run folder, for as long as the chain runs; what an
+     * interrupted one left half-written goes. */
+    int lock = dir_lock(r->out_dir);
+    if (lock < 0) return -1;
+    int rc = run_chain(r);
+    close(lock);
+    return rc;
 }

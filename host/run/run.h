@@ -54,7 +54,7 @@ int run_load(struct run *r, const char *ini, char *const *sets, int32_t n_sets,
              const char *plugin_path);
 /* The same from a configuration already read (taken over: *cfg is emptied). */
 int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path);
-/* Execute the chain. -1 with one line. */
+/* Execute the chain, holding OUT/.lock (dir_lock) meanwhile. -1 with one line. */
 int run_execute(struct run *r);
 void run_free(struct run *r);
 
