@@ -210,26 +210,15 @@ static int stage_write_done(struct run *r, struct stage *s) {
     return rc;
 }
 
-static void remove_checkpoints(struct stage *s) {
-    const char *names[] = {"checkpoint.safetensors", "checkpoint-optim.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        char *p = path_join(s->dir, names[i]);
-        unlink(p);
-        free(p);
-    }
-}
 
 /* A stage interrupted earlier left a checkpoint: continuing it (--resume) or starting it over
  * (--restart) is the user's choice, never made silently. */
 static int check_checkpoints(struct run *r) {
     for (int32_t i = 0; i < r->n_stages; i++) {
         struct stage *s = &r->stages[i];
-        char *path = path_join(s->dir, "checkpoint.safetensors");
-        int found = file_exists(path);
-        free(path);
-        if (!found || r->resume) continue;
+        if (!stage_checkpoint_exists(s) || r->resume) continue;
         if (r->restart) {
-            remove_checkpoints(s);
+            stage_checkpoint_remove(s);
             continue;
         }
         return err_set("%s: stage '%s' was interrupted and has a checkpoint in %s: continue it "
@@ -349,7 +338,7 @@ static int run_stage(struct run *r, struct stage *s) {
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto fail;
-        remove_checkpoints(s);
+        stage_checkpoint_remove(s);
     }
     s->result_params = xalloc_floats(r->model.n_params);
     memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));

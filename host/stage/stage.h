@@ -130,6 +130,10 @@ void stage_set_batch(struct stage_env *env, struct method_run *mr, const struct 
 /* Train s with mr from its start (or its checkpoint with env->resume): 0 done, 1 stopped on
  * request (stop_after; the checkpoint is on disk), -1 with one line. (train.c) */
 int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr);
+/* Has s a checkpoint (STAGE/checkpoint.json naming its files)? Remove every checkpoint file
+ * of s (when it completes, or is started over). (train.c) */
+int stage_checkpoint_exists(const struct stage *s);
+void stage_checkpoint_remove(const struct stage *s);
 /* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
 int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
                struct eval_result *out);

@@ -1,19 +1,63 @@
 /* train.c: the training loop of one stage, with checkpoints that resume bit-exactly; its
  * batches come from the stage's tasks and the continual-learning replay (data/replay.h). */
 #include <cJSON.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "stage.h"
 #include "data/data.h"
 #include "io/io.h"
 
 /* ---- checkpoint ---------------------------------------------------------------------
- * Two files: checkpoint.safetensors holds the method's tensors (as an adapter file), and
- * checkpoint-optim.safetensors the AdamW moments and the loop state. Both carry the step and
- * the stage hash, so a pair from different moments is refused. */
+ * A checkpoint is two files named after its step, checkpoint-STEP.safetensors (the method's
+ * tensors, as an adapter file) and checkpoint-STEP-optim.safetensors (the AdamW moments and the
+ * loop state), both carrying the step and the stage hash, and the manifest checkpoint.json that
+ * names them. The manifest is renamed into place last and the previous pair removed only after
+ * it, so a crash at any moment leaves the previous checkpoint or the new one whole, never a mix
+ * (files of a pair the manifest does not name are leftovers, removed by the next save). */
+
+static const char *const manifest_name = "checkpoint.json";
+
+static char *checkpoint_file(const struct stage *s, int64_t step, const char *suffix) {
+    char name[96];
+    snprintf(name, sizeof name, "checkpoint-%lld%s.safetensors", (long long)step, suffix);
+    return path_join(s->dir, name);
+}
+
+/* Every checkpoint file of s but those of step keep (-1: all, and the manifest too). */
+static void checkpoint_remove_others(const struct stage *s, int64_t keep) {
+    DIR *d = opendir(s->dir);
+    if (!d) return;
+    char own[96], own_optim[96];
+    snprintf(own, sizeof own, "checkpoint-%lld.safetensors", (long long)keep);
+    snprintf(own_optim, sizeof own_optim, "checkpoint-%lld-optim.safetensors", (long long)keep);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        int ours = strncmp(n, "checkpoint-", 11) == 0 || strcmp(n, manifest_name) == 0 ||
+                   strcmp(n, "checkpoint.safetensors") == 0; /* the former single-name layout */
+        if (!ours || (keep >= 0 && (!strcmp(n, own) || !strcmp(n, own_optim) ||
+                                    !strcmp(n, manifest_name))))
+            continue;
+        char *p = path_join(s->dir, n);
+        unlink(p);
+        free(p);
+    }
+    closedir(d);
+}
+
+int stage_checkpoint_exists(const struct stage *s) {
+    char *p = path_join(s->dir, manifest_name);
+    int found = file_exists(p);
+    free(p);
+    return found;
+}
+
+void stage_checkpoint_remove(const struct stage *s) { checkpoint_remove_others(s, -1); }
 
 struct loop_state {
     int64_t step;
@@ -49,10 +93,13 @@ static int checkpoint_save(const struct stage *s, struct method_run *mr,
     snprintf(tokens, sizeof tokens, "%.17g", ls->tokens);
     snprintf(seconds, sizeof seconds, "%.17g", ls->seconds);
     const char *meta[] = {"peft.step", step, "peft.config_hash", hash, NULL};
-    char *path = path_join(s->dir, "checkpoint.safetensors");
-    int rc = method_run_save(mr, path, meta);
-    free(path);
-    if (rc) return -1;
+    char *adapter = checkpoint_file(s, ls->step, ""), *optim = checkpoint_file(s, ls->step, "-optim");
+    int rc = method_run_save(mr, adapter, meta);
+    if (rc) {
+        free(adapter);
+        free(optim);
+        return -1;
+    }
 
     struct st_writer *w = st_writer_new();
     char **names = xcalloc((size_t)method_run_tensor_count(mr) * 2 + 1, sizeof *names);
@@ -73,23 +120,47 @@ static int checkpoint_save(const struct stage *s, struct method_run *mr,
     st_writer_meta(w, "peft.tokens", tokens);
     st_writer_meta(w, "peft.seconds", seconds);
     st_writer_meta(w, "peft.before", before_json);
-    path = path_join(s->dir, "checkpoint-optim.safetensors");
-    rc = st_writer_save(w, path);
-    free(path);
+    rc = st_writer_save(w, optim);
     st_writer_free(w);
     for (int32_t i = 0; i < n_names; i++) free(names[i]);
     free(names);
+    if (rc == 0) { /* the pair is whole: name it, then drop the previous one */
+        char *text = xasprintf("{\"step\": %s, \"config_hash\": \"%s\", \"adapter\": \"%s\", "
+                               "\"optim\": \"%s\"}\n", step, hash, strrchr(adapter, '/') + 1,
+                               strrchr(optim, '/') + 1);
+        char *manifest = path_join(s->dir, manifest_name);
+        rc = file_write_atomic(manifest, text, strlen(text));
+        free(manifest);
+        free(text);
+    }
+    if (rc == 0) checkpoint_remove_others(s, ls->step);
+    free(adapter);
+    free(optim);
     return rc;
 }
 
 /* 1 = resumed, 0 = no usable checkpoint, -1 = a checkpoint that is broken. */
 static int checkpoint_load(struct stage_env *env, struct stage *s, struct method_run *mr,
                            struct loop_state *ls, char **before_json) {
-    char *path = path_join(s->dir, "checkpoint-optim.safetensors");
-    char *adapter = path_join(s->dir, "checkpoint.safetensors");
+    char *manifest = path_join(s->dir, manifest_name), *text = NULL, *path = NULL, *adapter = NULL;
     int rc = 0;
     struct st_file f = {0}, fa = {0};
-    if (!file_exists(path) || !file_exists(adapter)) goto done;
+    cJSON *m = NULL;
+    if (!file_exists(manifest)) goto done;
+    if (file_read_all(manifest, &text, NULL)) {
+        rc = -1;
+        goto done;
+    }
+    m = cJSON_Parse(text);
+    const cJSON *ja = m ? cJSON_GetObjectItemCaseSensitive(m, "adapter") : NULL;
+    const cJSON *jo = m ? cJSON_GetObjectItemCaseSensitive(m, "optim") : NULL;
+    if (!cJSON_IsString(ja) || !cJSON_IsString(jo) || strchr(ja->valuestring, '/') ||
+        strchr(jo->valuestring, '/')) {
+        rc = err_set("%s: not a checkpoint manifest (adapter and optim file names expected)", manifest);
+        goto done;
+    }
+    adapter = path_join(s->dir, ja->valuestring);
+    path = path_join(s->dir, jo->valuestring);
     if (st_open(&f, path) || st_open(&fa, adapter)) {
         rc = -1;
         goto done;
@@ -145,6 +216,9 @@ static int checkpoint_load(struct stage_env *env, struct stage *s, struct method
 done:
     if (f.path) st_close(&f);
     if (fa.path) st_close(&fa);
+    cJSON_Delete(m);
+    free(text);
+    free(manifest);
     free(path);
     free(adapter);
     return rc;

@@ -56,13 +56,13 @@ run() { # LOG ARGS...: run peft, stop the test on failure
 run whole.log --quiet --set run.out="$TMP/whole"
 # Interrupt inside the first stage, then inside the second, resuming each time.
 run p1.log --quiet --set run.out="$TMP/parts" --stop-after 13
-[ -f parts/base/checkpoint.safetensors ] || { echo "FAIL no checkpoint after the interruption"; fail=1; }
+[ -f parts/base/checkpoint.json ] || { echo "FAIL no checkpoint after the interruption"; fail=1; }
 [ ! -f parts/base/stage.json ] || { echo "FAIL an interrupted stage was marked complete"; fail=1; }
 # Found without --resume, the checkpoint is neither continued nor dropped silently: refused.
 "$PEFT" run chain.ini --quiet --set run.out="$TMP/parts" >refused.log 2>&1
 rc=$?
 if [ $rc -eq 2 ] && grep -q "stage 'base' was interrupted and has a checkpoint.*--resume.*--restart" refused.log &&
-    [ -f parts/base/checkpoint.safetensors ] && [ ! -f parts/base/stage.json ]; then
+    [ -f parts/base/checkpoint.json ] && [ ! -f parts/base/stage.json ]; then
     echo "ok   a checkpoint without --resume is refused (exit 2), files untouched"
 else
     echo "FAIL run over a checkpoint without --resume: exit $rc"; cat refused.log; fail=1
@@ -70,7 +70,7 @@ fi
 # --restart starts the stage over without reading its checkpoint (spoiled here, so that a
 # resume would fail): the same files as the uninterrupted run.
 run r1.log --quiet --set run.out="$TMP/restarted" --stop-after 13
-echo spoiled >restarted/base/checkpoint.safetensors
+echo spoiled >restarted/base/checkpoint.json
 run r2.log --quiet --set run.out="$TMP/restarted" --restart
 run p2.log --quiet --set run.out="$TMP/parts" --resume --stop-after 11
 [ -f parts/base/stage.json ] || { echo "FAIL the first stage did not complete"; fail=1; }
