@@ -10,7 +10,7 @@ int cli_fail(void) {
     for (const char *nl; (nl = strchr(m, '\n')); m = nl + 1)
         fprintf(stderr, "peft: %.*s\n", (int)(nl - m), m);
     fprintf(stderr, "peft: %s\n", m);
-    return 2;
+    return err_status();
 }
 
 int cli_unexpected(const struct command *c, const char *arg) {

@@ -4,8 +4,8 @@
  * `peft CMD --help` and `peft CMD -h` print the same text the parser follows.
  *
  * Exit status of every command: 0 done, 2 bad input (the error lines on stderr, each
- * "peft: FILE:LINE: ..."), 1 an arm of a comparison failed, out of memory or an internal
- * failure.
+ * "peft: FILE:LINE: ..."), 1 a run that diverged, an arm of a comparison that failed, out of
+ * memory or an internal failure.
  */
 #ifndef PEFT_CLI_H
 #define PEFT_CLI_H
@@ -29,7 +29,8 @@ extern const struct command cmd_run, cmd_compare, cmd_plugins, cmd_keys, cmd_dat
 /* Every command, in the order `peft help` lists them; NULL-terminated. */
 extern const struct command *const commands[];
 
-/* Print the error line(s) as "peft: LINE" on stderr; returns 2. */
+/* Print the error line(s) as "peft: LINE" on stderr; returns the exit status they call for
+ * (2 for bad input, 1 for a run that diverged). */
 int cli_fail(void);
 /* Set "NAME: unexpected argument 'ARG' (peft NAME --help lists the options)"; returns 2. */
 int cli_unexpected(const struct command *c, const char *arg);

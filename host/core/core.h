@@ -26,6 +26,10 @@
 int err_set(const char *fmt, ...) PEFT_PRINTF(1, 2);
 /* Prefix the current error line: err_prefix("%s", path) gives "path: <old line>". */
 int err_prefix(const char *fmt, ...) PEFT_PRINTF(1, 2);
+/* The same for a failure that is not bad input (a run that diverged): the command exits
+ * with status (1) instead of 2. err_status: the status the current line calls for. */
+int err_set_status(int status, const char *fmt, ...) PEFT_PRINTF(2, 3);
+int err_status(void);
 const char *err_msg(void);
 void err_clear(void);
 
@@ -122,6 +126,10 @@ int words_find(const struct words *w, const char *s); /* index or -1 */
 size_t edit_distance(const char *a, const char *b);
 /* The name of names[0..n) nearest to name if it is close enough to be a typo of it, or NULL. */
 const char *nearest_name(const char *name, const char *const *names, size_t n);
+
+/* v printed with fmt into buf, or "null" when v is not finite (JSON has no NaN): a JSON
+ * number for every double. */
+const char *json_finite(char *buf, size_t cap, const char *fmt, double v);
 
 /* Strict number parsing: whole string, no trailing junk. 0 ok, -1 bad. */
 int parse_i64(const char *s, int64_t *out);

@@ -9,14 +9,27 @@
 
 /* Room for every problem of a run file (config.h: CFG_MAX_PROBLEMS lines). */
 static char err_line[16384];
+static int err_exit = 2; /* the exit status the line calls for */
 
 int err_set(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_line, sizeof err_line, fmt, ap);
     va_end(ap);
+    err_exit = 2;
     return -1;
 }
+
+int err_set_status(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_line, sizeof err_line, fmt, ap);
+    va_end(ap);
+    err_exit = status;
+    return -1;
+}
+
+int err_status(void) { return err_exit; }
 
 int err_prefix(const char *fmt, ...) {
     char head[1024], old[sizeof err_line];
@@ -31,4 +44,7 @@ int err_prefix(const char *fmt, ...) {
 }
 
 const char *err_msg(void) { return err_line[0] ? err_line : "unknown error"; }
-void err_clear(void) { err_line[0] = 0; }
+void err_clear(void) {
+    err_line[0] = 0;
+    err_exit = 2;
+}

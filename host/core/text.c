@@ -124,3 +124,11 @@ const char *nearest_name(const char *name, const char *const *names, size_t n) {
     }
     return best;
 }
+
+/* ---- JSON numbers ---------------------------------------------------------------------- */
+
+const char *json_finite(char *buf, size_t cap, const char *fmt, double v) {
+    if (!isfinite(v)) return "null"; /* JSON has no NaN or infinity */
+    snprintf(buf, cap, fmt, v);
+    return buf;
+}

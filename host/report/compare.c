@@ -484,6 +484,8 @@ static void collect_arm(struct compare_result *cr, struct arm_result *res, const
         cJSON_Delete(j);
     }
     if (!res->ok) res->error = a->exit_status ? last_log_line(a) : xstrdup("a stage did not complete");
+    /* A run that diverged exits 1 with "diverged at step N" (stage/train.c). */
+    res->diverged = !res->ok && a->exit_status == 1 && res->error && strstr(res->error, "diverged at step");
     collect_curve(res, a);
 }
 
@@ -602,7 +604,9 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
         printf("[compare] report: %s (results.csv and %d plots beside it)\n", report, n_plots);
         free(report);
         for (int32_t i = 0; i < n_arms; i++)
-            if (!cr.arms[i].ok) fprintf(stderr, "peft: arm '%s' failed: %s\n", cr.arms[i].name, cr.arms[i].error);
+            if (!cr.arms[i].ok)
+                fprintf(stderr, "peft: arm '%s' %s: %s\n", cr.arms[i].name,
+                        cr.arms[i].diverged ? "diverged" : "failed", cr.arms[i].error);
         code = failed_arms ? 1 : 0;
     }
     for (int32_t i = 0; i < n_plots; i++) free(plots[i]);

@@ -69,6 +69,11 @@ static int costs(const struct arm_result *a, int32_t s) {
     return all_shared || !a->stages[s].shared;
 }
 
+/* The arm's status cell: ok, or why it has no figures. */
+static const char *report_status(const struct arm_result *a) {
+    return a->ok ? "ok" : a->diverged ? "**diverged**" : "**failed**";
+}
+
 uint64_t report_trainable(const struct arm_result *a) {
     uint64_t n = 0;
     for (int32_t s = 0; s < a->n_stages; s++) n += costs(a, s) ? a->stages[s].n_trainable : 0;
@@ -190,7 +195,7 @@ static void md_arms_table(struct strbuf *md, const struct compare_result *cr) {
     sb_printf(md, "\n");
     for (int32_t i = 0; i < cr->n_arms; i++) {
         const struct arm_result *a = &cr->arms[i];
-        sb_printf(md, "| %s | %s |", a->name, a->ok ? "ok" : "**failed**");
+        sb_printf(md, "| %s | %s |", a->name, report_status(a));
         for (int32_t k = 0; k < n_shown; k++) {
             const struct column *c = &columns[shown[k]];
             double v = a->ok ? c->value(cr, a) : NAN;
@@ -257,7 +262,9 @@ int report_write(const struct compare_result *cr, const char *dir, const char *c
     for (int32_t i = 0; i < cr->n_arms; i++) {
         const struct arm_result *a = &cr->arms[i];
         sb_printf(&md, "- **%s**: %s", a->name, a->overrides[0] ? a->overrides : "(the base run)");
-        if (!a->ok) sb_printf(&md, " — failed: `%s`", a->error ? a->error : "unknown error");
+        if (!a->ok)
+            sb_printf(&md, " — %s: `%s`", a->diverged ? "diverged" : "failed",
+                      a->error ? a->error : "unknown error");
         sb_printf(&md, "\n");
     }
     sb_printf(&md, "\n## Accuracy matrix R[stage][task] (%%)\n");
@@ -280,7 +287,8 @@ int report_write(const struct compare_result *cr, const char *dir, const char *c
     sb_printf(&csv, "arm,stage,task,metric,value\n");
     for (int32_t i = 0; i < cr->n_arms; i++) {
         const struct arm_result *a = &cr->arms[i];
-        sb_printf(&csv, "%s,,,status,%s\n", a->name, a->ok ? "ok" : "failed");
+        sb_printf(&csv, "%s,,,status,%s\n", a->name,
+                  a->ok ? "ok" : a->diverged ? "diverged" : "failed");
         for (int32_t s = 0; s < a->n_stages; s++) {
             const struct arm_stage *st = &a->stages[s];
             if (!st->complete) continue;

@@ -34,6 +34,7 @@ struct arm_result {
     char *overrides;            /* "stage.adapt.method=lora, ..." */
     int32_t ok;                 /* every stage complete */
     char *error;                /* the arm's last error line when it failed */
+    int32_t diverged;           /* it failed because a stage's loss or gradient went non-finite */
     struct arm_stage *stages;
     int32_t n_stages;
     int64_t *curve_step;        /* training loss curve over the whole chain */

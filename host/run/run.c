@@ -429,7 +429,14 @@ static int run_chain(struct run *r) {
     for (int32_t i = 0; i < r->n_stages; i++) {
         struct stage *s = &r->stages[i];
         int rc = run_stage(r, s);
-        if (rc < 0) return -1;
+        if (rc < 0) { /* keep what the stage logged until it failed (a divergence's curve) */
+            char *line = xstrdup(err_msg());
+            int status = err_status();
+            metrics_flush(&r->metrics);
+            err_set_status(status, "%s", line);
+            free(line);
+            return -1;
+        }
         if (rc > 0) {
             if (!r->quiet) printf("[%s] stopped after %lld steps; continue with --resume\n", s->name,
                                   (long long)r->stop_after);

@@ -3,6 +3,7 @@
 #include <cJSON.h>
 #include <dirent.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,11 +259,15 @@ static void eval_parse(const char *json, struct eval_result *ev, int32_t n) {
 
 void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point, int64_t step,
                   const struct eval_result *ev) {
-    for (int32_t i = 0; i < s->n_eval_tasks; i++)
-        metrics_add(env->metrics, xasprintf("{\"type\":\"eval\",\"stage\":\"%s\",\"point\":\"%s\",\"step\":%lld,"
-                                "\"task\":\"%s\",\"n\":%d,\"loss\":%.6f,\"accuracy\":%.6f}",
-                                s->name, point, (long long)step, env->tasks->names[ev[i].task],
-                                ev[i].n, ev[i].loss, ev[i].accuracy));
+    for (int32_t i = 0; i < s->n_eval_tasks; i++) {
+        char loss[40], acc[40];
+        metrics_add(env->metrics,
+                    xasprintf("{\"type\":\"eval\",\"stage\":\"%s\",\"point\":\"%s\",\"step\":%lld,"
+                              "\"task\":\"%s\",\"n\":%d,\"loss\":%s,\"accuracy\":%s}",
+                              s->name, point, (long long)step, env->tasks->names[ev[i].task],
+                              ev[i].n, json_finite(loss, sizeof loss, "%.6f", ev[i].loss),
+                              json_finite(acc, sizeof acc, "%.6f", ev[i].accuracy)));
+    }
     if (strcmp(point, "step") != 0) return; /* a result: printed even with --quiet */
     /* Intermediate evaluations (eval_every) as one line: accuracy % (loss) per task. */
     printf("[%s] step %lld eval:", s->name, (long long)step);
@@ -274,6 +279,24 @@ void stage_log_eval(struct stage_env *env, const struct stage *s, const char *po
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */
+
+/* A stage whose loss or gradient is no longer finite stops: nothing of it is saved as done,
+ * and the command exits 1 (a failure of the run, not bad input). Takes what. */
+static void diverged(const struct stage_env *env, const struct stage *s, int64_t step, char *what) {
+    err_set_status(1, "%s: [%s] diverged at step %lld: %s (lower lr, or check the method's "
+                   "keys)", env->run_path, s->section, (long long)step, what);
+    free(what);
+}
+
+/* The first trainable tensor with a non-finite gradient entry, or NULL. */
+static const char *first_nonfinite_grad(struct method_run *mr) {
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
+        const struct mtensor *t = method_run_tensor(mr, i);
+        for (uint64_t j = 0; t->grad && j < t->n_trainable; j++)
+            if (!isfinite(t->grad[j])) return t->name;
+    }
+    return NULL;
+}
 
 int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     /* The pool: every training example of the stage's tasks. */
@@ -357,8 +380,19 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
                  model_backward(env->model, acts, hooks);
         stage_set_batch(env, NULL, NULL, 0);
         if (failed) goto out;
+        if (!isfinite(loss)) {
+            diverged(env, s, step, xasprintf("the loss is not finite (%s)",
+                                             isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf"));
+            goto out;
+        }
         method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double grad_norm = optim_step(mr, &s->opt, step);
+        if (!isfinite(grad_norm)) {
+            const char *t = first_nonfinite_grad(mr);
+            diverged(env, s, step, t ? xasprintf("the gradient of '%s' is not finite", t)
+                                     : xasprintf("the gradient norm is not finite"));
+            goto out;
+        }
         if (method_run_step_end(mr, (uint64_t)step)) goto out;
         if (method_run_trainable_count(mr) != s->n_trainable) { /* a mask set in the stage */
             s->n_trainable = method_run_trainable_count(mr);
@@ -374,10 +408,14 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         double elapsed = now_seconds() - t_start;
         double tps = elapsed > 0 ? (ls.tokens - tokens_at_start) / elapsed : 0;
         if (step % s->log_every == 0 || step == s->steps) {
-            metrics_add(env->metrics, xasprintf("{\"type\":\"train\",\"stage\":\"%s\",\"step\":%lld,\"loss\":%.6f,"
-                                    "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f}",
-                                    s->name, (long long)step, window_loss / window_n,
-                                    s->opt.lr * optim_lr_factor(&s->opt, step - 1), grad_norm, tps));
+            char lossb[40], normb[40];
+            metrics_add(env->metrics,
+                        xasprintf("{\"type\":\"train\",\"stage\":\"%s\",\"step\":%lld,\"loss\":%s,"
+                                  "\"lr\":%.6g,\"grad_norm\":%s,\"tokens_per_second\":%.1f}",
+                                  s->name, (long long)step,
+                                  json_finite(lossb, sizeof lossb, "%.6f", window_loss / window_n),
+                                  s->opt.lr * optim_lr_factor(&s->opt, step - 1),
+                                  json_finite(normb, sizeof normb, "%.6g", grad_norm), tps));
             progress_update(&prog, s->name, step, s->steps, window_loss / window_n, tps);
             window_loss = 0;
             window_n = 0;

@@ -6,8 +6,13 @@
 #  - special files are never replaced or read as if they were regular files, and temporary
 #    files an interrupted run left are removed.
 #
-# usage: reliability.sh PEFT
+#  - a run whose loss or gradient goes non-finite stops (exit 1, one line naming the stage and
+#    step), saves nothing as complete, keeps metrics.jsonl valid JSON, and a comparison marks
+#    such an arm diverged and never stars it.
+#
+# usage: reliability.sh PEFT JSONL_VALID
 set -u
+JSONL_VALID=$(realpath "$2")
 # shellcheck source=../testlib.sh
 . "$(dirname "$0")/../testlib.sh"
 
@@ -95,5 +100,31 @@ if grep -q "removed 2 temporary files an interrupted run left" tmp.log && ! ls o
     ok "temporary files of an interrupted run removed"
 else
     bad "temporaries: $(cat tmp.log); $(ls out out/a)"
+fi
+# ---- divergence ------------------------------------------------------------------------
+# AdamW with eps = 0 divides 0 by 0 for a gradient entry that is still zero.
+for case in "eps=0|the loss is not finite (NaN)"; do
+    IFS='|' read -r set want <<<"$case"
+    rm -rf div
+    "$PEFT" run a.ini --quiet --set run.out=div --set "stage.a.$set" >div.log 2>&1
+    rc=$?
+    if [ $rc -eq 1 ] && [ "$(wc -l <div.log)" -eq 1 ] && grep -q "a.ini: \[stage.a\] diverged at step [0-9]*: $want" div.log &&
+        [ ! -e div/a/stage.json ] && [ ! -e div/a/adapter.safetensors ] && "$JSONL_VALID" div/metrics.jsonl >/dev/null; then
+        ok "$set: exit 1, $(cat div.log); nothing complete, metrics.jsonl valid"
+    else
+        bad "$set: exit $rc, $(cat div.log); $(ls div/a 2>&1)"
+    fi
+done
+"$JSONL_VALID" out/metrics.jsonl out_b/metrics.jsonl >valid.log 2>&1 &&
+    ok "metrics.jsonl of the runs above: $(cat valid.log)" || bad "metrics.jsonl: $(cat valid.log)"
+
+{ cat a.ini; printf '[compare]\nout = cmp\n[arm.fine]\nstage.a.r = 4\n[arm.wild]\nstage.a.eps = 0\n'; } | sed '/^out = out/d' >cmp.ini
+"$PEFT" compare cmp.ini >cmp.log 2>&1
+rc=$?
+if [ $rc -eq 1 ] && grep -q "^| wild | \*\*diverged\*\* |" cmp/report.md && ! grep "^| wild |" cmp/report.md | grep -q "★" &&
+    grep -q "^wild,,,status,diverged" cmp/results.csv && grep -q "arm 'wild' diverged" cmp.log; then
+    ok "peft compare: the diverged arm is marked diverged and never starred (exit 1)"
+else
+    bad "compare with a diverging arm: exit $rc; $(grep '^| wild' cmp/report.md 2>&1); $(tail -3 cmp.log)"
 fi
 finish
