@@ -32,7 +32,7 @@ static int cmp_method_id(const void *a, const void *b) {
     return strcmp(x->desc->id, y->desc->id);
 }
 
-int plugins_list(struct plugin_registry *r, FILE *out, FILE *err) {
+static int list_methods(struct plugin_registry *r, FILE *out, FILE *err) {
     struct refusal_sink sink = {err, 0};
     registry_scan(r, print_refusal, &sink);
     if (r->n_methods == 0) {
@@ -83,7 +83,7 @@ static void print_default(FILE *out, const char *v) {
     }
 }
 
-int plugins_show(struct plugin_registry *r, const char *id, FILE *out) {
+static int show_method(struct plugin_registry *r, const char *id, FILE *out) {
     const struct plugin_method *pm = registry_find(r, id);
     if (!pm) return -1;
     const peft_method_desc *d = pm->desc;
@@ -123,6 +123,42 @@ int plugins_show(struct plugin_registry *r, const char *id, FILE *out) {
     }
     free(types);
     return 0;
+}
+
+/* A plugin's strings reach the terminal: its text is printed with control bytes (an escape
+ * sequence, a carriage return) shown as '?', so a plugin cannot rewrite the screen. */
+static void put_clean(FILE *out, const char *text, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        fputc((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f ? '?' : c, out);
+    }
+}
+
+int plugins_list(struct plugin_registry *r, FILE *out, FILE *err) {
+    char *text = NULL, *errs = NULL;
+    size_t len = 0, elen = 0;
+    FILE *mem = open_memstream(&text, &len), *emem = open_memstream(&errs, &elen);
+    if (!mem || !emem) return err_set("out of memory");
+    int rc = list_methods(r, mem, emem);
+    fclose(mem);
+    fclose(emem);
+    put_clean(out, text, len);
+    put_clean(err, errs, elen);
+    free(text);
+    free(errs);
+    return rc;
+}
+
+int plugins_show(struct plugin_registry *r, const char *id, FILE *out) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem) return err_set("out of memory");
+    int rc = show_method(r, id, mem);
+    fclose(mem);
+    put_clean(out, text, len);
+    free(text);
+    return rc;
 }
 
 /* ---- the command ---------------------------------------------------------------- */

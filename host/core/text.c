@@ -75,6 +75,8 @@ int parse_i64(const char *s, int64_t *out) {
 
 int parse_f64(const char *s, double *out) {
     if (!s || !*s) return -1;
+    /* Decimal only: strtod would also take hexadecimal (0x10), inf and nan. */
+    if (s[strspn(s, " \t+-.0123456789eE")]) return -1;
     char *end;
     errno = 0;
     double v = strtod(s, &end);

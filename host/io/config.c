@@ -19,6 +19,7 @@ struct reader {
     int32_t line;
     int32_t header_line; /* line of the last "[section]" header */
     int32_t long_line;   /* first line longer than the reader's buffer */
+    int32_t nul_line;    /* first line with a NUL byte (it would cut the value silently) */
 };
 
 static void add_section(struct cfg *c, const char *name, int32_t line);
@@ -27,10 +28,13 @@ static void add_section(struct cfg *c, const char *name, int32_t line);
  * empty [arm.baseline] or a misspelt empty section must still be seen. */
 static char *read_line(char *str, int num, void *stream) {
     struct reader *r = stream;
+    memset(str, 1, (size_t)num); /* so that a newline after a NUL byte can be told from stale bytes */
     char *s = fgets(str, num, r->f);
     if (s) {
         r->line++;
         size_t n = strlen(s);
+        const char *nl = memchr(s, '\n', (size_t)num);
+        if (nl && nl > s + n && !r->nul_line) r->nul_line = r->line;
         /* inih reads lines into a fixed buffer and would take the rest as a new line. */
         if (n + 1 >= (size_t)num && s[n - 1] != '\n' && !r->long_line) r->long_line = r->line;
         const char *p = s;
@@ -105,12 +109,17 @@ int cfg_load(struct cfg *c, const char *path) {
         cfg_free(c);
         return -1;
     }
-    struct reader r = {f, c, 0, 0, 0};
+    struct reader r = {f, c, 0, 0, 0, 0};
     struct load_ctx lc = {c, &r, 0, ""};
     int rc = ini_parse_stream(read_line, &r, on_entry, &lc);
     fclose(f);
     if (r.long_line) {
         err_set("%s:%d: line too long (at most %d characters)", path, r.long_line, INI_MAX_LINE - 2);
+        cfg_free(c);
+        return -1;
+    }
+    if (r.nul_line) {
+        err_set("%s:%d: a NUL byte in the line (a run file is text)", path, r.nul_line);
         cfg_free(c);
         return -1;
     }

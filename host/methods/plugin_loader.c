@@ -248,6 +248,10 @@ static int choices_are_valid(const char *choices) {
     return 1;
 }
 
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static int check_params(const char *path, const peft_method_desc *d) {
     if (d->n_params > 0 && !d->params)
         return err_set("%s: method '%s': n_params is %" PRIu32 " but params is NULL", path,
@@ -258,10 +262,6 @@ static int check_params(const char *path, const peft_method_desc *d) {
             return err_set("%s: method '%s': key #%" PRIu32 " has no valid name "
                            "(letters, digits, '_' and '-')",
                            path, d->id, i);
-        for (uint32_t j = 0; j < i; j++)
-            if (strcmp(d->params[j].name, p->name) == 0)
-                return err_set("%s: method '%s': key '%s' is declared twice", path, d->id,
-                               p->name);
         if (host_stage_key(p->name))
             return err_set("%s: method '%s': key '%s' collides with a stage key of the host",
                            path, d->id, p->name);
@@ -278,7 +278,16 @@ static int check_params(const char *path, const peft_method_desc *d) {
         if (p->default_value && param_check_value(p, p->default_value) != 0)
             return err_prefix("%s: method '%s': key '%s': bad default", path, d->id, p->name);
     }
-    return 0;
+    /* Duplicates by sorting the names: a plugin may declare many keys. */
+    const char **names = xcalloc((size_t)d->n_params + 1, sizeof *names);
+    for (uint32_t i = 0; i < d->n_params; i++) names[i] = d->params[i].name;
+    qsort(names, d->n_params, sizeof *names, cmp_str);
+    int rc = 0;
+    for (uint32_t i = 1; i < d->n_params && rc == 0; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            rc = err_set("%s: method '%s': key '%s' is declared twice", path, d->id, names[i]);
+    free(names);
+    return rc;
 }
 
 static int check_desc(const char *path, uint32_t index, const peft_method_desc *d) {
@@ -538,9 +547,6 @@ static int is_plugin_name(const char *name) {
            strcmp(name + n - 3, ".so") == 0;
 }
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 void registry_scan(struct plugin_registry *r, void (*on_refused)(void *ctx, const char *line),
                    void *ctx) {

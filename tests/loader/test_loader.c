@@ -407,6 +407,20 @@ static void test_cmd(void) {
     free(text);
     CHECK(plugins_show(&r, "test.nosuch", stdout) == -1 && strstr(err_msg(), "unknown method"),
           "show unknown: '%s'", err_msg());
+    /* A plugin's control bytes are shown as '?', never sent to the terminal. */
+    const char *noisy = getenv("PEFT_NOISY_PLUGIN");
+    if (noisy) {
+        text = NULL;
+        out = open_memstream(&text, &len);
+        CHECK(plugins_show(&r, noisy, out) == 0, "show noisy: %s", err_msg());
+        fclose(out);
+        CHECK(text && strstr(text, "description  a method with ?[2Jnoisy\n") && !strchr(text, '\x1b') &&
+                  !strchr(text, '\r'),
+              "control bytes printed raw: '%s'", text ? text : "");
+        free(text);
+    } else {
+        CHECK(0, "PEFT_NOISY_PLUGIN is not set");
+    }
     registry_free(&r);
 
     /* peft plugins */

@@ -114,7 +114,11 @@ static const peft_method_desc test_desc = {
     .id = METHOD_ID,
     .name = "Loader test method",
     .version = "1.2.3",
+#if defined(NOISY_TEXT) /* a terminal escape and a carriage return, which peft must not print */
+    .description = "a method with \x1b[2Jnoisy\rtext (" STR(TAG) ")",
+#else
     .description = "a method that only exists to be loaded (" STR(TAG) ")",
+#endif
     .features = test_features,
     .params = test_params,
     .n_params = sizeof test_params / sizeof test_params[0],

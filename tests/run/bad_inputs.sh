@@ -209,6 +209,15 @@ base | sed -e 's/^seed = 1/seed = -4/' -e 's/^n_heads = 2/n_heads = two/' \
 LINES=3 check three_problems "three_problems.ini:3: [run] seed" "three_problems.ini:7: [model] n_heads" \
     "three_problems.ini:18: [stage.a] warmup: unknown key"
 
+# A NUL byte would cut a value silently; hexadecimal is not a number here.
+base | sed 's/^steps = 2/steps = 2\x00 0/' >nul_byte.ini
+check nul_byte "nul_byte.ini:16: a NUL byte in the line"
+base | sed 's/^steps = 2/steps = 2\nlr = 0x10/' >hex_number.ini
+check hex_number "hex_number.ini:17: [stage.a] lr: expected a number in [0, 100], got '0x10'"
+# A dotted stage name is refused as bad input (exit 2), not as an internal failure.
+base | sed 's/^\[stage.a\]/[stage.a.b]/' >dotted_stage.ini
+check dotted_stage "dotted_stage.ini:13: [stage.a.b]: a stage name must be non-empty, without '/' or '.'"
+
 # At most 20 problems are shown, then a count of the rest.
 { base; for i in $(seq 1 25); do echo "typo_$i = 1"; done; } >many_problems.ini
 LINES=21 check many_problems "many_problems.ini:18: [stage.a] typo_1: unknown key" \
