@@ -387,12 +387,49 @@ static int check_extra(const struct model *m, const struct st_file *f,
                    "describes)", f->path, printable(t->name, name));
 }
 
+/* A tensor the model will have, checked against the weights before the model is allocated:
+ * missing, or of another shape than config.json implies. */
+static int check_one(const struct weight_files *w, const char *name, int64_t rows, int64_t cols) {
+    const struct st_file *f;
+    const struct st_tensor *t = weight_find(w, name, &f);
+    if (!t) return err_set("%s: tensor '%s' is missing", w->where, name);
+    int32_t ndim = cols ? 2 : 1;
+    int64_t want_shape[2] = {rows, cols};
+    if (t->ndim == ndim && t->shape[0] == rows && (ndim == 1 || t->shape[1] == cols)) return 0;
+    char have[128], want[64];
+    st_shape_text(have, sizeof have, t->ndim, t->shape);
+    st_shape_text(want, sizeof want, ndim, want_shape);
+    return err_set("%s: tensor '%s' has shape %s but config.json says %s", f->path, t->name, have,
+                   want);
+}
+
+/* Every size in config.json is bounded by the weights before anything is allocated: the
+ * embedding (vocab, hidden size), the first layer's projections (heads, head width, key/value
+ * heads, MLP width) and the last layer's norm (layer count) must be there with those shapes,
+ * so a config.json of a bigger model beside small weights is refused at once. */
+static int check_sizes_against_weights(const struct model_config *c, const struct weight_files *w) {
+    int64_t C = c->d_model, QD = (int64_t)c->n_heads * c->head_dim,
+            KD = (int64_t)c->n_kv_heads * c->head_dim;
+    char last[96];
+    snprintf(last, sizeof last, "model.layers.%d.input_layernorm.weight", (int)c->n_layers - 1);
+    if (check_one(w, "model.embed_tokens.weight", c->vocab, C) || check_one(w, last, C, 0) ||
+        check_one(w, "model.layers.0.self_attn.q_proj.weight", QD, C) ||
+        check_one(w, "model.layers.0.self_attn.k_proj.weight", KD, C) ||
+        check_one(w, "model.layers.0.mlp.gate_proj.weight", c->d_ff, C))
+        return -1;
+    return 0;
+}
+
 int hf_model_load(const char *dir, struct model *m) {
     memset(m, 0, sizeof *m);
     struct model_config c;
     if (hf_config_load(dir, &c) != 0) return -1;
     struct weight_files w;
     if (open_weights(dir, &w) != 0) return -1;
+    if (check_sizes_against_weights(&c, &w) != 0) {
+        weight_files_close(&w);
+        return -1;
+    }
     if (model_init(m, &c) != 0) {
         weight_files_close(&w);
         return err_prefix("%s/config.json", dir);

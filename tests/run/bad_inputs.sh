@@ -193,6 +193,26 @@ mkdir -p shape && cp "$FIX/hf_f16_v4_gqa/model.safetensors" shape/ &&
 model_case shape_mismatch "$TMP/shape"
 check shape_mismatch "shape_mismatch.ini:5:" "model.safetensors" "999"
 
+# Sizes in config.json far beyond the weights are refused before the model is allocated:
+# run under a 1 GiB address-space limit (not in a sanitizer build, whose shadow memory needs
+# more), a million layers or a 4M vocabulary would otherwise fail to allocate (exit 1)
+# instead of being reported.
+REAL_PEFT=$PEFT
+if ! ldd "$REAL_PEFT" | grep -q libasan; then
+    printf '#!/bin/sh\nulimit -v 1048576\nexec "%s" "$@"\n' "$REAL_PEFT" >limited_peft
+    chmod +x limited_peft
+    PEFT=$TMP/limited_peft
+fi
+mkdir -p huge_layers && cp "$FIX/hf_f16_v4_gqa/model.safetensors" huge_layers/ &&
+    sed 's/"num_hidden_layers": *\([0-9]*\)/"num_hidden_layers": 1000000/' "$FIX/hf_f16_v4_gqa/config.json" >huge_layers/config.json
+model_case huge_layers "$TMP/huge_layers"
+check huge_layers "huge_layers.ini:5:" "tensor 'model.layers.999999.input_layernorm.weight' is missing"
+mkdir -p huge_vocab && cp "$FIX/hf_f16_v4_gqa/model.safetensors" huge_vocab/ &&
+    sed 's/"vocab_size": *\([0-9]*\)/"vocab_size": 4000000/' "$FIX/hf_f16_v4_gqa/config.json" >huge_vocab/config.json
+model_case huge_vocab "$TMP/huge_vocab"
+check huge_vocab "huge_vocab.ini:5:" "model.embed_tokens.weight' has shape" "4000000"
+PEFT=$REAL_PEFT
+
 mkdir -p garbage && cp "$FIX/hf_f16_v4_gqa/config.json" garbage/ &&
     printf '\x10\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}' >garbage/model.safetensors
 model_case inconsistent_weights "$TMP/garbage"
