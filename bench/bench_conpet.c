@@ -93,10 +93,9 @@ static int parse_args(int argc, char **argv, struct options *o) {
             o->plugin_path = v;
         } else {
             rc = err_set("unknown option '%s' (see --help)", a);
-            i--;
         }
         if (rc) return -1;
-        i++;
+        i += 1; /* every option takes a value */
     }
     if (o->n_counts == 0) {
         o->counts[0] = 2;

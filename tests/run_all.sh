@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: a warnings-as-errors build and an ASan+UBSan build, each running
-# every test. Ends with one line "N passed, N failed" counting both builds.
+# every test, then the fuzz targets in a clang build. Ends with one line "N passed, N failed"
+# counting all three.
 set -u
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -15,14 +16,19 @@ count() { # testlog.json (one JSON object per test) -> "passed failed"
          END {print p+0, f+0}' "$1"
 }
 
-run_build() { # name, meson options...
+run_setup() { # name, meson options...
     local dir=$1; shift
-    echo "== build $dir ($*)"
     if [ -d "$dir" ]; then
         meson setup --reconfigure "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
     else
         meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
     fi
+}
+
+run_build() { # name, meson options...
+    local dir=$1; shift
+    echo "== build $dir ($*)"
+    run_setup "$dir" "$@" || return 1
     ninja -C "$dir" >"$dir.build.log" 2>&1 || { tail -n 60 "$dir.build.log"; return 1; }
     rm -f "$dir/meson-logs/testlog.json"
     meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "${MESON_TEST_ARGS[@]}"
@@ -53,5 +59,32 @@ for spec in "build-werror|--werror|-Dbuildtype=debugoptimized" \
         status=1
     fi
 done
+# The fuzz build (clang, libFuzzer, ASan+UBSan): each target on its seed corpus for
+# FUZZ_SECONDS (default 60); tests/fuzz/run_fuzz.sh counts one test per target.
+if command -v clang >/dev/null 2>&1; then
+    echo "== build build-fuzz (clang, libFuzzer, ASan+UBSan)"
+    if CC=clang run_setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+        -Dbuildtype=debugoptimized --werror && ninja -C build-fuzz tests/fuzz/fuzz_safetensors \
+        tests/fuzz/fuzz_jsonl tests/fuzz/fuzz_hf_config tests/fuzz/fuzz_run_config \
+        plugins/full/peft-full.so plugins/lora/peft-lora.so plugins/loratrf/peft-loratrf.so \
+        plugins/poly/peft-poly.so plugins/lota/peft-lota.so plugins/conpet/peft-conpet.so \
+        >build-fuzz.build.log 2>&1; then
+        tests/fuzz/run_fuzz.sh build-fuzz "${FUZZ_SECONDS:-60}" | tee build-fuzz.fuzz.log
+        read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' build-fuzz.fuzz.log | tail -n 1)
+        passed=$((passed + ${p:-0}))
+        failed=$((failed + ${f:-1}))
+        [ "${f:-1}" -eq 0 ] || status=1
+    else
+        tail -n 40 build-fuzz.build.log
+        echo "build build-fuzz failed"
+        failed=$((failed + 1))
+        status=1
+    fi
+else
+    echo "clang not found: the fuzz targets were not run (apt-get install clang libclang-rt-14-dev)"
+    failed=$((failed + 1))
+    status=1
+fi
+
 echo "$passed passed, $failed failed"
 exit $status
