@@ -55,6 +55,9 @@ struct method_env {
     int (*run_pass)(void *run_ctx, uint32_t pass, uint32_t backward);
     /* The adapter file a finished stage wrote (peft.files/1 stage_file); NULL = none. */
     int (*stage_file)(void *run_ctx, const char *stage, char *out, size_t cap);
+    /* A key of a stage of the run (peft.stage_keys/1; stage NULL: this one): 0 with the value
+     * in out, 1 when there is no such stage or key, -1 when it does not fit. NULL = no run. */
+    int (*stage_value)(void *run_ctx, const char *stage, const char *key, char *out, size_t cap);
     /* The task ids the stage trains on (peft.stage_tasks/1); NULL = not known. */
     const int32_t *train_tasks;
     int32_t n_train_tasks;

@@ -33,6 +33,7 @@
 
 #include "method_internal.h"
 #include "peft/peft_files.h"
+#include "peft/peft_stage_keys.h"
 #include "peft/peft_stage_tasks.h"
 #include "peft/peft_tensor_start.h"
 #include "io/io.h"
@@ -626,11 +627,27 @@ static const peft_stage_tasks_api stage_tasks_api = {
     .train_tasks = stage_train_tasks,
 };
 
+/* ---- peft.stage_keys/1 ---------------------------------------------------------------- */
+
+static peft_status stage_key_value(peft_host *h, const char *stage, const char *key, char *out,
+                                   size_t cap) {
+    if (!h || !key || !out || cap == 0) return PEFT_E_INVALID_ARG;
+    if (!h->env.stage_value) return PEFT_E_CONFIG;
+    int rc = h->env.stage_value(h->env.run_ctx, stage ? stage : h->env.stage, key, out, cap);
+    return rc == 0 ? PEFT_OK : rc > 0 ? PEFT_E_CONFIG : PEFT_E_INVALID_ARG;
+}
+
+static const peft_stage_keys_api stage_keys_api = {
+    .struct_size = (uint32_t)sizeof(peft_stage_keys_api),
+    .stage_value = stage_key_value,
+};
+
 static const void *api_get_extension(peft_host *h, const char *id) {
     if (!id) return NULL;
     if (strcmp(id, PEFT_FILES_EXTENSION) == 0) return &files_api;
     if (strcmp(id, PEFT_TENSOR_START_EXTENSION) == 0) return &tensor_start_api;
     if (strcmp(id, PEFT_STAGE_TASKS_EXTENSION) == 0 && h && h->env.train_tasks) return &stage_tasks_api;
+    if (strcmp(id, PEFT_STAGE_KEYS_EXTENSION) == 0 && h && h->env.stage_value) return &stage_keys_api;
     return NULL;
 }
 

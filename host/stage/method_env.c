@@ -62,6 +62,30 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
     return 0;
 }
 
+/* peft.stage_keys/1: a stage's method keys (defaults filled), its method's id and steps. */
+static int env_stage_value(void *ctx, const char *stage, const char *key, char *out, size_t cap) {
+    struct stage_env *env = ctx;
+    const struct stage *s = NULL;
+    for (int32_t i = 0; i < env->n_stages && !s; i++)
+        if (stage && strcmp(env->stages[i].name, stage) == 0) s = &env->stages[i];
+    if (!s) return 1;
+    char steps[32];
+    const char *v = NULL;
+    if (strcmp(key, "method") == 0) {
+        v = s->merge ? "merge" : s->pm ? s->pm->desc->id : NULL;
+    } else if (strcmp(key, "steps") == 0) {
+        snprintf(steps, sizeof steps, "%lld", (long long)s->steps);
+        v = steps;
+    } else {
+        for (uint32_t i = 0; i < s->n_kv && !v; i++)
+            if (strcmp(s->kv[i].key, key) == 0) v = s->kv[i].value;
+    }
+    if (!v) return 1;
+    if (strlen(v) >= cap) return -1;
+    memcpy(out, v, strlen(v) + 1);
+    return 0;
+}
+
 void stage_set_batch(struct stage_env *env, struct method_run *mr, const struct batch *b,
                      int training) {
     env->aux->mr = mr;
@@ -91,7 +115,7 @@ int stage_method_create(struct stage_env *env, const char *where, const char *st
     struct method_env menv = {
         .tasks = env->tasks, .seed = seed, .stage = stage, .where = where,
         .run_ctx = env, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
-        .run_pass = env_run_pass, .stage_file = env_stage_file};
+        .run_pass = env_run_pass, .stage_file = env_stage_file, .stage_value = env_stage_value};
     for (int32_t i = 0; i < env->n_stages; i++)
         if (strcmp(env->stages[i].name, stage) == 0) {
             menv.train_tasks = env->stages[i].train_tasks;

@@ -63,6 +63,7 @@
 #include <stdlib.h>
 
 #include "conpet.h"
+#include "peft/peft_stage_keys.h"
 #include "peft/peft_stage_tasks.h"
 
 static const char *const config_name = "conpet.config";
@@ -83,6 +84,41 @@ float *cp_scratch(struct peft_instance *self, uint64_t n) {
 /* ------------------------------------------------------------------------------------------
  * Creation: keys, the source stage, model-level tensors.
  */
+
+/* The same checks as read_source, from init_from's keys, which the host gives before any stage
+ * has trained: a wrong chain is refused when the run file is checked, not when it is reached. */
+static peft_status check_source_keys(struct peft_instance *self) {
+    const peft_host_api *api = self->api;
+    const peft_stage_keys_api *sk = api->get_extension(self->h, PEFT_STAGE_KEYS_EXTENSION);
+    char method[64], mode[32], r[32], alpha[64], sel_r[32];
+    if (!sk || !PEFT_HAS_FIELD(sk, peft_stage_keys_api, stage_value) ||
+        sk->stage_value(self->h, self->init_from, "method", method, sizeof method) != PEFT_OK)
+        return PEFT_OK; /* no run, or no such stage (the host reports that) */
+    if (strcmp(method, "conpet") != 0) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "init_from = '%s' is a stage of method '%s'; "
+                  "it must be a conpet stage", self->init_from, method);
+        return PEFT_E_CONFIG;
+    }
+    static const char *const modes[] = {"static", "dynamic"};
+    if (sk->stage_value(self->h, self->init_from, "mode", mode, sizeof mode) != PEFT_OK ||
+        sk->stage_value(self->h, self->init_from, "r", r, sizeof r) != PEFT_OK ||
+        sk->stage_value(self->h, self->init_from, "lora_alpha", alpha, sizeof alpha) != PEFT_OK ||
+        sk->stage_value(self->h, self->init_from, "selector_r", sel_r, sizeof sel_r) != PEFT_OK)
+        return PEFT_OK;
+    if (strcmp(mode, modes[self->mode]) != 0) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "mode = %s, but init_from = '%s' is mode = %s",
+                  modes[self->mode], self->init_from, mode);
+        return PEFT_E_CONFIG;
+    }
+    if ((uint32_t)strtoul(r, NULL, 10) != self->r || (float)strtod(alpha, NULL) != self->alpha ||
+        (self->mode == CP_DYNAMIC && (uint32_t)strtoul(sel_r, NULL, 10) != self->sel_r)) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "r = %u, lora_alpha = %g, selector_r = %u must "
+                  "be those of init_from = '%s': r = %s, lora_alpha = %s, selector_r = %s",
+                  self->r, (double)self->alpha, self->sel_r, self->init_from, r, alpha, sel_r);
+        return PEFT_E_CONFIG;
+    }
+    return PEFT_OK;
+}
 
 /* Check this stage's structure against init_from's conpet.config and take the experts it
  * trained (src_experts). The host also creates every stage's instance before the run starts,
@@ -257,7 +293,8 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
     }
     for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->n_model_sites = mi.n_sites;
-    if (self->init_from[0]) st = read_source(self);
+    if (self->init_from[0]) st = check_source_keys(self);
+    if (st == PEFT_OK && self->init_from[0]) st = read_source(self);
     if (st == PEFT_OK) st = read_stage_tasks(self);
     if (st == PEFT_OK) st = register_model_tensors(self);
     if (st != PEFT_OK) {

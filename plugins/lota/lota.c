@@ -42,6 +42,7 @@
 
 #include "peft/peft_files.h"
 #include "peft/peft_plugin.h"
+#include "peft/peft_stage_keys.h"
 #include "peft/peft_tensor_start.h"
 
 struct lota_site {
@@ -107,6 +108,39 @@ static void lota_destroy(peft_instance *self) {
     free(self);
 }
 
+/* What can be checked against the rest of the run before any stage trains (the host's
+ * peft.stage_keys/1): the stage's own calibration must leave sparse steps, and every
+ * exclude_stages entry must be a LoTA stage (only those have masks). */
+static peft_status check_chain(const peft_host_api *api, peft_host *h, int own, int64_t calib,
+                               const char *exclude_stages) {
+    const peft_stage_keys_api *sk = api->get_extension(h, PEFT_STAGE_KEYS_EXTENSION);
+    if (!sk || !PEFT_HAS_FIELD(sk, peft_stage_keys_api, stage_value)) return PEFT_OK;
+    char value[64];
+    if (own && sk->stage_value(h, NULL, "steps", value, sizeof value) == PEFT_OK &&
+        strtoll(value, NULL, 10) <= calib) {
+        peft_logf(api, h, PEFT_LOG_ERROR, "calibration_steps = %lld leaves no sparse step of the "
+                  "stage's %s steps: set steps above it", (long long)calib, value);
+        return PEFT_E_CONFIG;
+    }
+    for (const char *p = exclude_stages ? exclude_stages : ""; *p;) {
+        size_t n = strcspn(p, ", \t");
+        char name[128];
+        if (n > 0 && n < sizeof name) {
+            memcpy(name, p, n);
+            name[n] = 0;
+            if (sk->stage_value(h, name, "method", value, sizeof value) == PEFT_OK &&
+                strcmp(value, "lota") != 0) {
+                peft_logf(api, h, PEFT_LOG_ERROR, "exclude_stages: '%s' is a stage of method "
+                          "'%s'; only lota stages have masks to exclude", name, value);
+                return PEFT_E_CONFIG;
+            }
+        }
+        p += n;
+        p += strspn(p, ", \t");
+    }
+    return PEFT_OK;
+}
+
 static peft_status lota_create(const peft_host_api *api, peft_host *h, const peft_kv *cfg,
                                uint32_t n_cfg, peft_instance **out) {
     double sparsity = peft_kv_float(cfg, n_cfg, "sparsity", 0.9);
@@ -127,6 +161,8 @@ static peft_status lota_create(const peft_host_api *api, peft_host *h, const pef
         peft_logf(api, h, PEFT_LOG_ERROR, "random_mask and calibrate_from exclude each other");
         return PEFT_E_CONFIG;
     }
+    if (check_chain(api, h, own, steps, peft_kv_get(cfg, n_cfg, "exclude_stages")) != PEFT_OK)
+        return PEFT_E_CONFIG;
     peft_model_info mi = {.struct_size = sizeof mi};
     peft_status st = api->model_info(h, &mi);
     if (st != PEFT_OK) return st;

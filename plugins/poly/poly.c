@@ -53,6 +53,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "peft/peft_stage_keys.h"
 #include "peft/peft_stage_tasks.h"
 #include "poly.h"
 
@@ -66,6 +67,61 @@ static const char *const variant_names[] = {"poly", "mhr", "poly-mu", "mhr-z"};
 
 static const char *const config_name = "poly.config";     /* (5) variant, K, h, r, alpha */
 static const char *const rows_name = "poly.task_rows";    /* (n_tasks) ROW_* per task */
+
+/* A key of init_from's stage as a number (peft.stage_keys/1); def when it cannot be read. */
+static double source_number(const peft_stage_keys_api *sk, struct peft_instance *self,
+                            const char *key, double def) {
+    char v[64];
+    return sk->stage_value(self->h, self->init_from, key, v, sizeof v) == PEFT_OK ? strtod(v, NULL)
+                                                                                : def;
+}
+
+/* The same checks as read_source, from init_from's keys, which the host gives before any stage
+ * has trained: a wrong chain is refused when the run file is checked, not when it is reached. */
+static peft_status check_source_keys(struct peft_instance *self, int64_t n_splits) {
+    const peft_host_api *api = self->api;
+    const peft_stage_keys_api *sk = api->get_extension(self->h, PEFT_STAGE_KEYS_EXTENSION);
+    char method[64], variant[32];
+    if (!sk || !PEFT_HAS_FIELD(sk, peft_stage_keys_api, stage_value) ||
+        sk->stage_value(self->h, self->init_from, "method", method, sizeof method) != PEFT_OK)
+        return PEFT_OK; /* no run, or no such stage (the host reports that) */
+    if (strcmp(method, "poly") != 0) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "init_from = '%s' is a stage of method '%s'; "
+                  "it must be a poly stage", self->init_from, method);
+        return PEFT_E_CONFIG;
+    }
+    if (sk->stage_value(self->h, self->init_from, "variant", variant, sizeof variant) == PEFT_OK &&
+        strcmp(variant, "poly-mu") == 0) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "init_from = '%s': that stage is poly-mu (one "
+                  "LoRA, no skills); start from the stage that trained the skills",
+                  self->init_from);
+        return PEFT_E_CONFIG;
+    }
+    uint32_t K = (uint32_t)source_number(sk, self, "n_skills", self->K);
+    uint32_t r = (uint32_t)source_number(sk, self, "r", self->r);
+    float alpha = (float)source_number(sk, self, "lora_alpha", self->alpha);
+    uint32_t splits = (uint32_t)source_number(sk, self, "n_splits", 0);
+    uint32_t heads = splits ? splits : strcmp(variant, "mhr") == 0 ? 4u : 1u;
+    if (K != self->K || r != self->r) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "n_skills = %u and r = %u must be those of "
+                  "init_from = '%s': n_skills = %u, r = %u", self->K, self->r, self->init_from,
+                  K, r);
+        return PEFT_E_CONFIG;
+    }
+    if (alpha != self->alpha) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "lora_alpha = %g, but init_from = '%s' has "
+                  "lora_alpha = %g (the skills were trained at that scale)",
+                  (double)self->alpha, self->init_from, (double)alpha);
+        return PEFT_E_CONFIG;
+    }
+    if (n_splits != 0 && (uint32_t)n_splits != heads) {
+        peft_logf(api, self->h, PEFT_LOG_ERROR, "n_splits = %lld, but init_from = '%s' has "
+                  "n_splits = %u (leave it 0 to take the source's)", (long long)n_splits,
+                  self->init_from, heads);
+        return PEFT_E_CONFIG;
+    }
+    return PEFT_OK;
+}
 
 /* Check this stage's structure against init_from's poly.config, take its heads and the rows it
  * trained (src_rows). The host also creates every stage's instance before the run starts, to
@@ -231,6 +287,7 @@ static peft_status poly_create(const peft_host_api *api, peft_host *h, const pef
     self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
     st = self->sites && self->slot ? PEFT_OK : PEFT_E_NOMEM;
     for (uint32_t i = 0; st == PEFT_OK && i < mi.n_sites; i++) self->slot[i] = -1;
+    if (st == PEFT_OK && from[0]) st = check_source_keys(self, n_splits);
     if (st == PEFT_OK && from[0]) st = read_source(self, n_splits);
     if (st == PEFT_OK) st = plan_rows(self);
     if (st == PEFT_OK) st = register_model_tensors(self);

@@ -238,6 +238,17 @@ check hex_number "hex_number.ini:17: [stage.a] lr: expected a number in [0, 100]
 base | sed 's/^\[stage.a\]/[stage.a.b]/' >dotted_stage.ini
 check dotted_stage "dotted_stage.ini:13: [stage.a.b]: a stage name must be non-empty, without '/' or '.'"
 
+# Chains that a method can only refuse by comparing stages: refused when the run file is
+# checked, before the first stage trains (nothing written), through peft.stage_keys/1.
+{ base | sed 's/^method = lora/method = poly\nn_skills = 2\nr = 4/'; printf '[stage.b]\nmethod = poly\nfrom =\ninit_from = a\nn_skills = 2\nr = 8\ntasks = swap\n'; } >poly_chain.ini
+check poly_chain "[stage.b]" "n_skills = 2 and r = 8 must be those of init_from = 'a': n_skills = 2, r = 4"
+{ base | sed 's/^method = lora/method = conpet\nmode = static/'; printf '[stage.b]\nmethod = conpet\nmode = dynamic\nfrom =\ninit_from = a\ntasks = swap\n'; } >conpet_chain.ini
+check conpet_chain "[stage.b]" "mode = dynamic, but init_from = 'a' is mode = static"
+base | sed 's/^method = lora/method = lota\ncalibration_steps = 5/' >lota_calibration.ini
+check lota_calibration "[stage.a]" "calibration_steps = 5 leaves no sparse step of the stage's 2 steps"
+{ base; printf '[stage.b]\nmethod = lota\nfrom =\nexclude_stages = a\ntasks = swap\nsteps = 3\ncalibration_steps = 1\n'; } >lota_exclude.ini
+check lota_exclude "[stage.b]" "exclude_stages: 'a' is a stage of method 'lora'"
+
 # At most 20 problems are shown, then a count of the rest.
 { base; for i in $(seq 1 25); do echo "typo_$i = 1"; done; } >many_problems.ini
 LINES=21 check many_problems "many_problems.ini:18: [stage.a] typo_1: unknown key" \
