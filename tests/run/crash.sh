@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Crash tests: a chained run (full fine-tuning, LoRA with checkpoints, a merge to a LoRA by
 # SVD) is killed (SIGKILL, by crash_shim.so) just before and just after each of its renames
-# and fsyncs in turn. After every kill, `peft run --resume` completes it, and every adapter,
-# task vector and model file is byte-identical to an uninterrupted run's.
+# and fsyncs in turn. After every kill, `peft run --resume` completes it, every adapter,
+# task vector and model file is byte-identical to an uninterrupted run's, and metrics.jsonl is
+# JSON on every line.
 #
-# usage: crash.sh PEFT CRASH_SHIM.so
+# usage: crash.sh PEFT CRASH_SHIM.so JSONL_VALID
 set -u
+JSONL_VALID=$(realpath "$3")
 # shellcheck source=../testlib.sh
 . "$(dirname "$0")/../testlib.sh"
 SHIM=$(realpath "$2")
@@ -69,6 +71,7 @@ for when in before after; do
         [ "$(outputs out)" = "$ref_files" ] || same=0
         for f in $ref_files; do cmp -s "ref/$f" "out/$f" || same=0; done
         ls out/*/checkpoint* out/*.tmp.* out/*/*.tmp.* >/dev/null 2>&1 && same=0
+        "$JSONL_VALID" out/metrics.jsonl >/dev/null 2>&1 || same=0
         [ $same -eq 1 ] || bad "kill $when step $n: files differ from the uninterrupted run's (or leftovers)"
     done
 done

@@ -4,9 +4,10 @@
 # and for LoRA with dropout (the random stream must be restored too). A second run reuses
 # the completed stages.
 #
-# usage: resume.sh PEFT
+# usage: resume.sh PEFT JSONL_VALID
 set -u
 PEFT=$(realpath "$1")
+JSONL_VALID=$(realpath "$2")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cd "$TMP" || exit 1
@@ -101,6 +102,12 @@ fi
 for d in whole parts restarted; do
     if ls "$d"/*/checkpoint* >/dev/null 2>&1; then echo "FAIL checkpoints left in $d"; fail=1; fi
 done
+# Interrupted or not, metrics.jsonl is JSON on every line.
+if "$JSONL_VALID" whole/metrics.jsonl parts/metrics.jsonl restarted/metrics.jsonl >valid.log 2>&1; then
+    echo "ok   metrics.jsonl: $(cat valid.log)"
+else
+    echo "FAIL metrics.jsonl: $(cat valid.log)"; fail=1
+fi
 # A second run reuses completed stages instead of training again.
 run again.log --set run.out="$TMP/whole"
 if [ "$(grep -c 'reused' again.log)" -eq 2 ]; then
