@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crash tests: a chained run (full fine-tuning, LoRA with checkpoints, a merge to a LoRA by
-# SVD) is killed (SIGKILL, by crash_shim.so) just before and just after each of its renames
-# and fsyncs in turn. After every kill, `peft run --resume` completes it, every adapter,
+# SVD) is killed (SIGKILL, by crash_shim.so) just before and just after each of its renames,
+# fsyncs and fwrites in turn. After every kill, `peft run --resume` completes it, every adapter,
 # task vector and model file is byte-identical to an uninterrupted run's, and metrics.jsonl is
 # JSON on every line.
 #
@@ -52,7 +52,7 @@ outputs() { (cd "$1" && find . -name '*.safetensors' ! -name 'checkpoint*' | sor
 "$PEFT" run chain.ini --quiet --set run.out=ref >ref.log 2>&1 || { cat ref.log; echo "0 passed, 1 failed"; exit 1; }
 PEFT_CRASH_COUNT="$TMP/count" LD_PRELOAD="$SHIM" "$PEFT" run chain.ini --quiet --set run.out=counted >/dev/null 2>&1
 total=$(cat count)
-[ "$total" -gt 10 ] && ok "an uninterrupted run has $total renames and fsyncs" || bad "only $total steps counted"
+[ "$total" -gt 10 ] && ok "an uninterrupted run has $total renames, fsyncs and fwrites" || bad "only $total steps counted"
 ref_files=$(outputs ref)
 
 tried=0
