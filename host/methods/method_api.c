@@ -118,8 +118,17 @@ void misbehaving(struct peft_host *h, const char *fmt, ...) {
  * The host API table.
  */
 
-static void api_log(peft_host *h, int32_t level, const char *msg) {
-    if (!msg) return;
+static void api_log(peft_host *h, int32_t level, const char *raw) {
+    if (!raw) return;
+    /* A plugin's line reaches a terminal: control bytes (an escape sequence, a newline that
+     * would forge a line of its own) become '?'. */
+    char msg[1024];
+    size_t n = 0;
+    for (; raw[n] && n + 1 < sizeof msg; n++) {
+        unsigned char c = (unsigned char)raw[n];
+        msg[n] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    msg[n] = 0;
     if (!h) {
         if (level >= PEFT_LOG_WARN) fprintf(stderr, "peft: plugin: %s\n", msg);
         return;
