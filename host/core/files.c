@@ -44,10 +44,14 @@ FILE *file_fopen_regular(const char *path) {
 }
 
 int file_read_all(const char *path, char **out, size_t *len) {
-    FILE *f = file_fopen_regular(path);
-    if (!f) return -1;
     struct stat st;
-    fstat(fileno(f), &st);
+    int fd = file_open_regular(path, &st);
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return err_set("%s: cannot open: %s", path, strerror(errno));
+    }
     size_t cap = (size_t)st.st_size + 1, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
