@@ -73,8 +73,9 @@ void atomic_abort(struct atomic_file *af);
  * lock's fd, kept open for as long as the lock is held (closing it, or exiting, releases it),
  * or -1 with "DIR: in use by another peft process (pid N); ...". */
 int dir_lock(const char *dir);
-/* Remove the temporary files (NAME.tmp.*) an interrupted writer left in dir and, depth levels
- * down, its subfolders; how many were removed. Only for folders this process holds the lock of. */
+/* Remove the temporary files (NAME.tmp.<pid>.XXXXXX, atomic_open's) an interrupted writer left
+ * in dir and, depth levels down, its subfolders; how many were removed. Only for folders this
+ * process holds the lock of. */
 int file_remove_temporaries(const char *dir, int depth);
 int file_exists(const char *path);
 int dir_exists(const char *path);

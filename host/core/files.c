@@ -151,6 +151,22 @@ int file_write_atomic(const char *path, const void *data, size_t len) {
     return atomic_commit(&af);
 }
 
+/* NAME.tmp.<pid>.<6 characters>: the names atomic_open gives, and no other file's (a run
+ * folder may be one the user also keeps other files in). */
+static int is_temporary_name(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (!t || t == name) return 0;
+    const char *p = t + 5;
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || p[digits] != '.') return 0;
+    p += digits + 1;
+    if (strlen(p) != 6) return 0;
+    for (; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+            return 0;
+    return 1;
+}
+
 int file_remove_temporaries(const char *dir, int depth) {
     DIR *d = opendir(dir);
     if (!d) return 0;
@@ -163,7 +179,7 @@ int file_remove_temporaries(const char *dir, int depth) {
         if (lstat(sub, &st) == 0) {
             if (S_ISDIR(st.st_mode) && depth > 0)
                 n += file_remove_temporaries(sub, depth - 1);
-            else if (S_ISREG(st.st_mode) && strstr(e->d_name, ".tmp.") && unlink(sub) == 0)
+            else if (S_ISREG(st.st_mode) && is_temporary_name(e->d_name) && unlink(sub) == 0)
                 n++;
         }
         free(sub);

@@ -56,10 +56,14 @@ int main(void) {
     char *sub = path_join(dir, "stage"), *left = path_join(sub, "adapter.safetensors.tmp.77.abcdef");
     REQUIRE(mkdir_p(sub) == 0, "%s", err_msg());
     REQUIRE(file_write_atomic(left, "", 0) == 0, "%s", err_msg());
+    char *users = path_join(dir, "notes.tmp.txt"); /* a user's file that only looks alike */
+    REQUIRE(file_write_atomic(users, "keep", 4) == 0, "%s", err_msg());
     int removed = file_remove_temporaries(dir, 2);
     CHECK(removed == 1 && !file_exists(left) && file_exists(dest) && file_exists(target) &&
-              lstat(planted, &st) == 0,
-          "removed %d (want 1: the stage's leftover; a symlink is not a temporary of ours)", removed);
+              file_exists(users) && lstat(planted, &st) == 0,
+          "removed %d (want 1: the stage's leftover; not a symlink, not a user's notes.tmp.txt)",
+          removed);
+    free(users);
 
     printf("files: planted symlink not followed, special files kept, FIFO refused, %d leftovers removed\n",
            removed);
