@@ -15,8 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
-
 /* Grow the buffers to hold (B, T) if needed; contents are rewritten by the caller. */
 static void batch_reserve(struct batch *b, int32_t B, int32_t T) {
     if (B <= b->cap_B && T <= b->cap_T)

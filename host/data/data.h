@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "tokenizer/tokenizer.h"
 
 struct task_table {
     char **names;
@@ -72,8 +73,7 @@ void batch_make(struct batch *b, const struct dataset *d, const size_t *idx, int
                 int32_t max_T);
 void batch_free(struct batch *b);
 
-/* The rest of host/data's face: the byte tokenizer and the replay sampler. */
+/* The rest of host/data's face: the replay sampler. */
 #include "replay.h"
-#include "tokenizer.h"
 
 #endif
