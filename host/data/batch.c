@@ -1,14 +1,16 @@
 /*
  * batch.c: examples to padded (B, T) token and target arrays.
  *
- * A sequence is BOS + prompt + completion + EOS, length L. The inputs are its first L-1 ids and
- * the target at position t is id t+1, kept only where that id is a completion byte or the EOS
- * (the loss counts the answer, not the question); elsewhere it is -1. T is the longest L-1 in
- * the batch, capped at max_T; shorter rows are padded with PAD and target -1.
+ * An example's encoding (data/encode.c) is a sequence of L ids, BOS + prompt + completion +
+ * EOS for a pair. The inputs are its first L-1 ids and the target at position t is id t+1,
+ * kept only where that id is scored (the answer, not the question); elsewhere it is -1. T is
+ * the longest L-1 in the batch, capped at max_T; shorter rows are padded and get target -1.
  *
- * A sequence longer than max_T + 1 loses the end of its completion first. When even the
- * prompt does not fit, prompt bytes are dropped from the front (after BOS) so that the last
- * input still predicts the first completion byte: no row is left without a target.
+ * The run fits its datasets to the context first (dataset_fit: drop, left or error), so the
+ * cut below only serves batches made on the fly (label scoring): a sequence longer than
+ * max_T + 1 loses the end of its completion first; when even the prompt does not fit, prompt
+ * ids are dropped from the front (after the first) so that the last input still predicts the
+ * first answer id: no row is left without a target.
  */
 #include "data.h"
 
@@ -34,54 +36,30 @@ static void batch_reserve(struct batch *b, int32_t B, int32_t T) {
     b->cap_T = cap_T;
 }
 
-/* Inputs of an example before any cut: BOS + prompt + completion (the EOS is never an input
- * of a whole sequence, only a target). */
-static int32_t example_input_len(const struct example *e) {
-    return 1 + (int32_t)strlen(e->prompt) + (int32_t)strlen(e->completion);
-}
-
-/* An example after its prompt cut: id i of BOS + prompt[skip..] + completion + EOS. */
-struct cut_seq {
-    const unsigned char *prompt, *completion;
-    int32_t skip, P_kept, C;
-};
-
-static int32_t cut_seq_id(const struct cut_seq *s, int32_t i) {
-    if (i == 0)
-        return TOK_BOS;
-    if (i <= s->P_kept)
-        return (int32_t)s->prompt[s->skip + i - 1];
-    if (i <= s->P_kept + s->C)
-        return (int32_t)s->completion[i - 1 - s->P_kept];
-    return TOK_EOS;
-}
-
-/* One row of T slots from example e. */
-static void batch_fill_row(struct batch *b, int32_t row, const struct example *e, int32_t T) {
+/* One row of T slots from example e: inputs ids[0..L-1), target at t = ids[t+1] where that id
+ * is scored. When the prompt is longer than T, ids after the first are dropped from its
+ * front so that the last input still predicts the first answer id; then the end is cut. */
+static void batch_fill_row(struct batch *b, int32_t row, const struct example *e, int32_t T,
+                           int32_t pad) {
     int32_t *tok = b->tokens + (size_t)row * (size_t)T;  /* (T) */
     int32_t *tgt = b->targets + (size_t)row * (size_t)T; /* (T) */
-    int32_t P = (int32_t)strlen(e->prompt);
-    struct cut_seq s = {(const unsigned char *)e->prompt, (const unsigned char *)e->completion,
-                        0, P, (int32_t)strlen(e->completion)};
-    /* drop prompt bytes from the front so that BOS + the kept prompt is at most T ids */
-    if (1 + P > T) {
-        s.skip = 1 + P - T;
-        s.P_kept = P - s.skip;
-    }
-    int32_t n_in = 1 + s.P_kept + s.C; /* the EOS is only ever a target */
-    if (n_in > T)
-        n_in = T; /* the end of the completion is cut */
-
+    int32_t skip = 0, P = e->n_prompt;
+    if (P > T && P > 1) skip = P - T;
+    /* position i of the cut sequence is id i (i == 0) or id i + skip */
+#define CUT(i) ((i) == 0 ? 0 : (i) + skip)
+    int32_t L = e->n_ids - skip;
+    int32_t n_in = L - 1 < T ? L - 1 : T;
     for (int32_t t = 0; t < T; t++) {
         if (t < n_in) {
-            tok[t] = cut_seq_id(&s, t);
-            tgt[t] = t + 1 > s.P_kept ? cut_seq_id(&s, t + 1) : -1;
+            tok[t] = e->ids[CUT(t)];
+            tgt[t] = e->scored[CUT(t + 1)] ? e->ids[CUT(t + 1)] : -1;
         } else {
-            tok[t] = TOK_PAD;
+            tok[t] = pad;
             tgt[t] = -1;
         }
     }
-    b->prompt_len[row] = 1 + s.P_kept;
+#undef CUT
+    b->prompt_len[row] = P - skip;
     b->example_task[row] = e->task;
 }
 
@@ -89,18 +67,23 @@ void batch_make(struct batch *b, const struct dataset *d, const size_t *idx, int
                 int32_t max_T) {
     int32_t T = 0;
     for (int32_t i = 0; i < n; i++) {
-        int32_t len = example_input_len(&d->ex[idx[i]]);
+        int32_t len = d->ex[idx[i]].n_ids - 1; /* the last id is only ever a target */
         if (len > T)
             T = len;
     }
     /* max_T <= 0 means no cap */
     if (max_T > 0 && T > max_T)
         T = max_T;
+    if (T < 1)
+        T = 1;
+    int32_t pad = tokenizer_pad(d->enc && d->enc->tok ? d->enc->tok : tokenizer_bytes());
+    if (pad < 0)
+        pad = 0; /* never a target: any id does */
     batch_reserve(b, n, T);
     b->B = n;
     b->T = T;
     for (int32_t i = 0; i < n; i++)
-        batch_fill_row(b, i, &d->ex[idx[i]], T);
+        batch_fill_row(b, i, &d->ex[idx[i]], T, pad);
 }
 
 void batch_free(struct batch *b) {

@@ -1,11 +1,10 @@
 /*
- * data.c: the task table, the in-memory dataset, and JSONL reading and writing.
- *
- * A JSONL file holds one object per line with string fields "task", "prompt" and
- * "completion"; anything else on the object is ignored. Errors name the file and the line.
+ * data.c: the task table, the in-memory dataset, and JSONL reading (four formats, see
+ * data.h) and writing. Errors name the file and the line.
  */
 #include "data.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,21 +46,84 @@ void task_table_free(struct task_table *tt) {
 
 /* ---- dataset --------------------------------------------------------------------------- */
 
-void dataset_add(struct dataset *d, int32_t task, const char *prompt, const char *completion) {
+static struct example *dataset_new_example(struct dataset *d, int32_t task) {
     if (d->n == d->cap) {
         d->cap = d->cap ? d->cap * 2 : 64;
         d->ex = xrealloc(d->ex, sizeof(*d->ex) * d->cap);
     }
     struct example *e = &d->ex[d->n++];
+    memset(e, 0, sizeof *e);
     e->task = task;
-    e->prompt = xstrdup(prompt);
-    e->completion = xstrdup(completion);
+    return e;
 }
 
 static void example_free(struct example *e) {
     free(e->prompt);
     free(e->completion);
-    e->prompt = e->completion = NULL;
+    for (int32_t m = 0; m < e->n_messages; m++) {
+        free(e->messages[m].role);
+        free(e->messages[m].content);
+    }
+    free(e->messages);
+    free(e->ids);
+    free(e->scored);
+    memset(e, 0, sizeof *e);
+}
+
+/* Encode the example just added; on failure it is taken back. */
+static int encode_last(struct dataset *d) {
+    struct example *e = &d->ex[d->n - 1];
+    if (example_encode(d->enc, e) == 0) return 0;
+    example_free(e);
+    d->n--;
+    return -1;
+}
+
+void dataset_add(struct dataset *d, int32_t task, const char *prompt, const char *completion) {
+    struct example *e = dataset_new_example(d, task);
+    e->prompt = xstrdup(prompt);
+    e->completion = xstrdup(completion);
+    /* a prompt/completion pair only fails with a tokenizer that has no EOS, which the run
+     * refuses before adding any */
+    if (encode_last(d)) { /* unreachable: the run refuses a tokenizer without EOS first */
+        fprintf(stderr, "peft: %s\n", err_msg());
+        exit(2);
+    }
+}
+
+int dataset_add_messages(struct dataset *d, int32_t task, const struct chat_message *m, int32_t n) {
+    struct example *e = dataset_new_example(d, task);
+    e->prompt = xstrdup("");
+    e->messages = xcalloc((size_t)n + 1, sizeof *e->messages);
+    e->n_messages = n;
+    const char *last_answer = "";
+    for (int32_t i = 0; i < n; i++) {
+        e->messages[i].role = xstrdup(m[i].role);
+        e->messages[i].content = xstrdup(m[i].content);
+        if (strcmp(m[i].role, "assistant") == 0) last_answer = m[i].content;
+    }
+    e->completion = xstrdup(last_answer);
+    return encode_last(d);
+}
+
+/* The source name as this dataset keeps it (added once). */
+static const char *dataset_source(struct dataset *d, const char *source) {
+    if (!source) return NULL;
+    for (int32_t k = 0; k < d->n_sources; k++)
+        if (strcmp(d->sources[k], source) == 0) return d->sources[k];
+    d->sources = xrealloc(d->sources, (size_t)(d->n_sources + 1) * sizeof *d->sources);
+    d->sources[d->n_sources] = xstrdup(source);
+    return d->sources[d->n_sources++];
+}
+
+int dataset_add_copy(struct dataset *d, const struct example *from) {
+    int rc = from->messages ? dataset_add_messages(d, from->task, from->messages, from->n_messages)
+                            : (dataset_add(d, from->task, from->prompt, from->completion), 0);
+    if (rc == 0) {
+        d->ex[d->n - 1].source = dataset_source(d, from->source);
+        d->ex[d->n - 1].line = from->line;
+    }
+    return rc;
 }
 
 /* Drop the examples after the first n_keep. */
@@ -76,6 +138,10 @@ void dataset_free(struct dataset *d) {
     free(d->ex);
     d->ex = NULL;
     d->cap = 0;
+    for (int32_t k = 0; k < d->n_sources; k++) free(d->sources[k]);
+    free(d->sources);
+    d->sources = NULL;
+    d->n_sources = 0;
 }
 
 void dataset_filter(struct dataset *d, const int32_t *ids, int32_t n_ids) {
@@ -145,10 +211,14 @@ static int has_escaped_nul(const char *text) {
     return 0;
 }
 
-/* The string field `key` of obj into *out; -1 with "PATH:LINE: field ..." otherwise. */
+/* The string field `key` of obj into *out; -1 with "PATH:LINE: field ..." otherwise. With
+ * optional, a missing field gives NULL. */
 static int json_string_field(const cJSON *obj, const char *key, const char *path, int line,
-                             const char **out) {
+                             int optional, const char **out) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = NULL;
+    if (item == NULL && optional)
+        return 0;
     if (item == NULL)
         return err_set("%s:%d: field '%s' missing", path, line, key);
     if (!cJSON_IsString(item) || item->valuestring == NULL)
@@ -157,9 +227,70 @@ static int json_string_field(const cJSON *obj, const char *key, const char *path
     return 0;
 }
 
-/* One non-blank line (NUL-terminated, len bytes) into the dataset. */
-static int parse_line(char *text, size_t len, const char *path, int line, struct dataset *out,
-                      struct task_table *tt) {
+int data_format_by_name(const char *name, enum data_format *out) {
+    static const char *names[] = {"auto", "prompt_completion", "text", "messages", "alpaca"};
+    for (int k = 0; k < 5; k++)
+        if (strcmp(name, names[k]) == 0) return *out = (enum data_format)k, 0;
+    return -1;
+}
+
+static const char *format_name(enum data_format f) {
+    static const char *names[] = {"auto", "prompt_completion", "text", "messages", "alpaca"};
+    return names[f];
+}
+
+/* The format of a line's object, from its fields. */
+static enum data_format format_of(const cJSON *obj) {
+    if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) return DATA_MESSAGES;
+    if (cJSON_GetObjectItemCaseSensitive(obj, "instruction")) return DATA_ALPACA;
+    if (cJSON_GetObjectItemCaseSensitive(obj, "prompt") || cJSON_GetObjectItemCaseSensitive(obj, "completion"))
+        return DATA_PROMPT_COMPLETION;
+    if (cJSON_GetObjectItemCaseSensitive(obj, "text")) return DATA_TEXT;
+    return DATA_AUTO;
+}
+
+/* Stanford Alpaca's prompts (with and without an input). */
+static char *alpaca_prompt(const char *instruction, const char *input) {
+    if (input && input[0])
+        return xasprintf("Below is an instruction that describes a task, paired with an input that "
+                         "provides further context. Write a response that appropriately completes "
+                         "the request.\n\n### Instruction:\n%s\n\n### Input:\n%s\n\n### Response:\n",
+                         instruction, input);
+    return xasprintf("Below is an instruction that describes a task. Write a response that "
+                     "appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:\n",
+                     instruction);
+}
+
+static int add_messages_line(const cJSON *obj, const char *path, int line, int32_t task,
+                             struct dataset *out) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(obj, "messages");
+    if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0)
+        return err_set("%s:%d: field 'messages' is not a non-empty list", path, line);
+    int32_t n = cJSON_GetArraySize(list), i = 0;
+    struct chat_message *m = xcalloc((size_t)n, sizeof *m);
+    int rc = 0;
+    for (const cJSON *e = list->child; e && rc == 0; e = e->next, i++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(e, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (!cJSON_IsObject(e) || !cJSON_IsString(role) || !cJSON_IsString(content))
+            rc = err_set("%s:%d: messages[%d] needs string fields 'role' and 'content'", path, line, i);
+        else if (strcmp(role->valuestring, "system") != 0 && strcmp(role->valuestring, "user") != 0 &&
+                 strcmp(role->valuestring, "assistant") != 0)
+            rc = err_set("%s:%d: messages[%d]: role '%s' is not system, user or assistant", path,
+                         line, i, role->valuestring);
+        else
+            m[i] = (struct chat_message){role->valuestring, content->valuestring};
+    }
+    if (rc == 0 && dataset_add_messages(out, task, m, n))
+        rc = err_prefix("%s:%d", path, line);
+    free(m);
+    return rc;
+}
+
+/* One non-blank line (NUL-terminated, len bytes) into the dataset. *format: the file's,
+ * recognised from its first line when it is DATA_AUTO. */
+static int parse_line(char *text, size_t len, const char *path, int line, enum data_format *format,
+                      const char *default_task, struct dataset *out, struct task_table *tt) {
     if (strlen(text) != len)
         return err_set("%s:%d: contains a NUL byte", path, line);
     size_t valid = utf8_valid_prefix((const unsigned char *)text, len);
@@ -173,22 +304,55 @@ static int parse_line(char *text, size_t len, const char *path, int line, struct
         return err_set("%s:%d: not valid JSON (column %zu)", path, line, at);
     }
     int rc = -1;
-    const char *task, *prompt, *completion;
+    const char *task = NULL, *a = NULL, *b = NULL, *c = NULL;
+    size_t n_before = out->n;
     if (!cJSON_IsObject(obj)) {
         err_set("%s:%d: not a JSON object", path, line);
     } else if (has_escaped_nul(text)) {
         err_set("%s:%d: contains the escape \\u0000 (a NUL character)", path, line);
-    } else if (json_string_field(obj, "task", path, line, &task) == 0 &&
-               json_string_field(obj, "prompt", path, line, &prompt) == 0 &&
-               json_string_field(obj, "completion", path, line, &completion) == 0) {
-        if (task[0] == '\0') {
+    } else if (*format == DATA_AUTO && (*format = format_of(obj)) == DATA_AUTO) {
+        err_set("%s:%d: no field of a known format: prompt/completion, text, messages, or "
+                "instruction/output (Alpaca)", path, line);
+    } else if (json_string_field(obj, "task", path, line, 1, &task) == 0) {
+        if (!task) task = default_task;
+        int32_t id = task[0] ? task_table_id(tt, task) : -1;
+        if (id < 0) {
             err_set("%s:%d: empty task name", path, line);
-        } else if (completion[0] == '\0') {
-            err_set("%s:%d: empty completion", path, line);
+        } else if (*format == DATA_PROMPT_COMPLETION) {
+            if (json_string_field(obj, "prompt", path, line, 0, &a) == 0 &&
+                json_string_field(obj, "completion", path, line, 0, &b) == 0) {
+                if (b[0] == '\0') err_set("%s:%d: empty completion", path, line);
+                else dataset_add(out, id, a, b), rc = 0;
+            }
+        } else if (*format == DATA_TEXT) {
+            if (json_string_field(obj, "text", path, line, 0, &a) == 0) {
+                if (a[0] == '\0') err_set("%s:%d: empty text", path, line);
+                else dataset_add(out, id, "", a), rc = 0;
+            }
+        } else if (*format == DATA_ALPACA) {
+            if (json_string_field(obj, "instruction", path, line, 0, &a) == 0 &&
+                json_string_field(obj, "input", path, line, 1, &b) == 0 &&
+                json_string_field(obj, "output", path, line, 0, &c) == 0) {
+                if (c[0] == '\0') {
+                    err_set("%s:%d: empty output", path, line);
+                } else {
+                    char *prompt = alpaca_prompt(a, b);
+                    dataset_add(out, id, prompt, c);
+                    free(prompt);
+                    rc = 0;
+                }
+            }
         } else {
-            dataset_add(out, task_table_id(tt, task), prompt, completion);
-            rc = 0;
+            rc = add_messages_line(obj, path, line, id, out);
         }
+    }
+    if (rc == 0 && out->n > n_before) {
+        out->ex[out->n - 1].source = dataset_source(out, path);
+        out->ex[out->n - 1].line = line;
+    } else if (rc != 0 && *format != DATA_AUTO && strstr(err_msg(), "' missing")) {
+        char *msg = xasprintf("%s (the file's format is %s)", err_msg(), format_name(*format));
+        err_set("%s", msg);
+        free(msg);
     }
     cJSON_Delete(obj);
     return rc;
@@ -202,8 +366,14 @@ static int is_blank(const char *s, size_t n) {
 }
 
 /* All lines of buf (len bytes, modified in place) into out. */
-static int parse_lines(char *buf, size_t len, const char *path, struct dataset *out,
-                       struct task_table *tt) {
+static int parse_lines(char *buf, size_t len, const char *path, enum data_format format,
+                       struct dataset *out, struct task_table *tt) {
+    /* the default task: the file's base name without its extension */
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *task = xstrdup(base);
+    char *dot = strrchr(task, '.');
+    if (dot && dot != task) *dot = '\0';
     size_t pos = 0;
     /* a UTF-8 byte-order mark at the start is allowed and skipped */
     if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
@@ -216,21 +386,31 @@ static int parse_lines(char *buf, size_t len, const char *path, struct dataset *
         pos += n + (nl ? 1 : 0);
         if (n > 0 && start[n - 1] == '\r')
             n--; /* CRLF line ends */
-        if (n > JSONL_MAX_LINE)
+        if (n > JSONL_MAX_LINE) {
+            free(task);
             return err_set("%s:%d: line too long (%zu bytes, at most %d)", path, line, n,
                            (int)JSONL_MAX_LINE);
+        }
         start[n] = '\0';
         if (is_blank(start, n))
             continue;
-        if (parse_line(start, n, path, line, out, tt) != 0)
+        if (parse_line(start, n, path, line, &format, task, out, tt) != 0) {
+            free(task);
             return -1;
+        }
     }
+    free(task);
     if (out->n == n_before)
         return err_set("%s: no examples (the file is empty or blank)", path);
     return 0;
 }
 
 int data_load_jsonl(const char *path, struct dataset *out, struct task_table *tt) {
+    return data_load_jsonl_as(path, DATA_AUTO, out, tt);
+}
+
+int data_load_jsonl_as(const char *path, enum data_format format, struct dataset *out,
+                       struct task_table *tt) {
     char *buf;
     size_t len;
     if (file_read_all(path, &buf, &len) != 0)
@@ -238,7 +418,7 @@ int data_load_jsonl(const char *path, struct dataset *out, struct task_table *tt
     /* on failure, leave the dataset and the task table as they were */
     size_t n_before = out->n;
     int32_t tasks_before = tt->n;
-    int rc = parse_lines(buf, len, path, out, tt);
+    int rc = parse_lines(buf, len, path, format, out, tt);
     if (rc != 0) {
         dataset_truncate(out, n_before);
         task_table_truncate(tt, tasks_before);
@@ -252,6 +432,19 @@ int data_load_jsonl(const char *path, struct dataset *out, struct task_table *tt
 /* One example as a JSON line (cJSON escapes quotes, backslashes and control bytes). */
 static char *example_json(const struct example *e, const char *task) {
     cJSON *obj = cJSON_CreateObject();
+    if (e->messages) { /* a conversation stays one */
+        cJSON *list = cJSON_AddArrayToObject(obj, "messages");
+        for (int32_t i = 0; list && i < e->n_messages; i++) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", e->messages[i].role);
+            cJSON_AddStringToObject(m, "content", e->messages[i].content);
+            cJSON_AddItemToArray(list, m);
+        }
+        cJSON_AddStringToObject(obj, "task", task);
+        char *text = cJSON_PrintUnformatted(obj);
+        cJSON_Delete(obj);
+        return text;
+    }
     if (obj == NULL || cJSON_AddStringToObject(obj, "task", task) == NULL ||
         cJSON_AddStringToObject(obj, "prompt", e->prompt) == NULL ||
         cJSON_AddStringToObject(obj, "completion", e->completion) == NULL) {

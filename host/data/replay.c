@@ -82,12 +82,13 @@ void replay_draw(const struct replay_memory *m, const size_t *pool, size_t n_poo
 
 int replay_memory_save(const struct replay_memory *m, const struct dataset *train,
                        const struct task_table *tt, const char *path) {
-    struct dataset d = {0};
+    struct dataset d = {.enc = train->enc};
     for (int32_t k = 0; k < m->n_tasks; k++)
-        for (size_t i = 0; i < m->n_ex[k]; i++) {
-            const struct example *e = &train->ex[m->ex[k][i]];
-            dataset_add(&d, e->task, e->prompt, e->completion);
-        }
+        for (size_t i = 0; i < m->n_ex[k]; i++)
+            if (dataset_add_copy(&d, &train->ex[m->ex[k][i]])) {
+                dataset_free(&d);
+                return -1;
+            }
     int rc = data_save_jsonl(path, &d, tt);
     dataset_free(&d);
     return rc;

@@ -93,7 +93,7 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
         int32_t id = strmap_get(&t->ids, whole.p, whole.n);
         bstr_free(&whole);
         if (id >= 0) {
-            encoding_push(out, id, s->src[a]);
+            tok_encoding_push(out, id, s->src[a]);
             return;
         }
     }
@@ -125,7 +125,7 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
     for (int32_t k = 0; k >= 0; k = sym[k].next) {
         int64_t offset = s->src[a + sym[k].start];
         if (sym[k].id >= 0) {
-            encoding_push(out, sym[k].id, offset);
+            tok_encoding_push(out, sym[k].id, offset);
             continue;
         }
         /* outside the vocabulary: a single character (merges only make known tokens) */
@@ -133,9 +133,9 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
         int all = t->byte_fallback;
         for (size_t j = 0; j < m && all; j++) all = t->byte_token[(uint8_t)buf[j]] >= 0;
         if (all) {
-            for (size_t j = 0; j < m; j++) encoding_push(out, t->byte_token[(uint8_t)buf[j]], offset);
+            for (size_t j = 0; j < m; j++) tok_encoding_push(out, t->byte_token[(uint8_t)buf[j]], offset);
         } else if (t->unk_id >= 0) {
-            encoding_push(out, t->unk_id, offset);
+            tok_encoding_push(out, t->unk_id, offset);
         }
     }
     free(h.v);

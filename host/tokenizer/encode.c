@@ -10,7 +10,7 @@
 #include "tok_internal.h"
 #include "unicode.h"
 
-void encoding_push(struct tok_encoding *e, int32_t id, int64_t offset) {
+void tok_encoding_push(struct tok_encoding *e, int32_t id, int64_t offset) {
     if (e->n == e->cap) {
         e->cap = e->cap ? e->cap * 2 : 64;
         e->ids = xrealloc(e->ids, e->cap * sizeof *e->ids);
@@ -68,8 +68,8 @@ static void encode_text_section(const struct tokenizer *t, const struct ustr *u,
 }
 
 static void encode_bytes(const char *text, size_t len, int add_special, struct tok_encoding *out) {
-    if (add_special & TOK_ADD_PREFIX) encoding_push(out, TOK_BOS, -1);
-    for (size_t i = 0; i < len; i++) encoding_push(out, (int32_t)(unsigned char)text[i], (int64_t)i);
+    if (add_special & TOK_ADD_PREFIX) tok_encoding_push(out, TOK_BOS, -1);
+    for (size_t i = 0; i < len; i++) tok_encoding_push(out, (int32_t)(unsigned char)text[i], (int64_t)i);
 }
 
 void tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int add_special,
@@ -117,14 +117,14 @@ void tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, i
     }
 
     if (add_special & TOK_ADD_PREFIX)
-        for (int32_t k = 0; k < t->n_post_before; k++) encoding_push(out, t->post_before[k], -1);
+        for (int32_t k = 0; k < t->n_post_before; k++) tok_encoding_push(out, t->post_before[k], -1);
     for (size_t i = 0; i < n_sec; i++) {
         if (sec[i].b <= sec[i].a) continue;
-        if (sec[i].added >= 0) encoding_push(out, t->added[sec[i].added].id, u.src[sec[i].a]);
+        if (sec[i].added >= 0) tok_encoding_push(out, t->added[sec[i].added].id, u.src[sec[i].a]);
         else encode_text_section(t, &u, sec[i].a, sec[i].b, (int32_t)i, out);
     }
     if (add_special & TOK_ADD_SUFFIX)
-        for (int32_t k = 0; k < t->n_post_after; k++) encoding_push(out, t->post_after[k], -1);
+        for (int32_t k = 0; k < t->n_post_after; k++) tok_encoding_push(out, t->post_after[k], -1);
     free(sec);
     ustr_free(&u);
 }

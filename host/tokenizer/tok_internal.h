@@ -174,6 +174,5 @@ void pretokenize_apply(const struct tokenizer *t, const struct ustr *s, int32_t 
 /* BPE on one pre-token (code points s[a..b)); appends ids and offsets to out. */
 void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a, size_t b,
                       struct tok_encoding *out);
-void encoding_push(struct tok_encoding *e, int32_t id, int64_t offset);
 
 #endif

@@ -47,6 +47,7 @@ struct tok_encoding {
 enum { TOK_ADD_PREFIX = 1, TOK_ADD_SUFFIX = 2, TOK_ADD_SPECIAL = 3 };
 void tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int add_special,
                       struct tok_encoding *out);
+void tok_encoding_push(struct tok_encoding *e, int32_t id, int64_t offset);
 void tok_encoding_free(struct tok_encoding *e);
 
 /* Ids to text: a new NUL-terminated UTF-8 string (*len its length). skip_special leaves out
