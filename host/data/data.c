@@ -117,13 +117,29 @@ static const char *dataset_source(struct dataset *d, const char *source) {
 }
 
 int dataset_add_copy(struct dataset *d, const struct example *from) {
-    int rc = from->messages ? dataset_add_messages(d, from->task, from->messages, from->n_messages)
-                            : (dataset_add(d, from->task, from->prompt, from->completion), 0);
-    if (rc == 0) {
-        d->ex[d->n - 1].source = dataset_source(d, from->source);
-        d->ex[d->n - 1].line = from->line;
+    struct example *e = dataset_new_example(d, from->task);
+    e->prompt = xstrdup(from->prompt);
+    e->completion = xstrdup(from->completion);
+    if (from->messages) {
+        e->messages = xcalloc((size_t)from->n_messages + 1, sizeof *e->messages);
+        e->n_messages = from->n_messages;
+        for (int32_t i = 0; i < from->n_messages; i++) {
+            e->messages[i].role = xstrdup(from->messages[i].role);
+            e->messages[i].content = xstrdup(from->messages[i].content);
+        }
     }
-    return rc;
+    e->source = dataset_source(d, from->source);
+    e->line = from->line;
+    if (!from->ids) return encode_last(d);
+    /* the encoding moves with the example: both datasets encode alike */
+    e->n_ids = from->n_ids;
+    e->ids = xmalloc(((size_t)from->n_ids + 1) * sizeof *e->ids);
+    e->scored = xmalloc((size_t)from->n_ids + 1);
+    memcpy(e->ids, from->ids, (size_t)from->n_ids * sizeof *e->ids);
+    memcpy(e->scored, from->scored, (size_t)from->n_ids);
+    e->n_prompt = from->n_prompt;
+    e->answer_whole = from->answer_whole;
+    return 0;
 }
 
 /* Drop the examples after the first n_keep. */

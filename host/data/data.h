@@ -61,7 +61,7 @@ void dataset_add(struct dataset *d, int32_t task, const char *prompt, const char
 /* A conversation (copied). -1 with "reason" when its template cannot render it or it has no
  * assistant turn. */
 int dataset_add_messages(struct dataset *d, int32_t task, const struct chat_message *m, int32_t n);
-/* A copy of an example of another dataset (re-encoded when the encodings differ). */
+/* A copy of an example of another dataset that encodes alike (its ids are copied). */
 int dataset_add_copy(struct dataset *d, const struct example *e);
 /* Encode e with enc (NULL: the byte tokenizer). -1 with "SOURCE:LINE: reason". */
 int example_encode(const struct data_encoding *enc, struct example *e);

@@ -33,8 +33,8 @@ static const struct host_key keys[] = {
     {"model", "d_ff", "int", "8/3 d_model, rounded up to 8", 1, 1 << 20, NULL, 0,
      "SwiGLU inner width"},
     {"model", "max_seq", "int", "64 (with path: the checkpoint's)", 2, 1 << 16, NULL, 0,
-     "longest sequence (prompt + completion) in tokens; longer examples are cut (with path: 0 "
-     "to 1048576, 0 = the checkpoint's)"},
+     "longest sequence (prompt + completion) in tokens; longer examples follow [data] "
+     "truncation (with path: 0 to 1048576, 0 = the checkpoint's)"},
     {"model", "rope_theta", "float", "10000", 1, 1e12, NULL, 0, "RoPE base"},
     {"model", "rms_eps", "float", "1e-5", 0, 1, NULL, 0, "RMSNorm epsilon"},
     {"model", "tied", "bool", "true", 0, 0, NULL, 0, "output head shares the embedding"},
@@ -47,9 +47,17 @@ static const struct host_key keys[] = {
      "held-out examples generated per built-in task"},
     {"data", "seed", "int", "[run] seed", 0, 9.2e18, NULL, 0, "seed of the built-in tasks' examples"},
     {"data", "files", "files", "", 0, 0, NULL, 0,
-     "JSONL files of {task, prompt, completion}; without eval_files every tenth example of "
-     "each task is held out for evaluation"},
+     "JSONL files of examples (see format); without eval_files every tenth example of each "
+     "task is held out for evaluation"},
     {"data", "eval_files", "files", "", 0, 0, NULL, 0, "JSONL files of held-out examples"},
+    {"data", "format", "choice", "auto", 0, 0, "auto|prompt_completion|text|messages|alpaca", 0,
+     "the files' format; auto recognises it from each file's first line (prompt/completion, "
+     "text, messages, instruction/output)"},
+    {"data", "chat_template", "choice", "auto", 0, 0, "auto|chatml|chatml-think|llama3|llama2|none", 0,
+     "how messages become text; auto recognises the model's tokenizer_config.json template"},
+    {"data", "truncation", "choice", "drop", 0, 0, "drop|left|error", 0,
+     "an example longer than the context (max_seq): dropped, cut from the left (keeping BOS), "
+     "or an error; one warning line per file with the count"},
     /* [stage.NAME]: trained stages (method = ID) and merge stages (merge = OP) */
     {"stage", "method", "string", "", 0, 0, NULL, TRAIN,
      "the method plugin's id (peft plugins lists them); its keys go in the same section"},

@@ -105,9 +105,15 @@ static int load_model_section(struct run *r) {
             return err_prefix("%s: [model] path", cfg_where(c, e, where, sizeof where));
         }
         if (max_seq > 0) r->model.cfg.max_seq = (int32_t)max_seq;
-        if (r->model.cfg.vocab < TOK_VOCAB)
-            return err_set("%s: vocab_size %d is smaller than the byte tokenizer's %d ids", path,
-                           r->model.cfg.vocab, TOK_VOCAB);
+        /* The folder's own tokenizer when it has one: never bytes read as its ids. */
+        int found = tokenizer_load_dir(path, &r->tok);
+        if (found < 0) return -1;
+        if (found && tokenizer_vocab_size(r->tok) > r->model.cfg.vocab)
+            return err_set("%s: tokenizer.json has %d ids, more than the model's vocab_size %d",
+                           path, tokenizer_vocab_size(r->tok), r->model.cfg.vocab);
+        if (!found && r->model.cfg.vocab < TOK_VOCAB)
+            return err_set("%s: vocab_size %d is smaller than the byte tokenizer's %d ids (the "
+                           "folder has no tokenizer.json)", path, r->model.cfg.vocab, TOK_VOCAB);
     } else {
         int64_t vocab = 0, d_model = 0, n_layers = 0, n_heads = 1, n_kv = 1, head_dim = 0, d_ff = 0,
                 max_seq = 0;
@@ -147,12 +153,41 @@ struct data_settings {
     int64_t n_train, n_eval;
     uint64_t seed;
     struct dataset file_train, file_eval; /* examples from JSONL files, all tasks */
+    enum truncation truncation;
+    const char *chat_problem;             /* why auto found no chat template, or NULL */
 };
+
+/* The chat template: the key's, or the one the tokenizer's template text is recognised as. */
+static void choose_chat_template(struct run *r, struct data_settings *ds, const char *name) {
+    struct cfg *c = &r->cfg;
+    if (name && strcmp(name, "auto") != 0) {
+        chat_family_by_name(name, &r->enc.chat); /* the key's choices were checked */
+        return;
+    }
+    const char *text = r->tok ? tokenizer_chat_template(r->tok) : NULL;
+    r->enc.chat = CHAT_NONE;
+    if (!r->tok) return; /* the byte tokenizer: messages as plain "role: content" lines */
+    (void)c;
+    if (!text)
+        ds->chat_problem = "has no chat_template";
+    else if (chat_family_of(text, &r->enc.chat))
+        ds->chat_problem = "has a chat_template that is not ChatML, Llama-3 or Llama-2's";
+}
 
 static int load_data_section(struct run *r, struct data_settings *ds) {
     struct cfg *c = &r->cfg;
     int64_t seed = (int64_t)r->seed;
-    const char *files = NULL, *eval_files = NULL;
+    const char *files = NULL, *eval_files = NULL, *format_name = NULL, *chat = NULL, *trunc = NULL;
+    NOTE(cfg_key_choice(c, "data", "format", &format_name));
+    NOTE(cfg_key_choice(c, "data", "chat_template", &chat));
+    NOTE(cfg_key_choice(c, "data", "truncation", &trunc));
+    enum data_format format = DATA_AUTO;
+    if (format_name) data_format_by_name(format_name, &format);
+    ds->truncation = TRUNC_DROP;
+    if (trunc) truncation_by_name(trunc, &ds->truncation);
+    r->enc.tok = r->tok;
+    choose_chat_template(r, ds, chat);
+    r->train.enc = r->eval.enc = ds->file_train.enc = ds->file_eval.enc = &r->enc;
     NOTE(cfg_key_int(c, "data", "n_train", &ds->n_train));
     NOTE(cfg_key_int(c, "data", "n_eval", &ds->n_eval));
     NOTE(cfg_key_int_def(c, "data", "seed", (int64_t)r->seed, &seed));
@@ -164,10 +199,17 @@ static int load_data_section(struct run *r, struct data_settings *ds) {
     const char *lists[2] = {files, eval_files};
     struct dataset *into[2] = {&ds->file_train, &ds->file_eval};
     const char *keys[2] = {"files", "eval_files"};
+    if ((files || eval_files) && tokenizer_eos(r->tok ? r->tok : tokenizer_bytes()) < 0) {
+        char where[512];
+        err_set("%s: [data] files: %s names no eos_token (tokenizer_config.json), so an answer "
+                "could not end", cfg_where(c, cfg_find(c, "data", files ? "files" : "eval_files"),
+                                            where, sizeof where), tokenizer_path(r->tok));
+        return -1;
+    }
     for (int k = 0; k < 2; k++) {
         words_split(&w, lists[k]);
         for (int i = 0; i < w.n; i++) {
-            if (data_load_jsonl(w.v[i], into[k], &r->tasks)) {
+            if (data_load_jsonl_as(w.v[i], format, into[k], &r->tasks)) {
                 char where[512];
                 err_prefix("%s: [data] %s",
                            cfg_where(c, cfg_find(c, "data", keys[k]), where, sizeof where), keys[k]);
@@ -183,8 +225,22 @@ static int load_data_section(struct run *r, struct data_settings *ds) {
         for (size_t i = 0; i < ds->file_train.n; i++) {
             struct example *e = &ds->file_train.ex[i];
             int hold = (seen[e->task]++ % 10) == 9;
-            dataset_add(hold ? &ds->file_eval : &keep, e->task, e->prompt, e->completion);
+            struct dataset *to = hold ? &ds->file_eval : &keep;
+            /* moved, encoding and all */
+            if (to->n == to->cap) {
+                to->cap = to->cap ? to->cap * 2 : 64;
+                to->ex = xrealloc(to->ex, to->cap * sizeof *to->ex);
+            }
+            to->ex[to->n++] = *e;
+            memset(e, 0, sizeof *e);
         }
+        keep.enc = &r->enc;
+        /* The file names the examples point at move to keep; the held-out ones point there
+         * too (file_eval owns none of its own here), and both are freed together. */
+        keep.sources = ds->file_train.sources;
+        keep.n_sources = ds->file_train.n_sources;
+        ds->file_train.sources = NULL;
+        ds->file_train.n_sources = 0;
         free(seen);
         dataset_free(&ds->file_train);
         ds->file_train = keep;
@@ -210,11 +266,11 @@ static int resolve_task(struct run *r, struct data_settings *ds, const char *nam
         if (r->eval.ex[i].task == id) return *out = id, 0;
     if (in_files) {
         for (size_t i = 0; i < ds->file_train.n; i++)
-            if (ds->file_train.ex[i].task == id)
-                dataset_add(&r->train, id, ds->file_train.ex[i].prompt, ds->file_train.ex[i].completion);
+            if (ds->file_train.ex[i].task == id && dataset_add_copy(&r->train, &ds->file_train.ex[i]))
+                return -2;
         for (size_t i = 0; i < ds->file_eval.n; i++)
-            if (ds->file_eval.ex[i].task == id)
-                dataset_add(&r->eval, id, ds->file_eval.ex[i].prompt, ds->file_eval.ex[i].completion);
+            if (ds->file_eval.ex[i].task == id && dataset_add_copy(&r->eval, &ds->file_eval.ex[i]))
+                return -2;
     } else {
         if (synth_generate(name, ds->seed, 0, (int32_t)ds->n_train, &r->train, &r->tasks) ||
             synth_generate(name, ds->seed, 1, (int32_t)ds->n_eval, &r->eval, &r->tasks))
@@ -256,6 +312,44 @@ static int resolve_task_list(struct run *r, struct data_settings *ds, struct sta
         if (!dup) (*ids)[(*n)++] = id;
     }
     words_free(&w);
+    return 0;
+}
+
+/* The data as the stages will see it: conversations have a template, every example fits the
+ * context (or the run stops, per [data] truncation), and every task a stage evaluates keeps
+ * examples it can grade. */
+static int check_data(struct run *r, struct data_settings *ds) {
+    struct cfg *c = &r->cfg;
+    char where[512];
+    size_t n_messages = 0;
+    for (size_t i = 0; i < r->train.n; i++) n_messages += r->train.ex[i].messages != NULL;
+    for (size_t i = 0; i < r->eval.n; i++) n_messages += r->eval.ex[i].messages != NULL;
+    if (n_messages && ds->chat_problem) {
+        const char *json = tokenizer_path(r->tok);
+        size_t dir_len = strrchr(json, '/') ? (size_t)(strrchr(json, '/') - json) : 0;
+        return err_set("%.*s%stokenizer_config.json %s: set [data] chat_template = "
+                       "chatml|chatml-think|llama3|llama2|none (%zu conversations in the data)",
+                       (int)dir_len, json, dir_len ? "/" : "", ds->chat_problem, n_messages);
+    }
+    int32_t max_T = r->model.cfg.max_seq;
+    struct cfg_entry *te = cfg_find(c, "data", "truncation");
+    if (dataset_fit(&r->train, max_T, ds->truncation, "training") ||
+        dataset_fit(&r->eval, max_T, ds->truncation, "evaluation"))
+        return te ? err_prefix("%s: [data] truncation = error", cfg_where(c, te, where, sizeof where)) : -1;
+    for (int32_t k = 0; k < r->n_stages; k++) {
+        const struct stage *s = &r->stages[k];
+        for (int32_t t = 0; t < s->n_eval_tasks; t++) {
+            size_t n = 0, graded = 0;
+            for (size_t i = 0; i < r->eval.n; i++)
+                if (r->eval.ex[i].task == s->eval_tasks[t]) n++, graded += r->eval.ex[i].answer_whole;
+            if (graded == 0) {
+                err_set("%s: eval task '%s' has no evaluation examples%s", s->where,
+                        r->tasks.names[s->eval_tasks[t]],
+                        n ? " whose answer fits the context" : " left (longer than the context, or none given)");
+                cfg_note(c);
+            }
+        }
+    }
     return 0;
 }
 
@@ -769,6 +863,7 @@ int run_load_cfg(struct run *r, struct cfg *cfg, const char *plugin_path) {
     }
     dataset_free(&ds.file_train);
     dataset_free(&ds.file_eval);
+    if (c->n_problems == before_data && r->stages) NOTE(check_data(r, &ds));
     if (cfg_report(c)) return -1;
     /* Every way to end without a model noted a problem, so there is one here. */
     if (!have_model) return err_set("%s: [model]: no model", c->path);
@@ -809,6 +904,8 @@ void run_free(struct run *r) {
     metrics_free(&r->metrics);
     dataset_free(&r->train);
     dataset_free(&r->eval);
+    tokenizer_free(r->tok);
+    r->tok = NULL;
     task_table_free(&r->tasks);
     model_free(&r->model);
     if (r->aux.acts) model_acts_free(r->aux.acts);

@@ -1,4 +1,5 @@
-/* eval.c: per-task evaluation: mean completion-token loss and exact-match accuracy.
+/* eval.c: per-task evaluation: mean completion-token loss and exact-match accuracy (over the
+ * examples whose whole answer fits the context; the run refuses a task with none).
  *
  * Exact match by greedy decoding is computed with one teacher-forced pass: greedy decoding
  * reproduces the reference completion (and its EOS) exactly when, at every completion
@@ -86,7 +87,7 @@ static int eval_task_labels(struct stage_env *env, struct stage *s, struct metho
     int rc = 0;
     for (size_t at = 0; at < n && rc == 0; at += per_batch) {
         size_t ne = n - at < per_batch ? n - at : per_batch;
-        struct dataset pairs = {0}; /* example e, label l at row e * L->n + l */
+        struct dataset pairs = {.enc = env->eval->enc}; /* example e, label l at row e * L->n + l */
         for (size_t e = 0; e < ne; e++) {
             const struct example *ex = &env->eval->ex[idx[at + e]];
             for (int32_t l = 0; l < L->n; l++) dataset_add(&pairs, ex->task, ex->prompt, L->v[l]);
@@ -148,7 +149,7 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
             continue;
         }
         double nll = 0;
-        int64_t tokens = 0, correct = 0;
+        int64_t tokens = 0, correct = 0, graded = 0;
         for (size_t at = 0; at < n && rc == 0; at += (size_t)s->eval_batch_size) {
             int32_t nb = (int32_t)((n - at) < (size_t)s->eval_batch_size ? n - at : (size_t)s->eval_batch_size);
             batch_make(&b, env->eval, idx + at, nb, env->model->cfg.max_seq);
@@ -171,13 +172,17 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
                     tokens++;
                     ok &= argmax(logits + (size_t)row * V, V) == target;
                 }
-                correct += ok;
+                /* exact match grades only an example whose whole answer is in the row */
+                if (env->eval->ex[idx[at + (size_t)e]].answer_whole) {
+                    correct += ok;
+                    graded++;
+                }
             }
         }
         out[k].task = task;
         out[k].n = (int32_t)n;
         out[k].loss = tokens ? nll / (double)tokens : 0.0;
-        out[k].accuracy = n ? (double)correct / (double)n : 0.0;
+        out[k].accuracy = graded ? (double)correct / (double)graded : 0.0;
     }
     free(idx);
     batch_free(&b);

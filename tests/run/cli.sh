@@ -41,11 +41,11 @@ if [ $rc -eq 2 ] && grep -q "unknown method 'nosuch'" "$TMP/err"; then ok "unkno
 n=$("$PEFT" data --list | wc -l)
 if [ "$n" -ge 10 ]; then ok "peft data --list lists $n tasks"; else bad "only $n tasks listed"; fi
 
-"$PEFT" data --tasks upper,add --n 5 --seed 3 --out "$TMP/d.jsonl" >/dev/null &&
-    [ "$(wc -l <"$TMP/d.jsonl")" -eq 10 ] && grep -q '"task":"upper"' "$TMP/d.jsonl" &&
-    ok "peft data writes JSONL" || bad "peft data --out did not write 10 lines"
+"$PEFT" data --tasks upper,add --n 10 --seed 3 --out "$TMP/d.jsonl" >/dev/null &&
+    [ "$(wc -l <"$TMP/d.jsonl")" -eq 20 ] && grep -q '"task":"upper"' "$TMP/d.jsonl" &&
+    ok "peft data writes JSONL" || bad "peft data --out did not write 20 lines"
 
-# The written JSONL is valid run input.
+# The written JSONL is valid run input (10 per task: the tenth is held out for evaluation).
 cat >"$TMP/j.ini" <<INI
 [run]
 out = $TMP/jrun
