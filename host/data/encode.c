@@ -5,7 +5,7 @@
  * each encoded on its own (the prompt's ids are those a user's prompt gives at generation
  * time), then EOS; the completion and EOS are scored. A conversation: its template's text,
  * encoded whole without added specials (templates write BOS themselves, as HF's
- * apply_chat_template does), and scored where a token starts inside an assistant span.
+ * apply_chat_template does), and scored where a token overlaps an assistant span.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,15 +63,26 @@ static int encode_messages(const struct data_encoding *enc, struct example *e) {
         return -1;
     struct tok_encoding te = {0};
     tokenizer_encode(t, text, len, 0, &te);
+    /* A token covers the text from its offset to the next token's (a character split over
+     * several tokens: each covers it); it is scored when it overlaps an assistant span, so
+     * that a token joining a template's space to the answer's first word ("_Hello") counts. */
     uint8_t *scored = xcalloc(te.n + 1, 1);
     size_t n_scored = 0;
-    for (size_t i = 0; i < te.n; i++)
-        for (size_t k = 0; k < spans.n && te.offset[i] >= 0; k += 2)
-            if ((size_t)te.offset[i] >= spans.v[k] && (size_t)te.offset[i] < spans.v[k + 1]) {
+    for (size_t i = 0; i < te.n; i++) {
+        if (te.offset[i] < 0) continue;
+        size_t a = (size_t)te.offset[i], b = len;
+        for (size_t j = i + 1; j < te.n; j++)
+            if (te.offset[j] > te.offset[i]) {
+                b = (size_t)te.offset[j];
+                break;
+            }
+        for (size_t k = 0; k < spans.n; k += 2)
+            if (a < spans.v[k + 1] && b > spans.v[k]) {
                 scored[i] = 1;
                 n_scored++;
                 break;
             }
+    }
     int rc = 0;
     if (n_scored == 0) rc = err_set("no assistant message to learn from");
     else set_ids(e, &te, scored);
