@@ -197,6 +197,21 @@ static int stage_write_done(struct run *r, struct stage *s) {
     cJSON_AddNumberToObject(j, "tokens_per_second", s->tokens_per_second);
     cJSON_AddNumberToObject(j, "eval_seconds", s->eval_seconds);
     cJSON_AddNumberToObject(j, "peak_rss_kb", (double)s->peak_rss_kb);
+    /* the training data as ids: how many the loss counts (the answers) of how many */
+    double examples = 0, sequence_tokens = 0, answer_tokens = 0;
+    for (size_t i = 0; i < r->train.n; i++) {
+        const struct example *e = &r->train.ex[i];
+        int in_stage = 0;
+        for (int32_t k = 0; k < s->n_train_tasks; k++) in_stage |= e->task == s->train_tasks[k];
+        if (!in_stage) continue;
+        examples++;
+        sequence_tokens += e->n_ids;
+        for (int32_t t = 1; t < e->n_ids; t++) answer_tokens += e->scored[t]; /* targets */
+    }
+    cJSON *data = cJSON_AddObjectToObject(j, "data");
+    cJSON_AddNumberToObject(data, "examples", examples);
+    cJSON_AddNumberToObject(data, "sequence_tokens", sequence_tokens);
+    cJSON_AddNumberToObject(data, "answer_tokens", answer_tokens);
     cJSON_AddItemToObject(j, "config", cJSON_Parse(s->config_json));
     if (s->merge) cJSON_AddItemToObject(j, "merge", merge_json(s));
     cJSON_AddItemToObject(j, "before", eval_to_json(r, s->before, s->n_eval_tasks));

@@ -21,6 +21,7 @@ declare -A flags=(
     [plugins]="--plugin-path"
     [keys]=""
     [data]="--list --tasks --out --n --split --seed"
+    [tokenize]="--no-special --ids --decode"
     [export]="--base-model --plugin-path"
     [import]="--plugin-path"
     [inspect]=""
