@@ -314,11 +314,14 @@ static void merge_put(struct merge_map *m, int32_t left, int32_t right, int32_t 
 static int set_vocab(struct loader *L, const char *token, int64_t id) {
     struct tokenizer *t = L->t;
     if (id < 0 || id >= (1 << 24)) return refuse(L, "token id out of range for '%s'", token);
-    if (id >= t->n_vocab) {
-        t->vocab = xrealloc(t->vocab, (size_t)(id + 1) * sizeof *t->vocab);
-        memset(t->vocab + t->n_vocab, 0, (size_t)(id + 1 - t->n_vocab) * sizeof *t->vocab);
-        t->n_vocab = (int32_t)id + 1;
+    if (id >= t->cap_vocab) { /* geometric: vocabularies come in id order */
+        int32_t cap = t->cap_vocab ? t->cap_vocab : 1024;
+        while (cap <= id) cap *= 2;
+        t->vocab = xrealloc(t->vocab, (size_t)cap * sizeof *t->vocab);
+        memset(t->vocab + t->cap_vocab, 0, (size_t)(cap - t->cap_vocab) * sizeof *t->vocab);
+        t->cap_vocab = cap;
     }
+    if (id >= t->n_vocab) t->n_vocab = (int32_t)id + 1;
     /* the old string stays owned until the end: the id table may still point at it */
     char *copy = xstrdup(token);
     if (t->vocab[id]) {

@@ -117,6 +117,7 @@ struct tokenizer {
     /* model (BPE) */
     char **vocab;             /* (n_vocab) id -> token string (UTF-8); NULL for unused ids */
     int32_t n_vocab;          /* largest id + 1, added tokens included */
+    int32_t cap_vocab;
     struct strmap ids;        /* token string -> id, added tokens included */
     struct merge_map merges;
     int32_t unk_id;           /* -1 if none */
