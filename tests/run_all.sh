@@ -66,6 +66,7 @@ if command -v clang >/dev/null 2>&1; then
     if CC=clang run_setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
         -Dbuildtype=debugoptimized --werror && ninja -C build-fuzz tests/fuzz/fuzz_safetensors \
         tests/fuzz/fuzz_jsonl tests/fuzz/fuzz_hf_config tests/fuzz/fuzz_run_config \
+        tests/fuzz/fuzz_tokenizer_json tests/fuzz/fuzz_tokenizer_text \
         plugins/full/peft-full.so plugins/lora/peft-lora.so plugins/loratrf/peft-loratrf.so \
         plugins/poly/peft-poly.so plugins/lota/peft-lota.so plugins/conpet/peft-conpet.so \
         >build-fuzz.build.log 2>&1; then

@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 export PEFT_PLUGIN_PATH="$build/plugins/full:$build/plugins/lora:$build/plugins/loratrf:$build/plugins/poly:$build/plugins/lota:$build/plugins/conpet"
 passed=0
 failed=0
-for t in safetensors jsonl hf_config run_config; do
+for t in safetensors jsonl hf_config run_config tokenizer_json tokenizer_text; do
     exe="$build/tests/fuzz/fuzz_$t"
     [ -x "$exe" ] || { echo "FAIL fuzz_$t: not built ($exe)"; failed=$((failed + 1)); continue; }
     mkdir -p "$work/$t" "$work/$t-crash"
