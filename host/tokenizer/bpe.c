@@ -26,12 +26,18 @@ struct candidate {
 struct heap {
     struct candidate *v;
     size_t n, cap;
+    struct candidate local[64];
 };
 
 static void heap_push(struct heap *h, struct candidate c) {
     if (h->n == h->cap) {
-        h->cap = h->cap ? h->cap * 2 : 64;
-        h->v = xrealloc(h->v, h->cap * sizeof *h->v);
+        if (h->v == h->local) {
+            h->v = xmalloc(h->cap * 2 * sizeof *h->v);
+            memcpy(h->v, h->local, h->n * sizeof *h->v);
+        } else {
+            h->v = xrealloc(h->v, h->cap * 2 * sizeof *h->v);
+        }
+        h->cap *= 2;
     }
     size_t i = h->n++;
     while (i > 0) {
@@ -88,9 +94,18 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
     if (b <= a) return;
     char buf[4];
     if (t->ignore_merges && b - a > 1) {
+        char local[256];
         struct bstr whole = {0};
-        for (size_t k = a; k < b; k++) bstr_put_cp(&whole, s->cp[k]);
-        int32_t id = strmap_get(&t->ids, whole.p, whole.n);
+        size_t n_local = 0;
+        for (size_t k = a; k < b; k++) {
+            if (!whole.p && n_local + 4 <= sizeof local) {
+                n_local += utf8_put(s->cp[k], local + n_local);
+                continue;
+            }
+            if (!whole.p) bstr_put(&whole, local, n_local);
+            bstr_put_cp(&whole, s->cp[k]);
+        }
+        int32_t id = whole.p ? strmap_get(&t->ids, whole.p, whole.n) : strmap_get(&t->ids, local, n_local);
         bstr_free(&whole);
         if (id >= 0) {
             tok_encoding_push(out, id, s->src[a]);
@@ -98,13 +113,17 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
         }
     }
     size_t n = b - a;
-    struct symbol *sym = xmalloc(n * sizeof *sym);
+    struct symbol local_sym[64]; /* most pre-tokens are short: no allocation for them */
+    struct symbol *sym = n <= 64 ? local_sym : xmalloc(n * sizeof *sym);
     for (size_t k = 0; k < n; k++) {
-        size_t m = utf8_put(s->cp[a + k], buf);
-        sym[k] = (struct symbol){strmap_get(&t->ids, buf, m), (int32_t)k - 1,
-                                 k + 1 < n ? (int32_t)k + 1 : -1, (uint32_t)k};
+        uint32_t cp = s->cp[a + k];
+        int32_t id = cp < 512 ? t->char_id[cp] : strmap_get(&t->ids, buf, utf8_put(cp, buf));
+        sym[k] = (struct symbol){id, (int32_t)k - 1, k + 1 < n ? (int32_t)k + 1 : -1, (uint32_t)k};
     }
-    struct heap h = {0};
+    struct heap h;
+    h.v = h.local;
+    h.n = 0;
+    h.cap = sizeof h.local / sizeof h.local[0];
     for (size_t k = 0; k + 1 < n; k++) consider(t, &h, sym, (int32_t)k);
     while (h.n > 0) {
         struct candidate c = heap_pop(&h);
@@ -138,6 +157,6 @@ void bpe_encode_piece(const struct tokenizer *t, const struct ustr *s, size_t a,
             tok_encoding_push(out, t->unk_id, offset);
         }
     }
-    free(h.v);
-    free(sym);
+    if (h.v != h.local) free(h.v);
+    if (sym != local_sym) free(sym);
 }

@@ -539,6 +539,10 @@ int tokenizer_load(const char *json_path, const char *config_path, struct tokeni
     if (!rc) rc = read_section(&L, root, "post_processor", read_post);
     if (!rc) rc = read_section(&L, root, "decoder", read_decoder);
     cJSON_Delete(root);
+    for (uint32_t cp = 0; cp < 512 && !rc; cp++) {
+        char ch[4];
+        t->char_id[cp] = strmap_get(&t->ids, ch, utf8_put(cp, ch));
+    }
     if (!rc && config_path && file_exists(config_path)) {
         if (file_read_all(config_path, &text, &len)) {
             rc = -1;

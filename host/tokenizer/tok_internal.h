@@ -123,6 +123,8 @@ struct tokenizer {
     int32_t unk_id;           /* -1 if none */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t byte_token[256];  /* byte_fallback: id of <0xXX>, -1 if absent */
+    int32_t char_id[512];     /* id of the one-character token of each code point below 512
+                                 (all of ByteLevel's alphabet), -1 if none: BPE's first step */
     int byte_level;           /* a ByteLevel pre-tokenizer maps bytes to characters */
 
     struct normalizer *norm;
