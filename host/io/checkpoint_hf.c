@@ -113,31 +113,56 @@ static int require_false(const char *path, const cJSON *root, const char *key,
     return 0;
 }
 
-/* rope_scaling (v4) or rope_parameters (v5): only the default, unscaled RoPE is implemented. */
-static int check_rope_type(const char *path, const char *key, const cJSON *obj) {
+/* rope_scaling (v4) or rope_parameters (v5): the default RoPE, "linear" (positions divided by
+ * factor) and "llama3" (Llama 3.1's frequency-dependent scaling). The others (dynamic, yarn,
+ * longrope, ...) are refused by name. */
+static int read_rope(const char *path, const char *key, const cJSON *obj, struct rope_scaling *out) {
     if (!cJSON_IsObject(obj))
         return err_set("%s: %s: expected an object or null, got %s", path, key, kind_of(obj));
     const cJSON *type = get_key(obj, "rope_type");
     const char *field = "rope_type";
-    if (!type) { /* very old files spell it "type" */
+    if (!type) { /* older files spell it "type" */
         type = get_key(obj, "type");
         field = "type";
     }
     if (type && !cJSON_IsString(type))
         return err_set("%s: %s: %s: expected a string, got %s", path, key, field,
                        kind_of(type));
-    if (type && strcmp(type->valuestring, "default") != 0)
-        return err_set("%s: %s: %s '%s' is not supported (only the default, unscaled RoPE is "
-                       "implemented)", path, key, field, type->valuestring);
     if (!type) {
         for (const cJSON *c = obj->child; c; c = c->next)
             if (cJSON_IsObject(c))
                 return err_set("%s: %s: per-layer-type RoPE settings ('%s') are not supported",
                                path, key, c->string);
         if (strcmp(key, "rope_scaling") == 0 && obj->child)
-            return err_set("%s: rope_scaling: no rope_type given; only the default, unscaled "
-                           "RoPE is implemented", path);
+            return err_set("%s: rope_scaling: no rope_type given", path);
+        return 0;
     }
+    const char *t = type->valuestring;
+    if (strcmp(t, "default") == 0) return 0;
+    if (strcmp(t, "linear") != 0 && strcmp(t, "llama3") != 0)
+        return err_set("%s: %s: %s '%s' is not supported (default, linear, llama3)", path, key,
+                       field, t);
+    char where[96];
+    snprintf(where, sizeof where, "%s: factor", key);
+    const cJSON *f = get_key(obj, "factor");
+    if (!f) return err_set("%s: %s: factor missing (rope_type %s)", path, key, t);
+    if (get_pos_float(path, where, f, &out->factor) != 0) return -1;
+    out->type = strcmp(t, "linear") == 0 ? ROPE_LINEAR : ROPE_LLAMA3;
+    if (out->type == ROPE_LINEAR) return 0;
+    static const char *names[3] = {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    float v[3];
+    for (int k = 0; k < 3; k++) {
+        const cJSON *x = get_key(obj, names[k]);
+        snprintf(where, sizeof where, "%s: %s", key, names[k]);
+        if (!x) return err_set("%s: %s: %s missing (rope_type llama3)", path, key, names[k]);
+        if (get_pos_float(path, where, x, &v[k]) != 0) return -1;
+    }
+    if (!(v[1] > v[0]))
+        return err_set("%s: %s: high_freq_factor %g must exceed low_freq_factor %g", path, key,
+                       (double)v[1], (double)v[0]);
+    out->low_freq_factor = v[0];
+    out->high_freq_factor = v[1];
+    out->original_context = (int32_t)v[2];
     return 0;
 }
 
@@ -188,8 +213,13 @@ static int parse_config(const char *path, const cJSON *root, struct model_config
     /* RoPE: v5 rope_parameters.rope_theta, else v4 top-level rope_theta, else 10000 */
     const cJSON *scaling = get_key(root, "rope_scaling");
     const cJSON *params = get_key(root, "rope_parameters");
-    if (scaling && check_rope_type(path, "rope_scaling", scaling) != 0) return -1;
-    if (params && check_rope_type(path, "rope_parameters", params) != 0) return -1;
+    struct rope_scaling from_scaling = {0}, from_params = {0};
+    if (scaling && !cJSON_IsNull(scaling) && read_rope(path, "rope_scaling", scaling, &from_scaling) != 0) return -1;
+    if (params && read_rope(path, "rope_parameters", params, &from_params) != 0) return -1;
+    if (from_scaling.type != ROPE_DEFAULT && from_params.type != ROPE_DEFAULT &&
+        memcmp(&from_scaling, &from_params, sizeof from_scaling) != 0)
+        return err_set("%s: rope_scaling disagrees with rope_parameters", path);
+    c->rope = from_params.type != ROPE_DEFAULT ? from_params : from_scaling;
     const cJSON *theta_top = get_key(root, "rope_theta");
     const cJSON *theta_v5 = params ? get_key(params, "rope_theta") : NULL;
     float top = 0, v5 = 0;
@@ -475,8 +505,24 @@ static char *config_json(const struct model_config *c) {
     float_text(num, sizeof num, c->rope_theta);
     cJSON_AddRawToObject(root, "rope_theta", num); /* transformers v4 */
     cJSON *rope = cJSON_AddObjectToObject(root, "rope_parameters"); /* transformers v5 */
-    cJSON_AddStringToObject(rope, "rope_type", "default");
+    static const char *rope_names[3] = {"default", "linear", "llama3"};
+    cJSON_AddStringToObject(rope, "rope_type", rope_names[c->rope.type]);
     cJSON_AddRawToObject(rope, "rope_theta", num);
+    if (c->rope.type != ROPE_DEFAULT) {
+        cJSON *v4 = cJSON_AddObjectToObject(root, "rope_scaling");
+        cJSON_AddStringToObject(v4, "rope_type", rope_names[c->rope.type]);
+        for (int k = 0; k < 2; k++) {
+            cJSON *o = k ? v4 : rope;
+            float_text(num, sizeof num, c->rope.factor);
+            cJSON_AddRawToObject(o, "factor", num);
+            if (c->rope.type != ROPE_LLAMA3) continue;
+            float_text(num, sizeof num, c->rope.low_freq_factor);
+            cJSON_AddRawToObject(o, "low_freq_factor", num);
+            float_text(num, sizeof num, c->rope.high_freq_factor);
+            cJSON_AddRawToObject(o, "high_freq_factor", num);
+            cJSON_AddNumberToObject(o, "original_max_position_embeddings", c->rope.original_context);
+        }
+    }
     cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tied != 0);
     cJSON_AddBoolToObject(root, "attention_bias", 0);
     cJSON_AddBoolToObject(root, "mlp_bias", 0);

@@ -69,6 +69,15 @@ int model_config_check(const struct model_config *c)
         return err_set("rms_eps: %g must be positive and finite", (double)c->rms_eps);
     if (!(c->rope_theta > 0.0f) || !isfinite(c->rope_theta))
         return err_set("rope_theta: %g must be positive and finite", (double)c->rope_theta);
+    if (c->rope.type != ROPE_DEFAULT && (!(c->rope.factor > 0.0f) || !isfinite(c->rope.factor)))
+        return err_set("rope_scaling: factor %g must be positive and finite", (double)c->rope.factor);
+    if (c->rope.type == ROPE_LLAMA3 &&
+        (!(c->rope.high_freq_factor > c->rope.low_freq_factor) || !(c->rope.low_freq_factor > 0.0f) ||
+         c->rope.original_context <= 0))
+        return err_set("rope_scaling: llama3 needs 0 < low_freq_factor (%g) < high_freq_factor (%g) "
+                       "and a positive original_max_position_embeddings (%d)",
+                       (double)c->rope.low_freq_factor, (double)c->rope.high_freq_factor,
+                       (int)c->rope.original_context);
     if (c->tied != 0 && c->tied != 1)
         return err_set("tied: %d must be 0 or 1", (int)c->tied);
     /* Keep every sgemm dimension and leading dimension inside int. */
@@ -525,7 +534,7 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
     memcpy(a->tokens, tokens, (size_t)n * sizeof *tokens);
     for (int32_t i = 0; i < n; i++)
         a->targets[i] = targets ? targets[i] : -1;
-    rope_table(a->rope_cos, a->rope_sin, T, D, c->rope_theta);
+    rope_table(a->rope_cos, a->rope_sin, T, D, c);
 
     embedding_forward(a->layers[0].resid, a->tokens, m->w.embed, n, C);
     for (int32_t l = 0; l < c->n_layers; l++) {

@@ -34,7 +34,19 @@ struct model_config {
     float rms_eps;
     float rope_theta;
     int32_t tied;        /* lm_head shares embed_tokens */
+    struct rope_scaling {
+        int32_t type;             /* ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 */
+        float factor;             /* linear, llama3: frequencies divided by it */
+        float low_freq_factor;    /* llama3: wavelengths above original / low are scaled */
+        float high_freq_factor;   /* llama3: wavelengths below original / high are kept */
+        int32_t original_context; /* llama3: original_max_position_embeddings */
+    } rope;
 };
+enum { ROPE_DEFAULT = 0, ROPE_LINEAR = 1, ROPE_LLAMA3 = 2 };
+
+/* The inverse frequency of RoPE pair j of D (HF's _compute_*_parameters; a zeroed scaling is
+ * the default RoPE). */
+double rope_inv_freq(const struct model_config *c, int32_t j, int32_t D);
 
 enum site_kind {
     SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITE_KINDS

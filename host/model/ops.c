@@ -1,6 +1,7 @@
 /* ops.c: the kernels of the llama decoder (see ops.h). Matrix products go through
  * cblas_sgemm; the rest are plain loops over contiguous rows. */
 #include "ops.h"
+#include "model.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -128,11 +129,26 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
 
 /* ---- rotary embeddings ----------------------------------------------------------------- */
 
-void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, float theta)
+double rope_inv_freq(const struct model_config *c, int32_t j, int32_t D)
+{
+    double f = pow((double)c->rope_theta, -2.0 * j / (double)D);
+    const struct rope_scaling *r = &c->rope;
+    if (r->type == ROPE_LINEAR) return f / r->factor;
+    if (r->type != ROPE_LLAMA3) return f;
+    /* Llama 3.1: long wavelengths slowed by factor, short ones kept, a smooth blend between */
+    double L = r->original_context, wavelen = 2.0 * M_PI / f;
+    double low_wavelen = L / r->low_freq_factor, high_wavelen = L / r->high_freq_factor;
+    if (wavelen < high_wavelen) return f;
+    if (wavelen > low_wavelen) return f / r->factor;
+    double smooth = (L / wavelen - r->low_freq_factor) / (r->high_freq_factor - r->low_freq_factor);
+    return (1.0 - smooth) * f / r->factor + smooth * f;
+}
+
+void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, const struct model_config *c)
 {
     int32_t half = D / 2;
     for (int32_t j = 0; j < half; j++) {
-        double inv_freq = pow((double)theta, -2.0 * j / (double)D);
+        double inv_freq = rope_inv_freq(c, j, D);
         for (int32_t t = 0; t < T; t++) {
             double angle = (double)t * inv_freq;
             cos_t[(size_t)t * half + j] = (float)cos(angle);

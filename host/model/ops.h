@@ -36,7 +36,8 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
                       const float *rstd, int32_t n, int32_t c);
 
 /* cos, sin (T, D/2): angle t * theta^(-2j/D). */
-void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, float theta);
+struct model_config;
+void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, const struct model_config *c);
 /* In place on x (B*T, n_heads*D), HF rotate-half: element j pairs with j + D/2, position t
  * restarts at 0 for every sequence. */
 void rope_forward(float *x, const float *cos_t, const float *sin_t, int32_t B, int32_t T,

@@ -307,13 +307,16 @@ static const struct bad_case cases[] = {
      "tensor 'lm_head.weight' differs from 'model.embed_tokens.weight'"},
     {"i64_weight", 0, EDIT_WEIGHTS, NULL, "!model.norm.weight", "model.safetensors",
      "tensor 'model.norm.weight' has dtype I64"},
-    {"rope_scaling_llama3", 0, EDIT_CONFIG,
-     "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": "
-     "1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}",
-     "rope_parameters", "config.json", "rope_scaling: rope_type 'llama3' is not supported"},
+    {"rope_scaling_dynamic", 0, EDIT_CONFIG,
+     "{\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}}",
+     "rope_parameters", "config.json", "rope_scaling: rope_type 'dynamic' is not supported"},
     {"rope_scaling_old_type", 0, EDIT_CONFIG,
-     "{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", "rope_parameters",
-     "config.json", "rope_scaling: type 'linear' is not supported"},
+     "{\"rope_scaling\": {\"type\": \"longrope\", \"factor\": 2.0}}", "rope_parameters",
+     "config.json", "rope_scaling: type 'longrope' is not supported"},
+    {"rope_llama3_no_high", 0, EDIT_CONFIG,
+     "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": "
+     "1.0, \"original_max_position_embeddings\": 8192}}",
+     "rope_parameters", "config.json", "rope_scaling: high_freq_factor missing"},
     {"rope_parameters_yarn", 0, EDIT_CONFIG,
      "{\"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 123456.703, \"factor\": "
      "4.0}}", NULL, "config.json", "rope_parameters: rope_type 'yarn' is not supported"},
