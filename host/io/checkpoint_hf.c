@@ -241,6 +241,12 @@ static int parse_config(const char *path, const cJSON *root, struct model_config
 
 int hf_config_load(const char *dir, struct model_config *c) {
     char *path = path_join(dir, "config.json");
+    int rc = hf_config_load_file(path, c);
+    free(path);
+    return rc;
+}
+
+int hf_config_load_file(const char *path, struct model_config *c) {
     char *text = NULL;
     size_t len = 0;
     int rc = file_read_all(path, &text, &len);
@@ -259,7 +265,6 @@ int hf_config_load(const char *dir, struct model_config *c) {
         }
     }
     free(text);
-    free(path);
     return rc;
 }
 

@@ -11,6 +11,8 @@
 
 /* Parse DIR/config.json into c. -1 with "DIR/config.json: key: reason". */
 int hf_config_load(const char *dir, struct model_config *c);
+/* The same for a config.json given by its path. */
+int hf_config_load_file(const char *path, struct model_config *c);
 /* Load the model in DIR (config.json + model.safetensors): model_init + weights.
  * -1 with the file and the tensor or key named. */
 int hf_model_load(const char *dir, struct model *m);

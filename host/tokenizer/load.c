@@ -30,6 +30,15 @@ static const char *type_of(const cJSON *o) {
     return cJSON_IsString(ty) ? ty->valuestring : NULL;
 }
 
+/* A JSON number that is an integer in [lo, hi] (checked before any conversion). */
+static int int_in(const cJSON *v, int64_t lo, int64_t hi, int64_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= (double)lo && v->valuedouble <= (double)hi) ||
+        v->valuedouble != (double)(int64_t)v->valuedouble)
+        return -1;
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
 static int flag(const cJSON *o, const char *key, int def) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
@@ -195,9 +204,10 @@ static int special_id(struct loader *L, const cJSON *o, const char *name, int32_
     if (*id >= 0) return 0;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "special_tokens");
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, name), "ids");
-    if (cJSON_IsArray(ids) && cJSON_GetArraySize(ids) == 1 && cJSON_IsNumber(ids->child)) {
-        *id = (int32_t)ids->child->valuedouble;
-        if (*id >= 0 && *id < L->t->n_vocab) return 0;
+    int64_t v;
+    if (cJSON_IsArray(ids) && cJSON_GetArraySize(ids) == 1 && int_in(ids->child, 0, L->t->n_vocab - 1, &v) == 0) {
+        *id = (int32_t)v;
+        return 0;
     }
     return refuse(L, "special token '%s' is not in the vocabulary", name);
 }
@@ -286,8 +296,11 @@ static int read_decoder(struct loader *L, const cJSON *o) {
         d->kind = DEC_STRIP;
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "start");
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "stop");
-        d->start = cJSON_IsNumber(a) ? (int32_t)a->valuedouble : 0;
-        d->stop = cJSON_IsNumber(b) ? (int32_t)b->valuedouble : 0;
+        int64_t start = 0, stop = 0;
+        if ((a && int_in(a, 0, 1 << 20, &start)) || (b && int_in(b, 0, 1 << 20, &stop)))
+            return refuse(L, "Strip: start and stop must be counts", NULL);
+        d->start = (int32_t)start;
+        d->stop = (int32_t)stop;
         if (one_char(L, o, "content", ' ', &d->strip_char)) return -1;
     } else if (type && strcmp(type, "Metaspace") == 0) {
         d->kind = DEC_METASPACE;
@@ -353,9 +366,10 @@ static int read_model(struct loader *L, const cJSON *m) {
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(m, "vocab");
     if (!cJSON_IsObject(vocab)) return refuse(L, "vocab must be an object {token: id}", NULL);
     for (const cJSON *e = vocab->child; e; e = e->next) {
-        if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int64_t)e->valuedouble)
-            return refuse(L, "vocab: the id of '%s' is not an integer", e->string);
-        if (set_vocab(L, e->string, (int64_t)e->valuedouble)) return -1;
+        int64_t v;
+        if (int_in(e, 0, (1 << 24) - 1, &v))
+            return refuse(L, "vocab: the id of '%s' is not an integer in [0, 16777215]", e->string);
+        if (set_vocab(L, e->string, v)) return -1;
     }
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(m, "unk_token");
     t->unk_id = cJSON_IsString(unk) ? strmap_get(&t->ids, unk->valuestring, strlen(unk->valuestring)) : -1;
@@ -433,16 +447,17 @@ static int read_added(struct loader *L, const cJSON *list) {
         snprintf(L->where + base, sizeof L->where - base, "[%d]", i);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
-        if (!cJSON_IsNumber(id) || !cJSON_IsString(content) || !content->valuestring[0])
-            return refuse(L, "an added token needs an integer id and a non-empty content", NULL);
+        int64_t id_value;
+        if (int_in(id, 0, (1 << 24) - 1, &id_value) || !cJSON_IsString(content) || !content->valuestring[0])
+            return refuse(L, "an added token needs an id in [0, 16777215] and a non-empty content", NULL);
         t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof *t->added);
         struct added_token *a = &t->added[t->n_added++];
         a->content = xstrdup(content->valuestring);
-        a->id = (int32_t)id->valuedouble;
+        a->id = (int32_t)id_value;
         a->lstrip = (uint8_t)flag(e, "lstrip", 0);
         a->rstrip = (uint8_t)flag(e, "rstrip", 0);
         a->special = (uint8_t)flag(e, "special", 0);
-        if (set_vocab(L, a->content, (int64_t)id->valuedouble)) return -1;
+        if (set_vocab(L, a->content, id_value)) return -1;
     }
     L->where[base] = '\0';
     t->trie = added_trie_build(t->added, t->n_added);

@@ -28,6 +28,7 @@ void ustr_push(struct ustr *s, uint32_t cp, uint32_t src) {
 }
 
 void ustr_append(struct ustr *s, const struct ustr *from, size_t a, size_t b) {
+    if (b <= a) return; /* nothing (and maybe no buffer on either side) */
     ustr_reserve(s, s->n + (b - a));
     memcpy(s->cp + s->n, from->cp + a, (b - a) * sizeof *s->cp);
     memcpy(s->src + s->n, from->src + a, (b - a) * sizeof *s->src);

