@@ -481,8 +481,8 @@ const float *model_hidden(const struct model_acts *a) { return a->hidden; }
 /* ---- forward --------------------------------------------------------------------------- */
 
 /* y (n, d_out) = x W^T at a site, then the site's hook. */
-static int site_forward(const struct model *m, const struct model_hooks *hk, int32_t site,
-                        const float *x, float *y, int32_t n)
+int model_site_forward(const struct model *m, const struct model_hooks *hk, int32_t site,
+                       const float *x, float *y, int32_t n)
 {
     int32_t d_in, d_out;
     model_site_dims(m, site, &d_in, &d_out);
@@ -544,23 +544,23 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
         int32_t s0 = l * SITE_KINDS;
 
         rmsnorm_forward(la->xn1, la->rstd1, la->resid, lw->attn_norm, n, C, c->rms_eps);
-        if (site_forward(m, hooks, s0 + SITE_Q, la->xn1, la->q, n) != 0 ||
-            site_forward(m, hooks, s0 + SITE_K, la->xn1, la->k, n) != 0 ||
-            site_forward(m, hooks, s0 + SITE_V, la->xn1, la->v, n) != 0)
+        if (model_site_forward(m, hooks, s0 + SITE_Q, la->xn1, la->q, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_K, la->xn1, la->k, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_V, la->xn1, la->v, n) != 0)
             return -1;
         rope_forward(la->q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_forward(la->k, a->rope_cos, a->rope_sin, B, T, KV, D);
         attention_forward(la->yatt, la->att, la->q, la->k, la->v, B, T, H, KV, D);
-        if (site_forward(m, hooks, s0 + SITE_O, la->yatt, a->proj, n) != 0)
+        if (model_site_forward(m, hooks, s0 + SITE_O, la->yatt, a->proj, n) != 0)
             return -1;
         add_rows(la->h, la->resid, a->proj, nC);
 
         rmsnorm_forward(la->xn2, la->rstd2, la->h, lw->mlp_norm, n, C, c->rms_eps);
-        if (site_forward(m, hooks, s0 + SITE_GATE, la->xn2, la->gate, n) != 0 ||
-            site_forward(m, hooks, s0 + SITE_UP, la->xn2, la->up, n) != 0)
+        if (model_site_forward(m, hooks, s0 + SITE_GATE, la->xn2, la->gate, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_UP, la->xn2, la->up, n) != 0)
             return -1;
         swiglu_forward(la->act, la->gate, la->up, (size_t)n * c->d_ff);
-        if (site_forward(m, hooks, s0 + SITE_DOWN, la->act, a->proj, n) != 0)
+        if (model_site_forward(m, hooks, s0 + SITE_DOWN, la->act, a->proj, n) != 0)
             return -1;
         add_rows(out, la->h, a->proj, nC);
     }

@@ -152,6 +152,10 @@ struct model_hooks {
                            int32_t n_rows);
 };
 
+/* One site's product for n rows: y (n, d_out) = x (n, d_in) W^T, then the hook's part. */
+int model_site_forward(const struct model *m, const struct model_hooks *hk, int32_t site,
+                       const float *x, float *y, int32_t n);
+
 /* Activations of one pass for a (B, T) batch; grows on demand. */
 struct model_acts;
 struct model_acts *model_acts_new(void);
@@ -174,5 +178,18 @@ const float *model_hidden(const struct model_acts *a);
 
 /* FLOPs of one training step (forward + backward, all parameters) per token, for benchmarks. */
 double model_train_flops_per_token(const struct model_config *c, int32_t T);
+
+/* ---- decoding with a key/value cache (decode.c) ------------------------------------------ */
+/* The keys (after RoPE) and values of every layer for the positions seen so far, so that each
+ * new token costs one row of every product instead of the whole sequence again. */
+struct model_kv_cache;
+/* A cache for up to cap positions (at most max_seq). */
+struct model_kv_cache *model_kv_cache_new(const struct model *m, int32_t cap);
+void model_kv_cache_free(struct model_kv_cache *c);
+int32_t model_kv_cache_len(const struct model_kv_cache *c);
+/* Run tokens[0..n) at the next n positions; logits (V) of the last one into logits. -1 with
+ * "the context is full (cap positions)" or a hook's error. */
+int model_decode(struct model *m, struct model_kv_cache *c, const int32_t *tokens, int32_t n,
+                 const struct model_hooks *hooks, float *logits);
 
 #endif
