@@ -564,3 +564,18 @@ int hf_model_save(const char *dir, const struct model *m, const char *const *met
     free(cfg_path);
     return rc;
 }
+
+int hf_copy_tokenizer(const char *from_dir, const char *to_dir) {
+    static const char *names[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    int rc = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0] && rc == 0; k++) {
+        char *from = path_join(from_dir, names[k]), *to = path_join(to_dir, names[k]);
+        char *text = NULL;
+        size_t len = 0;
+        if (file_exists(from)) rc = file_read_all(from, &text, &len) || file_write_atomic(to, text, len) ? -1 : 0;
+        free(text);
+        free(from);
+        free(to);
+    }
+    return rc;
+}

@@ -19,5 +19,8 @@ int hf_model_load(const char *dir, struct model *m);
 /* Write DIR/config.json and DIR/model.safetensors (extra metadata pairs optional, NULL-ended
  * key/value array). Creates DIR. */
 int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv);
+/* Copy the tokenizer files of a model folder (tokenizer.json, tokenizer_config.json,
+ * generation_config.json, those present) into another, atomically each. */
+int hf_copy_tokenizer(const char *from_dir, const char *to_dir);
 
 #endif

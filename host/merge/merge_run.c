@@ -73,6 +73,7 @@ static int save_model_dir(struct stage_env *env, const struct stage *s, const st
     const char **a = meta_array(meta);
     char *dir = path_join(s->dir, "model");
     int rc = hf_model_save(dir, env->model, a);
+    if (rc == 0 && env->model_dir) rc = hf_copy_tokenizer(env->model_dir, dir);
     free(dir);
     free(a);
     return rc;

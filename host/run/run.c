@@ -19,7 +19,7 @@ struct stage_env *run_env(struct run *r) {
         .train = &r->train, .eval = &r->eval, .stages = r->stages, .n_stages = r->n_stages,
         .base_params = r->base_params, .metrics = &r->metrics, .aux = &r->aux, .seed = r->seed,
         .resume = r->resume, .quiet = r->quiet, .progress = r->quiet ? 0 : r->progress,
-        .stop_after = r->stop_after};
+        .stop_after = r->stop_after, .model_dir = r->model_dir};
     return &r->env;
 }
 
@@ -152,6 +152,7 @@ static int stage_write_outputs(struct run *r, struct stage *s, struct method_run
         /* The merged model: the way base models are made for later runs ([model] path). */
         char *dir = path_join(s->dir, "model");
         rc = hf_model_save(dir, &r->model, meta);
+        if (rc == 0 && r->model_dir) rc = hf_copy_tokenizer(r->model_dir, dir);
         free(dir);
     }
     free(hash);

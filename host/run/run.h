@@ -31,6 +31,7 @@ struct run {
     struct model model;
     float *base_params;         /* the model before any stage */
     /* data */
+    char *model_dir;            /* [model] path, NULL for a generated model */
     struct tokenizer *tok;      /* the model folder's tokenizer.json; NULL: the byte tokenizer */
     struct data_encoding enc;   /* how examples become ids (the datasets point here) */
     struct task_table tasks;

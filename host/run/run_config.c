@@ -105,6 +105,7 @@ static int load_model_section(struct run *r) {
             return err_prefix("%s: [model] path", cfg_where(c, e, where, sizeof where));
         }
         if (max_seq > 0) r->model.cfg.max_seq = (int32_t)max_seq;
+        r->model_dir = xstrdup(path);
         /* The folder's own tokenizer when it has one: never bytes read as its ids. */
         int found = tokenizer_load_dir(path, &r->tok);
         if (found < 0) return -1;
@@ -906,6 +907,8 @@ void run_free(struct run *r) {
     dataset_free(&r->eval);
     tokenizer_free(r->tok);
     r->tok = NULL;
+    free(r->model_dir);
+    r->model_dir = NULL;
     task_table_free(&r->tasks);
     model_free(&r->model);
     if (r->aux.acts) model_acts_free(r->aux.acts);

@@ -100,6 +100,8 @@ struct stage_env {
     struct stage *stages;               /* (n_stages) the chain, in order */
     int32_t n_stages;
     const float *base_params;           /* (model->n_params) the model before any stage */
+    const char *model_dir;              /* [model] path (its tokenizer goes with written
+                                         * models); NULL for a generated model */
     struct metrics *metrics;
     struct aux_pass *aux;
     uint64_t seed;                      /* the run's seed */

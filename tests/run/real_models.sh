@@ -13,8 +13,8 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     printf '{"messages":[{"role":"user","content":"What colour is sky number %d?"},{"role":"assistant","content":"The sky is blue."}]}\n' "$i"
 done >chat.jsonl
 
-one() { # name, config, tokenizer, extra [data] line
-    local name=$1 config=$2 tok=$3 extra=$4
+one() { # name, config, tokenizer, extra [data] line, generate's chat option
+    local name=$1 config=$2 tok=$3 extra=$4 chat=$5
     "$PEFT" init-model "$configs/$config.json" "$name" --layers 2 >/dev/null 2>err ||
         { bad "$name: init-model: $(cat err)"; return; }
     cp "$cache/tokenizers/$tok/tokenizer.json" "$cache/tokenizers/$tok/tokenizer_config.json" "$name/"
@@ -34,6 +34,7 @@ steps = 30
 batch_size = 4
 lr = 1e-2
 eval_every = 0
+save_model = true
 INI
     if ! "$PEFT" run "$name.ini" --quiet >/dev/null 2>err; then
         bad "$name: run: $(cat err)"
@@ -51,9 +52,17 @@ INI
     else
         bad "$name: export: $(cat err; cat "hf-$name/adapter_config.json" 2>/dev/null)"
     fi
+    # the trained model answers: greedy generation through the chat template
+    "$PEFT" generate "out-$name/chat" $chat --prompt "What colour is sky number 3?" --max-new-tokens 12 \
+        >gen.txt 2>gen.err
+    if [ $? -eq 0 ] && grep -q "The sky is blue." gen.txt; then
+        ok "$name: peft generate $chat: '$(cat gen.txt)' ($(cat gen.err))"
+    else
+        bad "$name: generate: '$(cat gen.txt)' $(cat gen.err)"
+    fi
     rm -rf "$name" "out-$name/chat/model"
 }
 
-one tinyllama TinyLlama-1.1B llama2 "chat_template = llama2"
-one llama32 Llama-3.2-1B llama3 ""
+one tinyllama TinyLlama-1.1B llama2 "chat_template = llama2" "--chat-template llama2"
+one llama32 Llama-3.2-1B llama3 "" "--chat"
 finish
