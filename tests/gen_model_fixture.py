@@ -2,6 +2,9 @@
 # Writes the PyTorch reference fixtures of the model test (tests/model/model_torch.c):
 #   tests/fixtures/model_tied_gqa.bin    tied head, grouped-query attention
 #   tests/fixtures/model_untied_mha.bin  untied head, H == KV, head_dim != d_model / n_heads
+#   tests/fixtures/model_qwen2.bin       qwen2: q/k/v biases (modeling_qwen2.py)
+#   tests/fixtures/model_qwen3.bin       qwen3: per-head RMSNorm of q and k before RoPE, H*D != C
+#   tests/fixtures/model_llama3_rope.bin llama with rope_scaling llama3 (modeling_rope_utils.py)
 # Regenerate from the repository root with:  /usr/bin/python3 tests/gen_model_fixture.py
 # (needs torch; not run by the build or CI). The output is deterministic for a torch version.
 #
@@ -10,22 +13,25 @@
 # SwiGLU MLP, cross-entropy with ignore_index -1 (mean over rows with a target).
 #
 # File layout, little-endian:
-#   u32 magic 0x4d544650 ("PFTM"), u32 version 1
+#   u32 magic 0x4d544650 ("PFTM"), u32 version (1, or 2 for the families below)
 #   i32 vocab, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_ff, max_seq, tied, B, T
 #   f32 rms_eps, rope_theta
+#   version 2 only: i32 qkv_bias, qk_norm, rope_type (0 default, 2 llama3), original context;
+#                   f32 factor, low_freq_factor, high_freq_factor
 #   i32 n_tensors, then per tensor: i32 name length, name bytes, i32 ndim, i32 shape[ndim],
 #       f32 values                       (model.h tensor order, HF names)
 #   i32 tokens[B*T], i32 targets[B*T]    (-1 = no loss at that row)
 #   f32 logits[B*T*V], f64 loss
 #   per tensor, same order: f32 gradient values
 #   u32 magic again
+import math
 import os
 import struct
+import sys
 
 import torch
 
 MAGIC = 0x4D544650
-VERSION = 1
 
 CONFIGS = [
     dict(file="model_tied_gqa.bin", vocab=29, d_model=16, n_layers=2, n_heads=4,
@@ -34,6 +40,15 @@ CONFIGS = [
     dict(file="model_untied_mha.bin", vocab=23, d_model=12, n_layers=2, n_heads=3,
          n_kv_heads=3, head_dim=6, d_ff=20, max_seq=16, rms_eps=1e-6, rope_theta=1000.0,
          tied=0, B=3, T=6, seed=5678),
+    dict(file="model_qwen2.bin", vocab=31, d_model=16, n_layers=2, n_heads=4,
+         n_kv_heads=2, head_dim=4, d_ff=24, max_seq=16, rms_eps=1e-6, rope_theta=1000000.0,
+         tied=1, B=2, T=7, seed=2468, qkv_bias=1),
+    dict(file="model_qwen3.bin", vocab=27, d_model=16, n_layers=2, n_heads=4,
+         n_kv_heads=2, head_dim=8, d_ff=24, max_seq=16, rms_eps=1e-6, rope_theta=1000000.0,
+         tied=0, B=2, T=6, seed=1357, qk_norm=1),
+    dict(file="model_llama3_rope.bin", vocab=25, d_model=16, n_layers=2, n_heads=2,
+         n_kv_heads=1, head_dim=8, d_ff=24, max_seq=16, rms_eps=1e-5, rope_theta=500000.0,
+         tied=1, B=2, T=12, seed=9753, rope=(8.0, 1.0, 4.0, 16)),
 ]
 
 
@@ -55,6 +70,12 @@ def tensor_list(c):
             (p + "mlp.up_proj.weight", (F, C)),
             (p + "mlp.down_proj.weight", (C, F)),
         ]
+        if c.get("qkv_bias"):
+            out += [(p + "self_attn.q_proj.bias", (HD,)), (p + "self_attn.k_proj.bias", (KVD,)),
+                    (p + "self_attn.v_proj.bias", (KVD,))]
+        if c.get("qk_norm"):
+            out += [(p + "self_attn.q_norm.weight", (c["head_dim"],)),
+                    (p + "self_attn.k_norm.weight", (c["head_dim"],))]
     out.append(("model.norm.weight", (C,)))
     if not c["tied"]:
         out.append(("lm_head.weight", (c["vocab"], C)))
@@ -70,8 +91,16 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rope_cos_sin(T, D, theta):
+def rope_cos_sin(T, D, theta, rope=None):
     inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    if rope:  # _compute_llama3_parameters
+        factor, low, high, orig = rope
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > orig / low, inv_freq / factor, inv_freq)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < orig / high) * ~(wavelen > orig / low)
+        inv_freq = torch.where(medium, smoothed, scaled)
     freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)  # (T, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)                              # (T, D)
     return emb.cos(), emb.sin()
@@ -81,9 +110,14 @@ def attention(x, p, layer, c, cos, sin):
     B, T, _ = x.shape
     H, KV, D = c["n_heads"], c["n_kv_heads"], c["head_dim"]
     pre = f"model.layers.{layer}.self_attn."
-    q = (x @ p[pre + "q_proj.weight"].T).view(B, T, H, D).transpose(1, 2)   # (B, H, T, D)
-    k = (x @ p[pre + "k_proj.weight"].T).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
-    v = (x @ p[pre + "v_proj.weight"].T).view(B, T, KV, D).transpose(1, 2)
+    q, k, v = (x @ p[pre + n + "_proj.weight"].T for n in "qkv")
+    if c.get("qkv_bias"):  # qwen2
+        q, k, v = q + p[pre + "q_proj.bias"], k + p[pre + "k_proj.bias"], v + p[pre + "v_proj.bias"]
+    q, k, v = q.view(B, T, H, D), k.view(B, T, KV, D), v.view(B, T, KV, D)
+    if c.get("qk_norm"):  # qwen3: each head's q and k over its D values, before RoPE
+        q = rms_norm(q, p[pre + "q_norm.weight"], c["rms_eps"])
+        k = rms_norm(k, p[pre + "k_norm.weight"], c["rms_eps"])
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)          # (B, heads, T, D)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
     # repeat_kv: kv head j serves query heads j*g .. j*g+g-1
@@ -106,7 +140,7 @@ def mlp(x, p, layer):
 
 def forward(p, tokens, targets, c):
     T = tokens.shape[1]
-    cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"])
+    cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"], c.get("rope"))
     x = p["model.embed_tokens.weight"][tokens]                                # (B, T, C)
     for layer in range(c["n_layers"]):
         pre = f"model.layers.{layer}."
@@ -127,7 +161,9 @@ def make_fixture(c, path):
     tensors = tensor_list(c)
     params = {}
     for name, shape in tensors:
-        if len(shape) == 1:  # norms away from 1 so their gradients are generic
+        if name.endswith(".bias"):
+            t = 0.3 * torch.randn(shape, generator=g)
+        elif len(shape) == 1:  # norms away from 1 so their gradients are generic
             t = 1.0 + 0.2 * torch.randn(shape, generator=g)
         else:
             t = (0.5 if "embed" in name else 0.3) * torch.randn(shape, generator=g)
@@ -144,10 +180,15 @@ def make_fixture(c, path):
     loss.backward()
 
     out = bytearray()
-    out += struct.pack("<II", MAGIC, VERSION)
+    version = 2 if ("qkv_bias" in c or "qk_norm" in c or "rope" in c) else 1
+    out += struct.pack("<II", MAGIC, version)
     out += struct.pack("<11i", V, c["d_model"], c["n_layers"], c["n_heads"], c["n_kv_heads"],
                        c["head_dim"], c["d_ff"], c["max_seq"], c["tied"], B, T)
     out += struct.pack("<2f", c["rms_eps"], c["rope_theta"])
+    if version == 2:
+        factor, low, high, orig = c.get("rope", (0.0, 0.0, 0.0, 0))
+        out += struct.pack("<4i", c.get("qkv_bias", 0), c.get("qk_norm", 0), 2 if "rope" in c else 0, orig)
+        out += struct.pack("<3f", factor, low, high)
     out += struct.pack("<i", len(tensors))
     for name, shape in tensors:
         nb = name.encode()
@@ -170,8 +211,10 @@ def make_fixture(c, path):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     os.makedirs(os.path.join(here, "fixtures"), exist_ok=True)
+    only = set(sys.argv[1:])  # file names to write (default: all)
     for c in CONFIGS:
-        make_fixture(c, os.path.join(here, "fixtures", c["file"]))
+        if not only or c["file"] in only:
+            make_fixture(c, os.path.join(here, "fixtures", c["file"]))
 
 
 if __name__ == "__main__":

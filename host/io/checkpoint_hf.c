@@ -170,15 +170,24 @@ static int parse_config(const char *path, const cJSON *root, struct model_config
     memset(c, 0, sizeof *c);
     if (!cJSON_IsObject(root)) return err_set("%s: expected a JSON object", path);
 
+    /* The families: llama; qwen2 (q/k/v biases); qwen3 (per-head q/k RMSNorm); mistral
+     * (llama's layout, refused if its sliding window is shorter than the context). */
     const cJSON *mt = get_key(root, "model_type");
-    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "llama") != 0))
-        return err_set("%s: model_type: '%s' is not supported (llama only)", path,
-                       cJSON_IsString(mt) ? mt->valuestring : kind_of(mt));
+    const char *family = cJSON_IsString(mt) ? mt->valuestring : "llama";
+    if (mt && (!cJSON_IsString(mt) ||
+               (strcmp(family, "llama") && strcmp(family, "qwen2") && strcmp(family, "qwen3") &&
+                strcmp(family, "mistral"))))
+        return err_set("%s: model_type: '%s' is not supported (llama, qwen2, qwen3, mistral)",
+                       path, cJSON_IsString(mt) ? mt->valuestring : kind_of(mt));
+    c->qkv_bias = strcmp(family, "qwen2") == 0;
+    c->qk_norm = strcmp(family, "qwen3") == 0;
     const cJSON *act = get_key(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
         return err_set("%s: hidden_act: '%s' is not supported (silu only)", path,
                        cJSON_IsString(act) ? act->valuestring : kind_of(act));
-    if (require_false(path, root, "attention_bias", "projections without bias only") != 0 ||
+    /* qwen2's biases are its own (no attention_bias key); elsewhere only bias-free projections */
+    if ((!c->qkv_bias &&
+         require_false(path, root, "attention_bias", "projections without bias only") != 0) ||
         require_false(path, root, "mlp_bias", "projections without bias only") != 0)
         return -1;
 
@@ -234,6 +243,17 @@ static int parse_config(const char *path, const cJSON *root, struct model_config
                        b);
     }
     c->rope_theta = theta_v5 ? v5 : theta_top ? top : 10000.0f;
+
+    /* sliding-window attention (mistral; qwen2 when use_sliding_window): full attention equals
+     * it only within the window, so a shorter window than the context is refused (by run) */
+    const cJSON *window = get_key(root, "sliding_window");
+    const cJSON *use_window = get_key(root, "use_sliding_window");
+    int windowed = strcmp(family, "mistral") == 0 || cJSON_IsTrue(use_window);
+    if (windowed && window && cJSON_IsNumber(window)) {
+        if (get_pos_int(path, root, "sliding_window", 0, &c->sliding_window) != 0) return -1;
+        /* the context within which full attention is the model's attention */
+        if (c->sliding_window < c->max_seq) c->max_seq = c->sliding_window;
+    }
 
     if (model_config_check(c) != 0) return err_prefix("%s", path);
     return 0;
@@ -494,8 +514,10 @@ static char *config_json(const struct model_config *c) {
     char num[64];
     cJSON *root = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
-    cJSON_AddStringToObject(root, "model_type", "llama");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(c->qk_norm ? "Qwen3ForCausalLM"
+                                                  : c->qkv_bias ? "Qwen2ForCausalLM"
+                                                                : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(root, "model_type", c->qk_norm ? "qwen3" : c->qkv_bias ? "qwen2" : "llama");
     cJSON_AddNumberToObject(root, "vocab_size", c->vocab);
     cJSON_AddNumberToObject(root, "hidden_size", c->d_model);
     cJSON_AddNumberToObject(root, "intermediate_size", c->d_ff);
@@ -529,7 +551,8 @@ static char *config_json(const struct model_config *c) {
         }
     }
     cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tied != 0);
-    cJSON_AddBoolToObject(root, "attention_bias", 0);
+    if (!c->qkv_bias) cJSON_AddBoolToObject(root, "attention_bias", 0);
+    if (c->sliding_window > 0) cJSON_AddNumberToObject(root, "sliding_window", c->sliding_window);
     cJSON_AddBoolToObject(root, "mlp_bias", 0);
     cJSON_AddStringToObject(root, "torch_dtype", "float32");
     char *text = cJSON_Print(root);

@@ -47,7 +47,9 @@ static void scratch(struct model_kv_cache *kv, const struct model_config *c, int
     if (n <= kv->rows) return;
     float **bufs[] = {&kv->x, &kv->xn, &kv->q, &kv->y, &kv->h, &kv->gate, &kv->up, &kv->proj, &kv->scores};
     size_t C = (size_t)c->d_model, HD = (size_t)c->n_heads * c->head_dim, F = (size_t)c->d_ff;
-    size_t width[] = {C, C > HD ? C : HD, HD, HD, C, F, F, C > HD ? C : HD, (size_t)kv->cap};
+    /* scores: a row of attention weights, or the rstd of every head of a row (qk_norm) */
+    size_t score_width = (size_t)(kv->cap > c->n_heads ? kv->cap : c->n_heads);
+    size_t width[] = {C, C > HD ? C : HD, HD, HD, C, F, F, C > HD ? C : HD, score_width};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free(*bufs[i]);
         *bufs[i] = xalloc_floats((size_t)n * width[i]);
@@ -112,6 +114,15 @@ int model_decode(struct model *m, struct model_kv_cache *kv, const int32_t *toke
             model_site_forward(m, hooks, s0 + SITE_K, kv->xn, k_new, n) ||
             model_site_forward(m, hooks, s0 + SITE_V, kv->xn, v_new, n))
             return -1;
+        if (c->qkv_bias) {
+            add_bias(kv->q, lw->bq, n, c->n_heads * c->head_dim);
+            add_bias(k_new, lw->bk, n, c->n_kv_heads * c->head_dim);
+            add_bias(v_new, lw->bv, n, c->n_kv_heads * c->head_dim);
+        }
+        if (c->qk_norm) { /* in place, each head over its D values; rstd into scratch */
+            rmsnorm_forward(kv->q, kv->scores, kv->q, lw->q_norm, n * c->n_heads, c->head_dim, c->rms_eps);
+            rmsnorm_forward(k_new, kv->scores, k_new, lw->k_norm, n * c->n_kv_heads, c->head_dim, c->rms_eps);
+        }
         /* RoPE at the rows' own positions: the tables from position pos on */
         rope_forward(kv->q, kv->cos_t + (size_t)pos * half, kv->sin_t + (size_t)pos * half, 1, n,
                      c->n_heads, c->head_dim);

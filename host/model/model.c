@@ -20,23 +20,37 @@ const char *const site_kind_names[SITE_KINDS] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 };
 
-/* Slots of a layer's tensors, in tensor order. */
+/* Slots of a layer's tensors, in tensor order: the nine of every llama layer, then qwen2's
+ * q/k/v biases and qwen3's q/k norms when the config has them. */
 enum {
     SLOT_ATTN_NORM, SLOT_Q, SLOT_K, SLOT_V, SLOT_O, SLOT_MLP_NORM, SLOT_GATE, SLOT_UP,
-    SLOT_DOWN, SLOTS_PER_LAYER
+    SLOT_DOWN, SLOTS_LLAMA, SLOT_Q_BIAS = SLOTS_LLAMA, SLOT_K_BIAS, SLOT_V_BIAS, SLOT_Q_NORM,
+    SLOT_K_NORM
 };
 static const int32_t slot_of_kind[SITE_KINDS] = {
     SLOT_Q, SLOT_K, SLOT_V, SLOT_O, SLOT_GATE, SLOT_UP, SLOT_DOWN,
 };
 
-static int32_t layer_tensor(int32_t layer, int32_t slot)
+static int32_t slots_per_layer(const struct model_config *c)
 {
-    return 1 + layer * SLOTS_PER_LAYER + slot;
+    return SLOTS_LLAMA + 3 * (c->qkv_bias != 0) + 2 * (c->qk_norm != 0);
+}
+
+/* A slot's place in its layer (slots a config lacks are never asked for). */
+static int32_t slot_place(const struct model_config *c, int32_t slot)
+{
+    if (slot < SLOTS_LLAMA || c->qkv_bias) return slot;
+    return slot - 3; /* q/k norms without biases */
+}
+
+static int32_t layer_tensor(const struct model_config *c, int32_t layer, int32_t slot)
+{
+    return 1 + layer * slots_per_layer(c) + slot_place(c, slot);
 }
 
 static int32_t final_norm_tensor(const struct model_config *c)
 {
-    return 1 + c->n_layers * SLOTS_PER_LAYER;
+    return 1 + c->n_layers * slots_per_layer(c);
 }
 
 /* The head's gradient lands in embed when tied. */
@@ -78,6 +92,10 @@ int model_config_check(const struct model_config *c)
                        "and a positive original_max_position_embeddings (%d)",
                        (double)c->rope.low_freq_factor, (double)c->rope.high_freq_factor,
                        (int)c->rope.original_context);
+    if (c->sliding_window > 0 && c->sliding_window < c->max_seq)
+        return err_set("sliding_window: %d is shorter than the context max_seq %d (sliding-window "
+                       "attention is not implemented; lower max_seq to %d)", (int)c->sliding_window,
+                       (int)c->max_seq, (int)c->sliding_window);
     if (c->tied != 0 && c->tied != 1)
         return err_set("tied: %d must be 0 or 1", (int)c->tied);
     /* Keep every sgemm dimension and leading dimension inside int. */
@@ -115,7 +133,7 @@ static void build_tensors(struct model *m)
     int64_t C = c->d_model, HD = (int64_t)c->n_heads * c->head_dim;
     int64_t KVD = (int64_t)c->n_kv_heads * c->head_dim, F = c->d_ff;
     m->n_tensors = 0;
-    m->tensors = xcalloc((size_t)c->n_layers * SLOTS_PER_LAYER + 3, sizeof *m->tensors);
+    m->tensors = xcalloc((size_t)c->n_layers * (size_t)slots_per_layer(c) + 3, sizeof *m->tensors);
     size_t off = 0;
     char name[96];
     add_tensor(m, &off, "model.embed_tokens.weight", c->vocab, C, -1);
@@ -136,6 +154,19 @@ static void build_tensors(struct model *m)
             strcat(name, ".weight");
             add_tensor(m, &off, name, dims[kind][0], dims[kind][1], site);
         }
+        if (c->qkv_bias) {
+            const char *which[3] = {"q_proj", "k_proj", "v_proj"};
+            for (int32_t k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.bias", (int)l, which[k]);
+                add_tensor(m, &off, name, dims[k][0], 0, -1);
+            }
+        }
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", (int)l);
+            add_tensor(m, &off, name, c->head_dim, 0, -1);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", (int)l);
+            add_tensor(m, &off, name, c->head_dim, 0, -1);
+        }
     }
     add_tensor(m, &off, "model.norm.weight", C, 0, -1);
     if (!c->tied)
@@ -154,15 +185,20 @@ static void point_views(struct model_weights *w, const struct model *m, float *b
     w->layers = xcalloc((size_t)c->n_layers, sizeof *w->layers);
     for (int32_t l = 0; l < c->n_layers; l++) {
         struct layer_weights *lw = &w->layers[l];
-        lw->attn_norm = base + t[layer_tensor(l, SLOT_ATTN_NORM)].offset;
-        lw->wq = base + t[layer_tensor(l, SLOT_Q)].offset;
-        lw->wk = base + t[layer_tensor(l, SLOT_K)].offset;
-        lw->wv = base + t[layer_tensor(l, SLOT_V)].offset;
-        lw->wo = base + t[layer_tensor(l, SLOT_O)].offset;
-        lw->mlp_norm = base + t[layer_tensor(l, SLOT_MLP_NORM)].offset;
-        lw->wgate = base + t[layer_tensor(l, SLOT_GATE)].offset;
-        lw->wup = base + t[layer_tensor(l, SLOT_UP)].offset;
-        lw->wdown = base + t[layer_tensor(l, SLOT_DOWN)].offset;
+        lw->attn_norm = base + t[layer_tensor(c, l, SLOT_ATTN_NORM)].offset;
+        lw->wq = base + t[layer_tensor(c, l, SLOT_Q)].offset;
+        lw->wk = base + t[layer_tensor(c, l, SLOT_K)].offset;
+        lw->wv = base + t[layer_tensor(c, l, SLOT_V)].offset;
+        lw->wo = base + t[layer_tensor(c, l, SLOT_O)].offset;
+        lw->mlp_norm = base + t[layer_tensor(c, l, SLOT_MLP_NORM)].offset;
+        lw->wgate = base + t[layer_tensor(c, l, SLOT_GATE)].offset;
+        lw->wup = base + t[layer_tensor(c, l, SLOT_UP)].offset;
+        lw->wdown = base + t[layer_tensor(c, l, SLOT_DOWN)].offset;
+        lw->bq = c->qkv_bias ? base + t[layer_tensor(c, l, SLOT_Q_BIAS)].offset : NULL;
+        lw->bk = c->qkv_bias ? base + t[layer_tensor(c, l, SLOT_K_BIAS)].offset : NULL;
+        lw->bv = c->qkv_bias ? base + t[layer_tensor(c, l, SLOT_V_BIAS)].offset : NULL;
+        lw->q_norm = c->qk_norm ? base + t[layer_tensor(c, l, SLOT_Q_NORM)].offset : NULL;
+        lw->k_norm = c->qk_norm ? base + t[layer_tensor(c, l, SLOT_K_NORM)].offset : NULL;
     }
 }
 
@@ -188,8 +224,9 @@ void model_init_random(struct model *m, uint64_t seed, float init_std)
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const struct model_tensor *t = &m->tensors[i];
         float *p = m->params + t->offset;
+        int bias = strstr(t->name, ".bias") != NULL; /* biases drawn like weights, norms at 1 */
         for (size_t j = 0; j < t->numel; j++)
-            p[j] = t->ndim == 1 ? 1.0f : rng_normal(&r, 0.0f, init_std);
+            p[j] = t->ndim == 1 && !bias ? 1.0f : rng_normal(&r, 0.0f, init_std);
     }
 }
 
@@ -263,8 +300,7 @@ void model_site_name(const struct model *m, int32_t site, char *out, size_t cap)
 
 int32_t model_site_tensor(const struct model *m, int32_t site)
 {
-    (void)m;
-    return layer_tensor(model_site_layer(site), slot_of_kind[model_site_kind(site)]);
+    return layer_tensor(&m->cfg, model_site_layer(site), slot_of_kind[model_site_kind(site)]);
 }
 
 void model_site_dims(const struct model *m, int32_t site, int32_t *d_in, int32_t *d_out)
@@ -295,6 +331,10 @@ struct layer_acts {
     float *rstd1; /* (n) */
     float *q;     /* (n, H*D) after RoPE */
     float *k;     /* (n, KV*D) after RoPE */
+    float *q_raw; /* (n, H*D) q_proj's output (+ bias) before its norm, with qk_norm */
+    float *k_raw; /* (n, KV*D) */
+    float *rstd_q; /* (n*H) */
+    float *rstd_k; /* (n*KV) */
     float *v;     /* (n, KV*D) */
     float *att;   /* (B, H, T, T) attention probabilities */
     float *yatt;  /* (n, H*D) attention output: the x of o_proj */
@@ -338,6 +378,8 @@ struct model_acts {
     float *d_q;              /* (n, H*D) */
     float *d_k;              /* (n, KV*D) */
     float *d_v;              /* (n, KV*D) */
+    float *d_q_raw;          /* (n, H*D) with qk_norm: d(loss)/d(q before its norm) */
+    float *d_k_raw;          /* (n, KV*D) */
     float *d_yatt;           /* (n, H*D) */
     float *d_gate;           /* (n, F) */
     float *d_up;             /* (n, F) */
@@ -386,6 +428,11 @@ static size_t layout_forward(struct model_acts *a, float *base)
         la.q = carve(base, &cur, n * HD);
         la.k = carve(base, &cur, n * KVD);
         la.v = carve(base, &cur, n * KVD);
+        int norms = c->qk_norm != 0;
+        la.q_raw = norms ? carve(base, &cur, n * HD) : NULL;
+        la.k_raw = norms ? carve(base, &cur, n * KVD) : NULL;
+        la.rstd_q = norms ? carve(base, &cur, n * (size_t)c->n_heads) : NULL;
+        la.rstd_k = norms ? carve(base, &cur, n * (size_t)c->n_kv_heads) : NULL;
         la.att = carve(base, &cur, n * (size_t)c->n_heads * (size_t)a->T);
         la.yatt = carve(base, &cur, n * HD);
         la.h = carve(base, &cur, n * C);
@@ -421,6 +468,8 @@ static size_t layout_backward(struct model_acts *a, float *base)
     a->d_q = carve(base, &cur, n * HD);
     a->d_k = carve(base, &cur, n * KVD);
     a->d_v = carve(base, &cur, n * KVD);
+    a->d_q_raw = carve(base, &cur, c->qk_norm ? n * HD : 0);
+    a->d_k_raw = carve(base, &cur, c->qk_norm ? n * KVD : 0);
     a->d_yatt = carve(base, &cur, n * HD);
     a->d_gate = carve(base, &cur, n * F);
     a->d_up = carve(base, &cur, n * F);
@@ -492,6 +541,16 @@ int model_site_forward(const struct model *m, const struct model_hooks *hk, int3
     return 0;
 }
 
+/* db (d) += the column sums of dy (n, d); nothing when db is NULL. */
+static void bias_backward(float *db, const float *dy, int32_t n, int32_t d)
+{
+    if (!db)
+        return;
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t j = 0; j < d; j++)
+            db[j] += dy[(size_t)i * d + j];
+}
+
 static void add_rows(float *out, const float *a, const float *b, size_t len)
 {
     for (size_t i = 0; i < len; i++)
@@ -544,10 +603,20 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
         int32_t s0 = l * SITE_KINDS;
 
         rmsnorm_forward(la->xn1, la->rstd1, la->resid, lw->attn_norm, n, C, c->rms_eps);
-        if (model_site_forward(m, hooks, s0 + SITE_Q, la->xn1, la->q, n) != 0 ||
-            model_site_forward(m, hooks, s0 + SITE_K, la->xn1, la->k, n) != 0 ||
+        float *q_out = c->qk_norm ? la->q_raw : la->q, *k_out = c->qk_norm ? la->k_raw : la->k;
+        if (model_site_forward(m, hooks, s0 + SITE_Q, la->xn1, q_out, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_K, la->xn1, k_out, n) != 0 ||
             model_site_forward(m, hooks, s0 + SITE_V, la->xn1, la->v, n) != 0)
             return -1;
+        if (c->qkv_bias) {
+            add_bias(q_out, lw->bq, n, H * D);
+            add_bias(k_out, lw->bk, n, KV * D);
+            add_bias(la->v, lw->bv, n, KV * D);
+        }
+        if (c->qk_norm) { /* each head's q and k normalized over its D values */
+            rmsnorm_forward(la->q, la->rstd_q, la->q_raw, lw->q_norm, n * H, D, c->rms_eps);
+            rmsnorm_forward(la->k, la->rstd_k, la->k_raw, lw->k_norm, n * KV, D, c->rms_eps);
+        }
         rope_forward(la->q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_forward(la->k, a->rope_cos, a->rope_sin, B, T, KV, D);
         attention_forward(la->yatt, la->att, la->q, la->k, la->v, B, T, H, KV, D);
@@ -648,7 +717,7 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         if (site_backward(m, a, hooks, s0 + SITE_GATE, la->xn2, a->d_gate, a->d_norm, 1) != 0 ||
             site_backward(m, a, hooks, s0 + SITE_UP, la->xn2, a->d_up, a->d_norm, 0) != 0)
             return -1;
-        rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(l, SLOT_MLP_NORM)), a->d_norm,
+        rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(c, l, SLOT_MLP_NORM)), a->d_norm,
                          la->h, lw->mlp_norm, la->rstd2, n, C);
 
         /* h = resid + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
@@ -658,11 +727,27 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
                            la->v, B, T, H, KV, D);
         rope_backward(a->d_q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_backward(a->d_k, a->rope_cos, a->rope_sin, B, T, KV, D);
-        if (site_backward(m, a, hooks, s0 + SITE_Q, la->xn1, a->d_q, a->d_norm, 1) != 0 ||
-            site_backward(m, a, hooks, s0 + SITE_K, la->xn1, a->d_k, a->d_norm, 0) != 0 ||
+        float *dq = a->d_q, *dk = a->d_k;
+        if (c->qk_norm) { /* back through each head's norm: d(q before it) */
+            memset(a->d_q_raw, 0, (size_t)n * H * D * sizeof(float));
+            memset(a->d_k_raw, 0, (size_t)n * KV * D * sizeof(float));
+            rmsnorm_backward(a->d_q_raw, grad_of(m, layer_tensor(c, l, SLOT_Q_NORM)), a->d_q,
+                             la->q_raw, lw->q_norm, la->rstd_q, n * H, D);
+            rmsnorm_backward(a->d_k_raw, grad_of(m, layer_tensor(c, l, SLOT_K_NORM)), a->d_k,
+                             la->k_raw, lw->k_norm, la->rstd_k, n * KV, D);
+            dq = a->d_q_raw;
+            dk = a->d_k_raw;
+        }
+        if (c->qkv_bias) {
+            bias_backward(grad_of(m, layer_tensor(c, l, SLOT_Q_BIAS)), dq, n, H * D);
+            bias_backward(grad_of(m, layer_tensor(c, l, SLOT_K_BIAS)), dk, n, KV * D);
+            bias_backward(grad_of(m, layer_tensor(c, l, SLOT_V_BIAS)), a->d_v, n, KV * D);
+        }
+        if (site_backward(m, a, hooks, s0 + SITE_Q, la->xn1, dq, a->d_norm, 1) != 0 ||
+            site_backward(m, a, hooks, s0 + SITE_K, la->xn1, dk, a->d_norm, 0) != 0 ||
             site_backward(m, a, hooks, s0 + SITE_V, la->xn1, a->d_v, a->d_norm, 0) != 0)
             return -1;
-        rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(l, SLOT_ATTN_NORM)), a->d_norm,
+        rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(c, l, SLOT_ATTN_NORM)), a->d_norm,
                          la->resid, lw->attn_norm, la->rstd1, n, C);
     }
     float *d_embed = grad_of(m, 0);

@@ -34,6 +34,9 @@ struct model_config {
     float rms_eps;
     float rope_theta;
     int32_t tied;        /* lm_head shares embed_tokens */
+    int32_t qkv_bias;    /* q, k and v projections have biases (qwen2) */
+    int32_t qk_norm;     /* RMSNorm of each head's q and k before RoPE (qwen3) */
+    int32_t sliding_window; /* mistral's attention window (0: none); must cover max_seq */
     struct rope_scaling {
         int32_t type;             /* ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 */
         float factor;             /* linear, llama3: frequencies divided by it */
@@ -68,6 +71,8 @@ struct model_weights {
         float *wgate;      /* (F, C) */
         float *wup;        /* (F, C) */
         float *wdown;      /* (C, F) */
+        float *bq, *bk, *bv; /* (H*D), (KV*D), (KV*D) with qkv_bias, else NULL */
+        float *q_norm, *k_norm; /* (D) each with qk_norm, else NULL */
     } *layers;           /* (L) */
 };
 

@@ -365,3 +365,10 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
         d_i[targets[i]] -= scale;
     }
 }
+
+void add_bias(float *y, const float *bias, int32_t n, int32_t d)
+{
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t j = 0; j < d; j++)
+            y[(size_t)i * d + j] += bias[j];
+}

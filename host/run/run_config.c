@@ -104,6 +104,13 @@ static int load_model_section(struct run *r) {
             struct cfg_entry *e = cfg_find(c, "model", "path");
             return err_prefix("%s: [model] path", cfg_where(c, e, where, sizeof where));
         }
+        if (max_seq > 0 && r->model.cfg.sliding_window > 0 && max_seq > r->model.cfg.sliding_window) {
+            err_set("%s: [model] max_seq: %lld is longer than the checkpoint's sliding_window %d "
+                    "(sliding-window attention is not implemented)",
+                    cfg_where(c, cfg_find(c, "model", "max_seq"), where, sizeof where),
+                    (long long)max_seq, (int)r->model.cfg.sliding_window);
+            return -1;
+        }
         if (max_seq > 0) r->model.cfg.max_seq = (int32_t)max_seq;
         r->model_dir = xstrdup(path);
         /* The folder's own tokenizer when it has one: never bytes read as its ids. */

@@ -12,7 +12,7 @@
 #include "core.h"
 
 #define FIXTURE_MAGIC 0x4d544650u
-#define FIXTURE_VERSION 1u
+#define FIXTURE_VERSION 2u /* files of version 1 (no family fields) are read too */
 #define SCALED_TOL 1e-4
 
 /* A cursor over the fixture bytes; reads past the end set `bad`. */
@@ -97,9 +97,10 @@ static void run_fixture(const char *root, const char *file)
     printf("%s (%zu bytes)\n", file, len);
     struct reader r = {data, len, 0};
     uint32_t magic = (uint32_t)take_i32(&r), version = (uint32_t)take_i32(&r);
-    CHECK(magic == FIXTURE_MAGIC && version == FIXTURE_VERSION, "%s: magic %08x version %u",
+    CHECK(magic == FIXTURE_MAGIC && (version == 1 || version == 2), "%s: magic %08x version %u",
           path, magic, version);
     struct model_config c;
+    memset(&c, 0, sizeof c);
     c.vocab = take_i32(&r);
     c.d_model = take_i32(&r);
     c.n_layers = take_i32(&r);
@@ -112,6 +113,17 @@ static void run_fixture(const char *root, const char *file)
     int32_t B = take_i32(&r), T = take_i32(&r);
     c.rms_eps = take_f32(&r);
     c.rope_theta = take_f32(&r);
+    if (version == 2) { /* the families: qwen2's biases, qwen3's q/k norms, llama3 RoPE */
+        c.qkv_bias = take_i32(&r);
+        c.qk_norm = take_i32(&r);
+        c.rope.type = take_i32(&r);
+        c.rope.original_context = take_i32(&r);
+        c.rope.factor = take_f32(&r);
+        c.rope.low_freq_factor = take_f32(&r);
+        c.rope.high_freq_factor = take_f32(&r);
+        printf("  qkv_bias=%d qk_norm=%d rope_type=%d factor=%g\n", (int)c.qkv_bias, (int)c.qk_norm,
+               (int)c.rope.type, (double)c.rope.factor);
+    }
     printf("  V=%d C=%d L=%d H=%d KV=%d D=%d F=%d tied=%d B=%d T=%d eps=%g theta=%g\n",
            (int)c.vocab, (int)c.d_model, (int)c.n_layers, (int)c.n_heads, (int)c.n_kv_heads,
            (int)c.head_dim, (int)c.d_ff, (int)c.tied, (int)B, (int)T, (double)c.rms_eps,
@@ -199,5 +211,8 @@ int main(void)
     }
     run_fixture(root, "model_tied_gqa.bin");
     run_fixture(root, "model_untied_mha.bin");
+    run_fixture(root, "model_qwen2.bin");
+    run_fixture(root, "model_qwen3.bin");
+    run_fixture(root, "model_llama3_rope.bin");
     return check_summary("OK", "failures");
 }

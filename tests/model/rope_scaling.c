@@ -84,6 +84,17 @@ int main(void) {
     write_config(dir, "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0}");
     CHECK(hf_config_load(dir, &r) == -1 && strstr(err_msg(), "high_freq_factor missing"), "llama3 without high: %s", err_msg());
     printf("refused: %s\n", err_msg());
+    /* mistral: llama's layout; the context is cut to the sliding window, where full attention
+     * is the model's own */
+    char *mistral = xasprintf("%s/config.json", dir);
+    const char *mtext = "{\"model_type\": \"mistral\", \"vocab_size\": 64, \"hidden_size\": 16, "
+                        "\"intermediate_size\": 32, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+                        "\"num_key_value_heads\": 1, \"max_position_embeddings\": 64, \"sliding_window\": 8}";
+    file_write_atomic(mistral, mtext, strlen(mtext));
+    free(mistral);
+    CHECK(hf_config_load(dir, &r) == 0 && r.sliding_window == 8 && r.max_seq == 8 && !r.qkv_bias && !r.qk_norm,
+          "mistral: %s (max_seq %d)", err_msg(), (int)r.max_seq);
+    printf("mistral: sliding_window 8 of 64 positions -> context %d\n", (int)r.max_seq);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) printf("could not remove %s\n", dir);
