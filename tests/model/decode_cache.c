@@ -1,6 +1,7 @@
 /*
- * decode_cache.c: decoding with the key/value cache gives what the full forward gives. A
- * random model (grouped-query attention, llama3 RoPE scaling) is run greedily for 24 tokens
+ * decode_cache.c: decoding with the key/value cache gives what the full forward gives. Random
+ * models (grouped-query attention; llama with llama3 RoPE scaling, qwen2's biases, qwen3's q/k
+ * norms with H*D != C) are run greedily for 24 tokens
  * after a 7-token prompt; at every step the cached logits are compared with the last row of a
  * full forward over the whole prefix, and the greedy token with its argmax. Prefill in one
  * step and token by token must agree too.
@@ -21,10 +22,7 @@ static int32_t argmax(const float *v, int32_t n) {
     return best;
 }
 
-int main(void) {
-    struct model_config c = {.vocab = 97, .d_model = 32, .n_layers = 3, .n_heads = 4, .n_kv_heads = 2,
-                             .head_dim = 8, .d_ff = 48, .max_seq = 40, .rms_eps = 1e-5f, .rope_theta = 10000.0f,
-                             .tied = 0, .rope = {ROPE_LLAMA3, 8.0f, 1.0f, 4.0f, 16}};
+static void run(const char *family, struct model_config c) {
     struct model m = {0};
     CHECK(model_config_check(&c) == 0 && model_init(&m, &c) == 0, "model: %s", err_msg());
     model_init_random(&m, 7, 0.5f); /* large weights: logits far apart, a real test of argmax */
@@ -50,8 +48,8 @@ int main(void) {
         seq[T] = next;
         CHECK(model_decode(&m, kv, &seq[T], 1, NULL, logits) == 0, "step %d: %s", step, err_msg());
     }
-    printf("greedy, %d steps after a %d-token prompt: %d argmax disagreements with the full "
-           "forward, worst logit difference %.2e\n", N, P, disagree, worst);
+    printf("%s: greedy, %d steps after a %d-token prompt: %d argmax disagreements with the full "
+           "forward, worst logit difference %.2e\n", family, N, P, disagree, worst);
     CHECK(disagree == 0 && worst < 1e-4, "the cache differs from the full forward");
 
     /* the same prefix token by token */
@@ -63,7 +61,7 @@ int main(void) {
     model_decode(&m, all, seq, P + N, NULL, l2);
     double d12 = 0;
     for (int32_t v = 0; v < V; v++) d12 = fmax(d12, fabs((double)l1[v] - l2[v]));
-    printf("%d tokens one by one against one prefill: worst logit difference %.2e\n", P + N, d12);
+    printf("%s: %d tokens one by one against one prefill: worst logit difference %.2e\n", family, P + N, d12);
     CHECK(d12 < 1e-4, "token-by-token and prefill differ");
     /* the context is full: refused */
     int32_t tok = 1;
@@ -78,5 +76,21 @@ int main(void) {
     free(l1);
     free(l2);
     model_free(&m);
+}
+
+int main(void) {
+    struct model_config llama = {.vocab = 97, .d_model = 32, .n_layers = 3, .n_heads = 4, .n_kv_heads = 2,
+                                 .head_dim = 8, .d_ff = 48, .max_seq = 40, .rms_eps = 1e-5f,
+                                 .rope_theta = 10000.0f, .tied = 0, .rope = {ROPE_LLAMA3, 8.0f, 1.0f, 4.0f, 16}};
+    run("llama (llama3 RoPE)", llama);
+    struct model_config qwen2 = llama;
+    qwen2.rope = (struct rope_scaling){0};
+    qwen2.qkv_bias = 1;
+    run("qwen2 (q/k/v biases)", qwen2);
+    struct model_config qwen3 = qwen2;
+    qwen3.qkv_bias = 0;
+    qwen3.qk_norm = 1;
+    qwen3.head_dim = 16; /* H*D = 64 != d_model, as Qwen3's */
+    run("qwen3 (q/k norms)", qwen3);
     return check_report("decode_cache");
 }

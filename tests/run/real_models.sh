@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Real model shapes end to end, no download: random checkpoints made by `peft init-model` from
-# the public config.json of TinyLlama-1.1B (with the Llama-2/Mistral tokenizer and Llama-2's
-# chat template) and of Llama-3.2-1B (llama3 RoPE scaling, with the Llama-3 tokenizer), cut to
-# 2 layers; a LoRA stage on chat data lowers the loss; the adapter exports as an HF PEFT folder.
+# the public config.json of Qwen3-0.6B (q/k norms, head_dim 128, with the Qwen3 tokenizer and
+# its think-block ChatML), TinyLlama-1.1B (with the Llama-2/Mistral tokenizer and Llama-2's
+# chat template) and Llama-3.2-1B (llama3 RoPE scaling, with the Llama-3 tokenizer), cut to 2
+# layers; a LoRA stage on chat data lowers the loss; the adapter exports as an HF PEFT folder;
+# peft generate answers through the chat template.
 #   real_models.sh PEFT
 set -u
 . "$(dirname "$0")/../testlib.sh"
@@ -63,6 +65,7 @@ INI
     rm -rf "$name" "out-$name/chat/model"
 }
 
+one qwen3 Qwen3-0.6B qwen3 "" "--chat"
 one tinyllama TinyLlama-1.1B llama2 "chat_template = llama2" "--chat-template llama2"
 one llama32 Llama-3.2-1B llama3 "" "--chat"
 finish
