@@ -194,7 +194,16 @@ static int read_pretokenizer(struct loader *L, const cJSON *o) {
         p->add_prefix_space = flag(o, "add_prefix_space", p->prepend_scheme != 2);
         return 0;
     }
-    return refuse(L, "type '%s' is not supported (Split, ByteLevel, Metaspace, Sequence)",
+    if (type && strcmp(type, "Digits") == 0) {
+        /* digits apart from the rest, one by one with individual_digits (the reference's
+         * pattern, JavaScript's ASCII \d) */
+        p->kind = PRE_SPLIT;
+        t->n_pre++;
+        p->re = tok_regex_compile(flag(o, "individual_digits", 0) ? "[^\\d]+|\\d" : "[^\\d]+|\\d+");
+        if (!p->re) return refuse(L, "Digits: %s", err_msg());
+        return 0;
+    }
+    return refuse(L, "type '%s' is not supported (Split, ByteLevel, Metaspace, Digits, Sequence)",
                   type ? type : "(none)");
 }
 

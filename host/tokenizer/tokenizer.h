@@ -8,7 +8,8 @@
  *    Llama-3 and Qwen, or SentencePiece-style BPE (Prepend/Replace normalizers, byte
  *    fallback), NFC, added and special tokens, TemplateProcessing, and the decoders
  *    (ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace). Anything else is refused
- *    when the file is loaded, with one line naming the file and the component.
+ *    when the file is loaded, with one line naming the file and the component. (Digits, which
+ *    SmolLM2 puts before ByteLevel, splits digits from the rest.)
  *
  * Ids and decoded text equal those of the reference implementation (@lenml/tokenizers, the
  * tokenizers of transformers.js) on the parity corpus of tests/tokenizer.
