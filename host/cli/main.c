@@ -17,7 +17,7 @@ const struct command cmd_version = {
     "options:\n  -h, --help  this help\n\nexample:\n  peft version\n", version_main};
 
 const struct command *const commands[] = {&cmd_run, &cmd_compare, &cmd_plugins, &cmd_keys,
-                                          &cmd_data, &cmd_tokenize, &cmd_init_model, &cmd_generate, &cmd_export, &cmd_import,
+                                          &cmd_data, &cmd_tokenize, &cmd_init_model, &cmd_generate, &cmd_eval, &cmd_export, &cmd_import,
                                           &cmd_inspect, &cmd_version, NULL};
 
 static const struct command *find_command(const char *name) {

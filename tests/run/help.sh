@@ -23,6 +23,7 @@ declare -A flags=(
     [data]="--list --tasks --out --n --split --seed"
     [tokenize]="--no-special --ids --decode"
     [init-model]="--layers --seed --std"
+    [eval]="--data --tasks --n --out --max-new-tokens --batch --chat-template"
     [generate]="--prompt --chat --system --chat-template --max-new-tokens --temperature --top-k --top-p --seed --quiet"
     [export]="--base-model --plugin-path"
     [import]="--plugin-path"

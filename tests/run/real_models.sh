@@ -62,6 +62,21 @@ INI
     else
         bad "$name: generate: '$(cat gen.txt)' $(cat gen.err)"
     fi
+    # peft eval on the training conversations: loss, perplexity, exact match, predictions (on
+    # the cheapest head only: greedy predictions at a 128k vocabulary take minutes)
+    if [ "$name" != tinyllama ]; then
+        rm -rf "$name" "out-$name/chat/model"
+        return
+    fi
+    local tmpl=""
+    [ "$chat" = "--chat" ] || tmpl="--chat-template ${chat##* }"
+    # shellcheck disable=SC2086
+    "$PEFT" eval "out-$name/chat" --data chat.jsonl --out "ev-$name" $tmpl >ev.txt 2>ev.err
+    if [ $? -eq 0 ] && grep -q '^| chat | 20 | .* | 100.0% |' ev.txt && grep -q 'The sky is blue' "ev-$name/predictions-chat.jsonl"; then
+        ok "$name: peft eval: $(grep '^| chat' ev.txt)"
+    else
+        bad "$name: eval: $(cat ev.txt ev.err)"
+    fi
     rm -rf "$name" "out-$name/chat/model"
 }
 
