@@ -84,7 +84,11 @@ static const struct host_key keys[] = {
     {"stage", "eval_tasks", "words", "every task trained in the chain so far", 0, 0, NULL,
      TRAIN | MERGE, "tasks evaluated before and after the stage"},
     {"stage", "steps", "int", "100", 0, 1e8, NULL, TRAIN, "optimizer steps"},
-    {"stage", "batch_size", "int", "16", 1, 1 << 20, NULL, TRAIN, "examples per step"},
+    {"stage", "batch_size", "int", "16", 1, 1 << 20, NULL, TRAIN,
+     "examples per forward pass (a step is grad_accum of them)"},
+    {"stage", "grad_accum", "int", "1", 1, 1 << 16, NULL, TRAIN,
+     "micro-batches of batch_size summed into one optimizer step; the step equals one batch "
+     "of grad_accum * batch_size examples up to summation order"},
     {"stage", "eval_batch_size", "int", "64", 1, 1 << 20, NULL, TRAIN | MERGE,
      "examples per evaluation batch"},
     {"stage", "eval_every", "int", "0", 0, 1e8, NULL, TRAIN,

@@ -351,6 +351,7 @@ struct model_acts {
     int32_t B, T;
     int32_t ready;           /* a forward finished: backward may run */
     int32_t n_valid;         /* rows with a target */
+    float loss_scale;        /* the backward pass's gradients are of loss_scale * loss (0: 1) */
 
     float *fwd;              /* forward block */
     size_t fwd_cap;
@@ -393,6 +394,11 @@ struct model_acts {
 struct model_acts *model_acts_new(void)
 {
     return xcalloc(1, sizeof(struct model_acts));
+}
+
+void model_acts_set_loss_scale(struct model_acts *a, float scale)
+{
+    a->loss_scale = scale;
 }
 
 void model_acts_free(struct model_acts *a)
@@ -694,6 +700,7 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
 
     /* head: d(loss)/d(logits) = (softmax - onehot) / n_valid */
     float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
+    if (a->loss_scale > 0.0f) scale *= a->loss_scale;
     crossentropy_backward(a->d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
     matmul_backward(a->d_hidden, grad_of(m, lm_head_tensor(c)), a->d_logits, a->hidden,
                     m->w.lm_head, n, C, c->vocab, 0.0f);

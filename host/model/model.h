@@ -165,6 +165,9 @@ int model_site_forward(const struct model *m, const struct model_hooks *hk, int3
 struct model_acts;
 struct model_acts *model_acts_new(void);
 void model_acts_free(struct model_acts *a);
+/* The next backward passes compute the gradients of scale * loss (gradient accumulation:
+ * each micro-batch's share of the answer tokens of the whole step). 1 by default. */
+void model_acts_set_loss_scale(struct model_acts *a, float scale);
 
 /* Forward over tokens (B, T). targets (B, T): next-token ids, -1 = no loss at that row.
  * Returns 0 and sets *loss = mean cross-entropy over rows with a target (0 if none), plus

@@ -707,6 +707,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     struct optim_params *o = &s->opt;
     NOTE(cfg_key_int(c, section, "steps", &s->steps));
     NOTE(cfg_key_int(c, section, "batch_size", &s->batch_size));
+    NOTE(cfg_key_int(c, section, "grad_accum", &s->grad_accum));
     NOTE(cfg_key_int(c, section, "eval_batch_size", &s->eval_batch_size));
     NOTE(cfg_key_int(c, section, "eval_every", &s->eval_every));
     NOTE(cfg_key_int(c, section, "save_every", &s->save_every));

@@ -37,6 +37,7 @@ struct stage {
     int32_t *known_tasks, n_known_tasks;
     struct merge_spec *merge;   /* a merge stage (merge.h): trains nothing; else NULL */
     int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
+    int64_t grad_accum;         /* micro-batches per optimizer step */
     int64_t n_train;            /* examples per task this stage trains on (0 = all) */
     /* The continual-learning sampler (train.c, replay.h): a share of every batch comes from
      * the earlier tasks replay_tasks, each example drawn by picking one of them uniformly,

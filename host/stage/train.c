@@ -316,7 +316,9 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     int rc = -1, resumed = 0;
     struct model_acts *acts = model_acts_new();
     struct batch b = {0};
-    size_t *idx = xmalloc(sizeof *idx * (size_t)s->batch_size);
+    /* a step's examples: grad_accum micro-batches of batch_size, drawn at once as one batch */
+    int64_t accum = s->grad_accum > 0 ? s->grad_accum : 1;
+    size_t *idx = xmalloc(sizeof *idx * (size_t)(s->batch_size * accum));
     struct progress prog;
     struct replay_memory memory = {0};
     int32_t n_old = replay_count(s->replay, s->replay_joint, s->n_replay_tasks,
@@ -369,16 +371,36 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     int32_t window_n = 0;
     progress_begin(&prog, env->progress, ls.step);
     for (int64_t step = ls.step + 1; step <= s->steps; step++) {
-        replay_draw(&memory, pool, n_pool, (int32_t)s->batch_size, n_old, &ls.data_rng, idx);
-        batch_make(&b, env->train, idx, (int32_t)s->batch_size, env->model->cfg.max_seq);
+        replay_draw(&memory, pool, n_pool, (int32_t)(s->batch_size * accum), n_old * (int32_t)accum,
+                    &ls.data_rng, idx);
         /* Zero first: batch_begin may run an auxiliary pass that accumulates gradients. */
         method_run_zero_grads(mr);
-        stage_set_batch(env, mr, &b, 1);
-        int failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1));
-        float loss;
-        failed = failed || model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
-                 model_backward(env->model, acts, hooks);
-        stage_set_batch(env, NULL, NULL, 0);
+        /* Each micro-batch's loss is a mean over its answer tokens; weighted by its share of
+         * the step's answer tokens, the summed gradients are those of the whole batch's mean. */
+        int64_t step_targets = 0;
+        for (int64_t k = 0; k < accum && accum > 1; k++) {
+            batch_make(&b, env->train, idx + k * s->batch_size, (int32_t)s->batch_size, env->model->cfg.max_seq);
+            for (int32_t r = 0; r < b.B * b.T; r++) step_targets += b.targets[r] >= 0;
+        }
+        double step_loss = 0, step_tokens = 0;
+        int failed = 0;
+        for (int64_t k = 0; k < accum && !failed; k++) {
+            batch_make(&b, env->train, idx + k * s->batch_size, (int32_t)s->batch_size, env->model->cfg.max_seq);
+            int64_t targets = 0;
+            for (int32_t r = 0; r < b.B * b.T && accum > 1; r++) targets += b.targets[r] >= 0;
+            double share = accum > 1 ? (step_targets ? (double)targets / (double)step_targets : 0.0) : 1.0;
+            model_acts_set_loss_scale(acts, (float)share);
+            stage_set_batch(env, mr, &b, 1);
+            float loss = 0;
+            failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1)) ||
+                     model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
+                     model_backward(env->model, acts, hooks);
+            stage_set_batch(env, NULL, NULL, 0);
+            step_loss += share * loss;
+            step_tokens += (double)b.B * b.T;
+        }
+        model_acts_set_loss_scale(acts, 1.0f);
+        float loss = (float)step_loss;
         if (failed) goto out;
         if (!isfinite(loss)) {
             diverged(env, s, step, xasprintf("the loss is not finite (%s)",
@@ -402,7 +424,7 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
                        (long long)step, (unsigned long long)s->n_trainable);
         }
         ls.step = step;
-        ls.tokens += (double)b.B * b.T;
+        ls.tokens += step_tokens;
         window_loss += loss;
         window_n++;
         double elapsed = now_seconds() - t_start;
