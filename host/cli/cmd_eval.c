@@ -130,19 +130,8 @@ static int eval_task(struct model *m, const struct tokenizer *t, const struct da
 }
 
 static int run_eval(const struct eval_options *o) {
-    char *cfg = path_join(o->dir, "config.json"), *model_dir = NULL;
-    if (file_exists(cfg)) {
-        model_dir = xstrdup(o->dir);
-    } else {
-        char *inner = path_join(o->dir, "model"), *inner_cfg = path_join(inner, "config.json");
-        if (file_exists(inner_cfg)) model_dir = inner;
-        else free(inner);
-        free(inner_cfg);
-    }
-    free(cfg);
-    if (!model_dir)
-        return err_set("%s: no config.json here or in %s/model (a checkpoint folder, or a stage "
-                       "folder written with save_model = true)", o->dir, o->dir);
+    char *model_dir = hf_model_dir_of(o->dir);
+    if (!model_dir) return -1;
     struct model m = {0};
     struct tokenizer *tok = NULL;
     struct task_table tt = {0};

@@ -107,21 +107,8 @@ static int read_all_stdin(char **out) {
 
 static int generate(const struct gen_options *o) {
     /* a checkpoint folder, or a stage folder holding its merged model */
-    char *dir = path_join(o->dir, "config.json");
-    char *model_dir = NULL;
-    if (file_exists(dir)) {
-        model_dir = xstrdup(o->dir);
-    } else {
-        char *inner = path_join(o->dir, "model");
-        char *inner_cfg = path_join(inner, "config.json");
-        if (file_exists(inner_cfg)) model_dir = inner;
-        else free(inner);
-        free(inner_cfg);
-    }
-    free(dir);
-    if (!model_dir)
-        return err_set("%s: no config.json here or in %s/model (a checkpoint folder, or a stage "
-                       "folder written with save_model = true)", o->dir, o->dir);
+    char *model_dir = hf_model_dir_of(o->dir);
+    if (!model_dir) return -1;
     struct model m = {0};
     struct tokenizer *tok = NULL;
     int rc = hf_model_load(model_dir, &m);

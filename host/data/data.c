@@ -57,7 +57,7 @@ static struct example *dataset_new_example(struct dataset *d, int32_t task) {
     return e;
 }
 
-static void example_free(struct example *e) {
+void example_free(struct example *e) {
     free(e->prompt);
     free(e->completion);
     for (int32_t m = 0; m < e->n_messages; m++) {

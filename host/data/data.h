@@ -63,6 +63,8 @@ void dataset_add(struct dataset *d, int32_t task, const char *prompt, const char
 int dataset_add_messages(struct dataset *d, int32_t task, const struct chat_message *m, int32_t n);
 /* A copy of an example of another dataset that encodes alike (its ids are copied). */
 int dataset_add_copy(struct dataset *d, const struct example *e);
+/* Free what an example owns (the struct itself is the dataset's). */
+void example_free(struct example *e);
 /* Encode e with enc (NULL: the byte tokenizer). -1 with "SOURCE:LINE: reason". */
 int example_encode(const struct data_encoding *enc, struct example *e);
 /* Encode (again) every example with d->enc. -1 with "SOURCE:LINE: reason". */

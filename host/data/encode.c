@@ -170,17 +170,7 @@ int dataset_fit(struct dataset *d, int32_t max_T, enum truncation policy, const 
             cut_left(e, max_T, head < max_T ? head : 0);
             d->ex[kept++] = *e;
         } else {
-            d->ex[kept++] = *e; /* moved, then freed below when dropped */
-            kept--;
-            free(e->prompt);
-            free(e->completion);
-            for (int32_t m = 0; m < e->n_messages; m++) {
-                free(e->messages[m].role);
-                free(e->messages[m].content);
-            }
-            free(e->messages);
-            free(e->ids);
-            free(e->scored);
+            example_free(e); /* dropped */
         }
     }
     d->n = kept;

@@ -602,3 +602,18 @@ int hf_copy_tokenizer(const char *from_dir, const char *to_dir) {
     }
     return rc;
 }
+
+char *hf_model_dir_of(const char *dir) {
+    char *cfg = path_join(dir, "config.json");
+    int here = file_exists(cfg);
+    free(cfg);
+    if (here) return xstrdup(dir);
+    char *inner = path_join(dir, "model"), *inner_cfg = path_join(inner, "config.json");
+    int there = file_exists(inner_cfg);
+    free(inner_cfg);
+    if (there) return inner;
+    free(inner);
+    err_set("%s: no config.json here or in %s/model (a checkpoint folder, or a stage folder "
+            "written with save_model = true)", dir, dir);
+    return NULL;
+}

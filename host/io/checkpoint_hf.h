@@ -19,6 +19,10 @@ int hf_model_load(const char *dir, struct model *m);
 /* Write DIR/config.json and DIR/model.safetensors (extra metadata pairs optional, NULL-ended
  * key/value array). Creates DIR. */
 int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv);
+/* The checkpoint folder DIR names: DIR itself when it holds config.json, else DIR/model (a
+ * run stage's merged model). A new string, or NULL with "DIR: no config.json here or in
+ * DIR/model (...)". */
+char *hf_model_dir_of(const char *dir);
 /* Copy the tokenizer files of a model folder (tokenizer.json, tokenizer_config.json,
  * generation_config.json, those present) into another, atomically each. */
 int hf_copy_tokenizer(const char *from_dir, const char *to_dir);

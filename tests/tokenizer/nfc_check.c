@@ -8,17 +8,8 @@
 #include <string.h>
 
 #include "core.h"
+#include "hex.h"
 #include "tok_internal.h"
-
-static size_t unhex(const char *s, size_t n, char *out) {
-    size_t k = 0;
-    for (size_t i = 0; i + 1 < n; i += 2) {
-        unsigned v;
-        if (sscanf(s + i, "%2x", &v) != 1) break;
-        out[k++] = (char)v;
-    }
-    return k;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;

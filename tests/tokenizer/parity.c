@@ -14,17 +14,8 @@
 #include <cjson/cJSON.h>
 
 #include "core.h"
+#include "hex.h"
 #include "tokenizer.h"
-
-static size_t unhex(const char *s, size_t n, char *out) {
-    size_t k = 0;
-    for (size_t i = 0; i + 1 < n; i += 2) {
-        unsigned v;
-        if (sscanf(s + i, "%2x", &v) != 1) break;
-        out[k++] = (char)v;
-    }
-    return k;
-}
 
 /* "1,2,3" -> ids; "" -> none */
 static size_t parse_ids(const char *s, int32_t **ids) {
