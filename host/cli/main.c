@@ -31,7 +31,7 @@ static void overview(FILE *out) {
     for (const struct command *const *c = commands; *c; c++) {
         const char *nl = strchr((*c)->summary, '\n');
         int n = nl ? (int)(nl - (*c)->summary) : (int)strlen((*c)->summary);
-        fprintf(out, "  %-8s %.*s%s\n", (*c)->name, n, (*c)->summary, nl ? " ..." : "");
+        fprintf(out, "  %-10s %.*s%s\n", (*c)->name, n, (*c)->summary, nl ? " ..." : "");
     }
     fprintf(out, "\nexample:\n  peft run conf/quickstart.ini\n");
 }
