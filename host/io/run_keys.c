@@ -93,6 +93,11 @@ static const struct host_key keys[] = {
      "examples per evaluation batch"},
     {"stage", "eval_every", "int", "0", 0, 1e8, NULL, TRAIN,
      "evaluate every this many steps (0 = before and after only)"},
+    {"stage", "early_stopping", "int", "0", 0, 1e6, NULL, TRAIN,
+     "stop when the evaluation metric has not improved for this many evaluations (eval_every); "
+     "the best evaluation's adapter is the stage's result (0 = off)"},
+    {"stage", "early_stopping_metric", "choice", "loss", 0, 0, "loss|accuracy", TRAIN,
+     "the mean over the eval tasks early_stopping watches: loss (lower is better) or accuracy"},
     {"stage", "save_every", "int", "100", 0, 1e8, NULL, TRAIN,
      "checkpoint every this many steps (0 = never), for --resume"},
     {"stage", "log_every", "int", "10", 1, 1e8, NULL, TRAIN,

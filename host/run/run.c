@@ -209,6 +209,11 @@ static int stage_write_done(struct run *r, struct stage *s) {
         sequence_tokens += e->n_ids;
         for (int32_t t = 1; t < e->n_ids; t++) answer_tokens += e->scored[t]; /* targets */
     }
+    if (s->early_stopping > 0) {
+        cJSON *es = cJSON_AddObjectToObject(j, "early_stopping");
+        cJSON_AddNumberToObject(es, "best_step", (double)s->best_step);
+        cJSON_AddNumberToObject(es, "stopped_at_step", (double)s->stopped_step);
+    }
     cJSON *data = cJSON_AddObjectToObject(j, "data");
     cJSON_AddNumberToObject(data, "examples", examples);
     cJSON_AddNumberToObject(data, "sequence_tokens", sequence_tokens);
@@ -348,7 +353,7 @@ static int run_stage(struct run *r, struct stage *s) {
         s->n_trainable = method_run_trainable_count(mr); /* a mask set in the stage (LoTA) */
         if (method_run_end(mr)) goto fail;
         if (stage_eval(&r->env, s, mr, s->after)) goto fail;
-        stage_log_eval(&r->env, s, "after", s->steps, s->after);
+        stage_log_eval(&r->env, s, "after", s->stopped_step ? s->stopped_step : s->steps, s->after);
         /* Fold first, so that the model written with save_model includes the adapter. */
         if (stage_merge(r, s, mr) || stage_write_outputs(r, s, mr)) goto fail;
         struct rusage ru;

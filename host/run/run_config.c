@@ -710,6 +710,16 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     NOTE(cfg_key_int(c, section, "grad_accum", &s->grad_accum));
     NOTE(cfg_key_int(c, section, "eval_batch_size", &s->eval_batch_size));
     NOTE(cfg_key_int(c, section, "eval_every", &s->eval_every));
+    NOTE(cfg_key_int(c, section, "early_stopping", &s->early_stopping));
+    const char *early_metric = NULL;
+    NOTE(cfg_key_choice(c, section, "early_stopping_metric", &early_metric));
+    s->early_on_accuracy = early_metric && strcmp(early_metric, "accuracy") == 0;
+    if (s->early_stopping > 0 && s->eval_every == 0) {
+        char where[512];
+        err_set("%s: [%s] early_stopping: needs eval_every (the evaluations it watches)",
+                cfg_where(c, cfg_find(c, section, "early_stopping"), where, sizeof where), section);
+        cfg_note(c);
+    }
     NOTE(cfg_key_int(c, section, "save_every", &s->save_every));
     NOTE(cfg_key_int(c, section, "log_every", &s->log_every));
     NOTE(cfg_key_int(c, section, "n_train", &s->n_train));

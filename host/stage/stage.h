@@ -38,6 +38,10 @@ struct stage {
     struct merge_spec *merge;   /* a merge stage (merge.h): trains nothing; else NULL */
     int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
     int64_t grad_accum;         /* micro-batches per optimizer step */
+    int64_t early_stopping;     /* patience in evaluations (0 = off) */
+    int32_t early_on_accuracy;  /* watch mean accuracy (else mean loss) */
+    int64_t best_step;          /* early stopping: the evaluation kept as the result (0: none) */
+    int64_t stopped_step;       /* early stopping: the step training stopped at (0: ran out) */
     int64_t n_train;            /* examples per task this stage trains on (0 = all) */
     /* The continual-learning sampler (train.c, replay.h): a share of every batch comes from
      * the earlier tasks replay_tasks, each example drawn by picking one of them uniformly,

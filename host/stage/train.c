@@ -66,6 +66,39 @@ struct loop_state {
     double tokens, seconds;
 };
 
+/* Early stopping: the best mean evaluation so far and how many evaluations since. */
+struct early_state {
+    double best;
+    int64_t since;
+};
+
+/* After an evaluation: a better mean metric saves the method's tensors as the best (the
+ * stage's result if training stops or ends); patience evaluations without one stop it. */
+static int early_stopping_check(struct stage_env *env, struct stage *s, struct method_run *mr,
+                                const struct eval_result *ev, int64_t step, struct early_state *e,
+                                int *stop) {
+    (void)env;
+    double sum = 0;
+    for (int32_t k = 0; k < s->n_eval_tasks; k++) sum += s->early_on_accuracy ? ev[k].accuracy : ev[k].loss;
+    double metric = s->n_eval_tasks ? sum / s->n_eval_tasks : 0;
+    int better = s->best_step == 0 || (s->early_on_accuracy ? metric > e->best : metric < e->best);
+    if (better) {
+        char *best = path_join(s->dir, "early-stopping-best.safetensors");
+        char step_text[32];
+        snprintf(step_text, sizeof step_text, "%lld", (long long)step);
+        const char *meta[] = {"peft.step", step_text, NULL};
+        int rc = method_run_save(mr, best, meta);
+        free(best);
+        if (rc) return -1;
+        e->best = metric;
+        e->since = 0;
+        s->best_step = step;
+    } else if (++e->since >= s->early_stopping) {
+        *stop = 1;
+    }
+    return 0;
+}
+
 static void rng_to_hex(const struct rng *g, char *out) {
     sprintf(out, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, g->s[0], g->s[1], g->s[2],
             g->s[3]);
@@ -366,6 +399,8 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         before_json = eval_json(s->before, s->n_eval_tasks);
     }
 
+    struct early_state early = {0};
+    s->best_step = s->stopped_step = 0;
     const struct model_hooks *hooks = method_run_hooks(mr, 1);
     double window_loss = 0, t_start = now_seconds(), tokens_at_start = ls.tokens;
     int32_t window_n = 0;
@@ -442,13 +477,25 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             window_loss = 0;
             window_n = 0;
         }
+        int stop_early = 0;
         if (s->eval_every && step % s->eval_every == 0 && step < s->steps) {
             struct eval_result *ev = xcalloc((size_t)s->n_eval_tasks, sizeof *ev);
             int erc = stage_eval(env, s, mr, ev);
             progress_interrupt(&prog);
             if (erc == 0) stage_log_eval(env, s, "step", step, ev);
+            if (erc == 0 && s->early_stopping > 0)
+                erc = early_stopping_check(env, s, mr, ev, step, &early, &stop_early);
             free(ev);
             if (erc) goto out;
+        }
+        if (stop_early) {
+            s->stopped_step = step;
+            if (!env->quiet)
+                printf("[%s] early stop at step %lld: the mean eval %s has not improved for %lld "
+                       "evaluations; the result is step %lld's\n", s->name, (long long)step,
+                       s->early_on_accuracy ? "accuracy" : "loss", (long long)s->early_stopping,
+                       (long long)s->best_step);
+            break;
         }
         int stop_here = env->stop_after > 0 && step == env->stop_after && step < s->steps;
         if ((s->save_every && step % s->save_every == 0 && step < s->steps) || stop_here) {
@@ -464,6 +511,13 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         }
     }
     progress_end(&prog);
+    if (s->best_step > 0) { /* the best evaluation's tensors are the stage's result */
+        char *best = path_join(s->dir, "early-stopping-best.safetensors");
+        int lrc = method_run_load(mr, best);
+        unlink(best);
+        free(best);
+        if (lrc) goto out;
+    }
     ls.seconds += now_seconds() - t_start;
     s->train_seconds = ls.seconds;
     s->tokens_per_second = ls.seconds > 0 ? ls.tokens / ls.seconds : 0;

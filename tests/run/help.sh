@@ -10,7 +10,7 @@ set -u
 
 overview=$("$PEFT" help); rc=$?
 [ $rc -eq 0 ] && ok "peft help exits 0" || bad "peft help: status $rc"
-commands=$(awk '/^example/ {exit} /^  [a-z]+ / {print $1}' <<<"$overview")
+commands=$(awk '/^example/ {exit} /^  [a-z][a-z-]* / {print $1}' <<<"$overview")
 [ "$(wc -w <<<"$commands")" -ge 9 ] && ok "peft help lists $(wc -w <<<"$commands") commands" || bad "commands: $commands"
 
 # The options each command's parser takes (from the source of truth a user sees: its help),
