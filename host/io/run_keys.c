@@ -100,6 +100,9 @@ static const struct host_key keys[] = {
      "the mean over the eval tasks early_stopping watches: loss (lower is better) or accuracy"},
     {"stage", "save_every", "int", "100", 0, 1e8, NULL, TRAIN,
      "checkpoint every this many steps (0 = never), for --resume"},
+    {"stage", "keep_checkpoints", "int", "0", 0, 1e6, NULL, TRAIN,
+     "keep the N most recent checkpoints, also after the stage completes (0 = only the latest, "
+     "removed when the stage completes)"},
     {"stage", "log_every", "int", "10", 1, 1e8, NULL, TRAIN,
      "a metrics.jsonl train line every this many steps"},
     {"stage", "n_train", "int", "0", 0, 1e8, NULL, TRAIN,

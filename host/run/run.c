@@ -359,7 +359,7 @@ static int run_stage(struct run *r, struct stage *s) {
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto fail;
-        stage_checkpoint_remove(s);
+        stage_checkpoint_finish(s);
     }
     s->result_params = xalloc_floats(r->model.n_params);
     memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));

@@ -721,6 +721,7 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         cfg_note(c);
     }
     NOTE(cfg_key_int(c, section, "save_every", &s->save_every));
+    NOTE(cfg_key_int(c, section, "keep_checkpoints", &s->keep_checkpoints));
     NOTE(cfg_key_int(c, section, "log_every", &s->log_every));
     NOTE(cfg_key_int(c, section, "n_train", &s->n_train));
     NOTE(cfg_key_float(c, section, "lr", &o->lr));

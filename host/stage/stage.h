@@ -39,6 +39,7 @@ struct stage {
     int64_t steps, batch_size, eval_batch_size, eval_every, save_every, log_every;
     int64_t grad_accum;         /* micro-batches per optimizer step */
     int64_t early_stopping;     /* patience in evaluations (0 = off) */
+    int64_t keep_checkpoints;   /* the N most recent kept, past the stage's end (0: latest) */
     int32_t early_on_accuracy;  /* watch mean accuracy (else mean loss) */
     int64_t best_step;          /* early stopping: the evaluation kept as the result (0: none) */
     int64_t stopped_step;       /* early stopping: the step training stopped at (0: ran out) */
@@ -119,6 +120,9 @@ struct stage_env {
 
 /* The weights a stage starts from: its `from` stage's result, or the base model. */
 const float *stage_start(const struct stage_env *env, const struct stage *s);
+/* A completed stage's checkpoints: all removed, or (keep_checkpoints) only the manifest, so
+ * that the kept pairs stay without marking the stage as interrupted. */
+void stage_checkpoint_finish(const struct stage *s);
 
 /* Create a method instance on the model as it is now (create + attach + tensors), with the
  * chain's services (stage_tensor, stage_delta, stage_file, run_pass); where prefixes its

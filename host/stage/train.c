@@ -29,20 +29,51 @@ static char *checkpoint_file(const struct stage *s, int64_t step, const char *su
     return path_join(s->dir, name);
 }
 
-/* Every checkpoint file of s but those of step keep (-1: all, and the manifest too). */
+/* The step of a checkpoint file's name (checkpoint-STEP[-optim].safetensors), or -1. */
+static int64_t checkpoint_step(const char *name) {
+    if (strncmp(name, "checkpoint-", 11) != 0) return -1;
+    char *end;
+    long long step = strtoll(name + 11, &end, 10);
+    if (end == name + 11 || (strcmp(end, ".safetensors") != 0 && strcmp(end, "-optim.safetensors") != 0))
+        return -1;
+    return step;
+}
+
+/* Every checkpoint file of s but those of step keep and the (keep_checkpoints - 1) steps
+ * before it that are on disk (keep -1: all, and the manifest too). */
 static void checkpoint_remove_others(const struct stage *s, int64_t keep) {
     DIR *d = opendir(s->dir);
     if (!d) return;
-    char own[96], own_optim[96];
-    snprintf(own, sizeof own, "checkpoint-%lld.safetensors", (long long)keep);
-    snprintf(own_optim, sizeof own_optim, "checkpoint-%lld-optim.safetensors", (long long)keep);
+    /* the oldest step still kept: the keep_checkpoints-th most recent on disk */
+    int64_t oldest_kept = keep;
+    if (keep >= 0 && s->keep_checkpoints > 1) {
+        int64_t *steps = xcalloc((size_t)s->keep_checkpoints, sizeof *steps);
+        int64_t n = 0;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            int64_t st = checkpoint_step(e->d_name);
+            if (st < 0 || st > keep) continue;
+            int dup = 0;
+            for (int64_t k = 0; k < n; k++) dup |= steps[k] == st;
+            if (dup) continue;
+            if (n < s->keep_checkpoints) steps[n++] = st;
+            else { /* replace the smallest when st is larger */
+                int64_t m = 0;
+                for (int64_t k = 1; k < n; k++) if (steps[k] < steps[m]) m = k;
+                if (st > steps[m]) steps[m] = st;
+            }
+        }
+        for (int64_t k = 0; k < n; k++) if (steps[k] < oldest_kept) oldest_kept = steps[k];
+        free(steps);
+        rewinddir(d);
+    }
     struct dirent *e;
     while ((e = readdir(d))) {
         const char *n = e->d_name;
         int ours = strncmp(n, "checkpoint-", 11) == 0 || strcmp(n, manifest_name) == 0 ||
                    strcmp(n, "checkpoint.safetensors") == 0; /* the former single-name layout */
-        if (!ours || (keep >= 0 && (!strcmp(n, own) || !strcmp(n, own_optim) ||
-                                    !strcmp(n, manifest_name))))
+        int64_t st = checkpoint_step(n);
+        if (!ours || (keep >= 0 && (strcmp(n, manifest_name) == 0 || (st >= oldest_kept && st <= keep))))
             continue;
         char *p = path_join(s->dir, n);
         unlink(p);
@@ -59,6 +90,16 @@ int stage_checkpoint_exists(const struct stage *s) {
 }
 
 void stage_checkpoint_remove(const struct stage *s) { checkpoint_remove_others(s, -1); }
+
+void stage_checkpoint_finish(const struct stage *s) {
+    if (s->keep_checkpoints <= 0) {
+        checkpoint_remove_others(s, -1);
+        return;
+    }
+    char *p = path_join(s->dir, manifest_name);
+    unlink(p);
+    free(p);
+}
 
 struct loop_state {
     int64_t step;
