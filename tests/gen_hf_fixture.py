@@ -64,7 +64,7 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def llama_tensors(gen, vocab, hidden, inter, layers, heads, kv, head_dim, tied):
-    """HF names and shapes (FORMATS.md 3.2), random values like a trained model's scale."""
+    """HF names and shapes (as HF transformers names them), random values like a trained model's scale."""
     def mat(rows, cols):
         return torch.randn(rows, cols, generator=gen) * 0.05
 

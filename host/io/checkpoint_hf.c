@@ -1,5 +1,5 @@
 /*
- * checkpoint_hf.c: HF llama checkpoints (FORMATS.md §3): DIR/config.json and the weights in
+ * checkpoint_hf.c: HF checkpoints (llama, qwen2, qwen3, mistral): DIR/config.json and the weights in
  * DIR/model.safetensors, or in shards listed by DIR/model.safetensors.index.json.
  *
  * config.json: both RoPE layouts are read (transformers v4: top-level rope_theta and

@@ -1,7 +1,8 @@
 /*
- * checkpoint_hf.h: HF llama checkpoints, a folder with config.json + model.safetensors
- * (FORMATS.md §3). Reads F32/F16/BF16 weights, both rope_theta layouts (top-level v4 and
- * rope_parameters v5), tied or untied heads; checks every shape against config.json.
+ * checkpoint_hf.h: HF checkpoints of the llama family (llama, qwen2, qwen3, mistral), a folder
+ * with config.json + model.safetensors (or shards). Reads F32/F16/BF16 weights, both RoPE
+ * layouts (top-level v4 rope_theta/rope_scaling and v5 rope_parameters), tied or untied heads;
+ * checks every shape against config.json.
  * Writes the same layout (F32), atomically.
  */
 #ifndef PEFT_CHECKPOINT_HF_H

@@ -1,5 +1,5 @@
 /*
- * safetensors.c: strict reader and atomic writer of the safetensors format (FORMATS.md §1).
+ * safetensors.c: strict reader and atomic writer of the safetensors format (huggingface/safetensors).
  *
  * Reader: the file is read into memory with read(), the 8-byte header length is checked
  * against the 100 MB cap and the file size before anything else is allocated, the header

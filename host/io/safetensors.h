@@ -1,5 +1,5 @@
 /*
- * safetensors.h: reader and writer of the safetensors format (FORMATS.md §1).
+ * safetensors.h: reader and writer of the safetensors format (huggingface/safetensors).
  *
  * The reader enforces the reference checks: header size cap, valid JSON object, known dtypes,
  * integer shapes and offsets, contiguous data from 0 with no holes or overlaps, byte size =

@@ -19,7 +19,7 @@
  *   additive               Σ w_i ΔW_i on sparse vectors  (LoTA's merge; same formula, its name)
  *   negate                 Σ w_i neg(ΔW_i), neg being the method's own negation
  *   magnitude_prune, ties, dare_linear, dare_ties        (PEFT merge_utils; see merge_ops.h)
- * each times `lambda` (default 1). In factor space (METHODS.md §3, the PEM paper) the inputs
+ * each times `lambda` (default 1). In factor space (the PEM paper; README "Merging adapters") the inputs
  * must be adapters of one method with one configuration; each tensor is averaged with
  * coefficients |w_i| / Σ|w_j| (trainable tensors and those flagged PEFT_TENSOR_AVERAGE; other
  * frozen state must be equal), an input with a negative weight, or every input under

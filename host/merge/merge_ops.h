@@ -3,7 +3,7 @@
  * merge several of them: weighted sums (task arithmetic, LoTA's additive merge), magnitude
  * pruning, TIES and DARE.
  *
- * Conventions (FORMATS.md §2.6 and §4.2 list where PEFT and mergekit differ). These follow
+ * Conventions (where HF PEFT's merge_utils and mergekit differ). These follow
  * PEFT's utils/merge_utils.py, applied to whole task vectors (dense ΔW or sparse deltas)
  * rather than to LoRA factors, as PEFT's `*_svd` combination types do:
  *   magnitude prune: per tensor keep the k = floor(density * numel) entries of largest |x|

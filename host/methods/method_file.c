@@ -1,5 +1,5 @@
 /*
- * method_file.c: adapter files of a method run (safetensors, FORMATS.md §1): every tensor
+ * method_file.c: adapter files of a method run (safetensors): every tensor
  * without NO_SAVE under its registered name, the plugin's own state as a U8 tensor
  * "peft.state", and in __metadata__ the method id, its version and the ABI version, plus
  * what the caller adds. Loading checks the whole file against the run (method, major

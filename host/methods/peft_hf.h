@@ -1,5 +1,5 @@
 /*
- * peft_hf.h: LoRA adapters in Hugging Face PEFT's folder layout (FORMATS.md §2):
+ * peft_hf.h: LoRA adapters in Hugging Face PEFT's folder layout (adapter_config.json + adapter_model.safetensors):
  *   DIR/adapter_config.json       peft_type "LORA", r, lora_alpha, target_modules, ...
  *   DIR/adapter_model.safetensors base_model.model.<module>.lora_A.weight (r, in) and
  *                                 base_model.model.<module>.lora_B.weight (out, r)

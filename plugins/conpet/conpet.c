@@ -1,7 +1,7 @@
 /*
  * conpet.c: ConPET, continual parameter-efficient tuning (Song et al. 2023), as a plugin
  * ("conpet"), over a sequence of class-incremental tasks, each stage of a chain training the
- * next task(s) (METHODS.md §4). The key `mode` chooses:
+ * next task(s) (README "ConPET"). The key `mode` chooses:
  *   static   one LoRA at the targeted sites, continued task after task: with init_from the
  *            stage starts from that stage's LoRA. The replay half of each batch comes from the
  *            host's continual-learning sampler (stage keys replay, replay_tasks,

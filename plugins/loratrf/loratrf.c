@@ -4,7 +4,7 @@
  *
  * No code or equations of LoRATRF are public: the paper's abstract names a "task-aware filter"
  * that "selectively extracts" task-relevant features from hidden representations, and no more.
- * What follows is the project's documented reconstruction (METHODS.md §5.3), not the paper's
+ * What follows is the project's documented reconstruction (README "LoRATRF (a reconstruction)"), not the paper's
  * method.
  *
  * Contract. At each matched site (W: (d_out, d_in)) the LoRA tensors of plugins/lora are
@@ -392,7 +392,7 @@ static const peft_param_spec trf_params[] = {
      "sites to adapt: kinds (q_proj ...), name suffixes, or all-linear"},
     {"use_rslora", PEFT_PARAM_BOOL, "false", NULL, "rank-stabilised scale lora_alpha / sqrt(r)"},
     {"filter", PEFT_PARAM_CHOICE, "f1", "f1|f2",
-     "reconstruction, not the paper's (no public code or equations; METHODS.md section 5.3): "
+     "reconstruction, not the paper's (no public code or equations; README, LoRATRF): "
      "f1 gates the r low-rank features by sigmoid(z W_f^T + b_f), r^2 + r entries per site; "
      "f2 gates the output by sigmoid(h0 * w_f + b_f) from the frozen output h0, 2 d_out"},
     {"filter_bias_init", PEFT_PARAM_FLOAT, "2", NULL,
@@ -419,8 +419,8 @@ static const peft_method_desc trf_desc = {
     .name = "LoRATRF (reconstruction)",
     .version = "1.0.0",
     .description = "LoRA with a learned sigmoid task-aware filter; LoRATRF has no public code "
-                   "or equations, this is the project's documented reconstruction (METHODS.md "
-                   "section 5.3); not mergeable",
+                   "or equations, this is the project's documented reconstruction (README, LoRATRF); "
+                   "not mergeable",
     .features = trf_features,
     .params = trf_params,
     .n_params = sizeof trf_params / sizeof trf_params[0],

@@ -14,7 +14,7 @@
  *      k = floor((1 - sparsity) N) (of the decimal: sparsity 0.9 of 3840 keeps 384),
  *      tau = the k-th largest, trainable where |delta| >= tau (ties kept, so the count may
  *      exceed k). Entries of earlier masks (`exclude` files, `exclude_stages`) are never
- *      candidates: LoTTO's disjoint masks (METHODS.md §1.3, route 2), so earlier tasks'
+ *      candidates: LoTTO's disjoint masks (README "LoTA and LoTTO"), so earlier tasks'
  *      deltas are never overwritten;
  *   3. sparse adaptation from the start weights: after its own calibration the plugin puts
  *      every weight back to its start value, bit for bit, before setting the masks; the host

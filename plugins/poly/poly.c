@@ -1,7 +1,7 @@
 /*
  * poly.c: Polytropon (Ponti et al. 2022) and Multi-Head Routing, a.k.a. Poly-S (Caccia et al.
  * 2023), as a plugin ("poly"): an inventory of K LoRA skills at every site, mixed per task by
- * learned routing logits (METHODS.md §2). The key `variant` chooses:
+ * learned routing logits (README "Poly, MHR, Poly-μ, MHR-z"). The key `variant` chooses:
  *   poly     one head (h = 1): the task's adapter is a weighted average of the skills;
  *   mhr      h heads: head q owns input rows [q d_in/h, (q+1) d_in/h) of A and output columns
  *            [q d_out/h, (q+1) d_out/h) of B, each head routed on its own;
@@ -11,7 +11,7 @@
  * With init_from, poly and mhr start from that stage's skills and routing and train the skills
  * and the rows of tasks new to the chain (tasks init_from did not train; only the stage's own
  * tasks get gradients, and the other rows stay bit-identical); without it, everything starts
- * fresh. Choices (METHODS.md §2.8): PEFT's per-block A bound; sum normalisation; lora_alpha 4
+ * fresh. Choices (README "Poly, MHR, Poly-μ, MHR-z"): PEFT's per-block A bound; sum normalisation; lora_alpha 4
  * by default (s = 1 at r = 4, the scale of the lora plugin's defaults; mttl's is 1/r).
  * This file holds the keys, creation and the chaining of stages; the routing maths (gate,
  * mixing, site hooks, ΔW) are in poly_route.c.

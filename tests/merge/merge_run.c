@@ -15,7 +15,7 @@
  *     vector on the union of the masks, every value exact;
  *   - a stage can start from a merge; a second run reuses every stage and rebuilds the same
  *     weights bit for bit;
- *   - HF PEFT: export writes exactly the config keys and tensor names of FORMATS.md §2;
+ *   - HF PEFT: export writes exactly the config keys and tensor names HF PEFT writes for LoRA;
  *     import gives back the same tensors bit for bit and the same ΔW; bad folders are refused
  *     with one line naming the problem;
  *   - inspect prints the adapter's method, metadata and tensor lines.

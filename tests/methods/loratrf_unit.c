@@ -1,7 +1,7 @@
 /*
  * loratrf_unit: the LoRATRF plugin's contract, through the real loader and host. LoRATRF has
- * no public code or equations; the plugin is the documented reconstruction of METHODS.md
- * section 5.3, and this test holds it to that text.
+ * no public code or equations; the plugin is the documented reconstruction of the README
+ * (section "LoRATRF (a reconstruction)"), and this test holds it to that text.
  *   - names and shapes: LoRA's HF PEFT names plus trf_filter.weight / trf_filter.bias; the
  *     trainable count is r (d_in + d_out) + r^2 + r per site for f1 and
  *     r (d_in + d_out) + 2 d_out for f2;
