@@ -27,9 +27,9 @@ static int32_t argmax(const float *v, int32_t n) {
     return best;
 }
 
-/* Greedy continuation of ids[0..n_prompt) until an EOS id or max_new tokens. */
-static void greedy(struct model *m, const struct example *e, int32_t eos, int32_t max_new,
-                   struct tok_encoding *out) {
+/* Greedy continuation of ids[0..n_prompt) until a stop id or max_new tokens. */
+static void greedy(struct model *m, const struct example *e, const struct stop_ids *stop,
+                   int32_t max_new, struct tok_encoding *out) {
     int32_t cap = e->n_prompt + max_new;
     if (cap > m->cfg.max_seq) cap = m->cfg.max_seq;
     struct model_kv_cache *kv = model_kv_cache_new(m, cap);
@@ -37,7 +37,7 @@ static void greedy(struct model *m, const struct example *e, int32_t eos, int32_
     int rc = e->n_prompt > 0 ? model_decode(m, kv, e->ids, e->n_prompt, NULL, logits) : -1;
     while (rc == 0 && (int32_t)out->n < max_new && model_kv_cache_len(kv) < cap) {
         int32_t next = argmax(logits, m->cfg.vocab);
-        if (next == eos) break;
+        if (stop_ids_has(stop, next)) break;
         tok_encoding_push(out, next, -1);
         rc = model_decode(m, kv, &next, 1, NULL, logits);
     }
@@ -53,8 +53,9 @@ static char *text_of(const struct tokenizer *t, const int32_t *ids, size_t n) {
     return s;
 }
 
-static int eval_task(struct model *m, const struct tokenizer *t, const struct dataset *d,
-                     int32_t task, const char *name, const struct eval_options *o) {
+static int eval_task(struct model *m, const struct tokenizer *t, const struct stop_ids *stop,
+                     const struct dataset *d, int32_t task, const char *name,
+                     const struct eval_options *o) {
     size_t *idx = xmalloc((d->n + 1) * sizeof *idx), n = 0;
     for (size_t i = 0; i < d->n; i++)
         if (d->ex[i].task == task) idx[n++] = i;
@@ -97,7 +98,7 @@ static int eval_task(struct model *m, const struct tokenizer *t, const struct da
             const struct example *e = &d->ex[idx[i]];
             struct tok_encoding gen = {0};
             int32_t n_answer = e->n_ids - e->n_prompt;
-            greedy(m, e, tokenizer_eos(t), (int32_t)(o->max_new > 0 ? o->max_new : n_answer + 8), &gen);
+            greedy(m, e, stop, (int32_t)(o->max_new > 0 ? o->max_new : n_answer + 8), &gen);
             char *prompt = text_of(t, e->ids, (size_t)e->n_prompt);
             char *expected = text_of(t, e->ids + e->n_prompt, (size_t)n_answer);
             char *generated = text_of(t, gen.ids, gen.n);
@@ -174,7 +175,11 @@ static int run_eval(const struct eval_options *o) {
     if (rc == 0) {
         printf("| task | examples | answer tokens | loss | perplexity | exact match | predictions |\n"
                "| --- | --- | --- | --- | --- | --- | --- |\n");
-        for (int32_t k = 0; k < tt.n && rc == 0; k++) rc = eval_task(&m, tok ? tok : tokenizer_bytes(), &d, k, tt.names[k], o);
+        /* an answer ends at EOS, or at a template's end of turn in a conversation */
+        struct stop_ids stop;
+        const struct tokenizer *t = tok ? tok : tokenizer_bytes();
+        stop_ids_collect(model_dir, t, 1, &stop);
+        for (int32_t k = 0; k < tt.n && rc == 0; k++) rc = eval_task(&m, t, &stop, &d, k, tt.names[k], o);
     }
     dataset_free(&d);
     task_table_free(&tt);

@@ -5,8 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-
 #include "cli.h"
 #include "core/core.h"
 #include "io/io.h"
@@ -19,40 +17,6 @@ struct gen_options {
     int64_t max_new, top_k, seed;
     double temperature, top_p;
 };
-
-struct id_set {
-    int32_t v[64];
-    int32_t n;
-};
-
-static void id_add(struct id_set *s, int32_t id) {
-    for (int32_t i = 0; i < s->n; i++)
-        if (s->v[i] == id) return;
-    if (id >= 0 && s->n < 64) s->v[s->n++] = id;
-}
-
-static int id_has(const struct id_set *s, int32_t id) {
-    for (int32_t i = 0; i < s->n; i++)
-        if (s->v[i] == id) return 1;
-    return 0;
-}
-
-/* eos_token_id of DIR/NAME (a number or a list), when the file and the key are there. */
-static void eos_from(const char *dir, const char *name, struct id_set *eos) {
-    char *path = path_join(dir, name), *text = NULL;
-    size_t len = 0;
-    if (file_exists(path) && file_read_all(path, &text, &len) == 0) {
-        cJSON *j = cJSON_Parse(text);
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id");
-        if (cJSON_IsNumber(e)) id_add(eos, (int32_t)e->valuedouble);
-        for (const cJSON *k = cJSON_IsArray(e) ? e->child : NULL; k; k = k->next)
-            if (cJSON_IsNumber(k)) id_add(eos, (int32_t)k->valuedouble);
-        cJSON_Delete(j);
-    }
-    err_clear();
-    free(text);
-    free(path);
-}
 
 static const float *sort_probs; /* for by_prob: qsort has no context argument */
 static int by_prob(const void *a, const void *b) {
@@ -121,7 +85,7 @@ static int generate(const struct gen_options *o) {
     char *prompt = NULL, *text = NULL;
     size_t text_len = 0;
     struct tok_encoding in = {0};
-    struct id_set eos = {.n = 0};
+    struct stop_ids eos = {.n = 0};
     if (rc == 0) {
         if (o->prompt) prompt = xstrdup(o->prompt);
         else rc = read_all_stdin(&prompt);
@@ -149,15 +113,10 @@ static int generate(const struct gen_options *o) {
             tokenizer_encode(t, text, text_len, 0, &in);
         else rc = -1;
         free(spans.v);
-        /* the template's end of turn ends the answer */
-        const char *ends[] = {"<|im_end|>", "<|eot_id|>"};
-        for (int k = 0; k < 2; k++) id_add(&eos, tokenizer_token_id(t, ends[k]));
     } else if (rc == 0) {
         tokenizer_encode(t, prompt, strlen(prompt), TOK_ADD_PREFIX, &in);
     }
-    id_add(&eos, tokenizer_eos(t));
-    eos_from(model_dir, "config.json", &eos);
-    eos_from(model_dir, "generation_config.json", &eos);
+    stop_ids_collect(model_dir, t, o->chat, &eos);
     if (rc == 0 && in.n == 0) rc = err_set("generate: the prompt gives no tokens");
     if (rc == 0 && (int64_t)in.n >= m.cfg.max_seq)
         rc = err_set("generate: the prompt is %zu tokens, the model's context %d", in.n, (int)m.cfg.max_seq);
@@ -180,7 +139,7 @@ static int generate(const struct gen_options *o) {
     const char *stop = "max-new-tokens";
     while (rc == 0 && (int64_t)out.n < o->max_new) {
         int32_t next = choose(logits, V, o, &g, order);
-        if (id_has(&eos, next)) {
+        if (stop_ids_has(&eos, next)) {
             stop = "end of sequence";
             break;
         }

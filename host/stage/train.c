@@ -453,10 +453,12 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         method_run_zero_grads(mr);
         /* Each micro-batch's loss is a mean over its answer tokens; weighted by its share of
          * the step's answer tokens, the summed gradients are those of the whole batch's mean. */
+        /* (the run fitted every training example to the context, so its targets are its
+         * scored ids after the first) */
         int64_t step_targets = 0;
-        for (int64_t k = 0; k < accum && accum > 1; k++) {
-            batch_make(&b, env->train, idx + k * s->batch_size, (int32_t)s->batch_size, env->model->cfg.max_seq);
-            for (int32_t r = 0; r < b.B * b.T; r++) step_targets += b.targets[r] >= 0;
+        for (int64_t i = 0; i < s->batch_size * accum && accum > 1; i++) {
+            const struct example *e = &env->train->ex[idx[i]];
+            for (int32_t t = 1; t < e->n_ids; t++) step_targets += e->scored[t];
         }
         double step_loss = 0, step_tokens = 0;
         int failed = 0;
