@@ -38,15 +38,5 @@ int cli_unexpected(const struct command *c, const char *arg);
 /* The full help of a command. */
 void cli_help(const struct command *c, FILE *out);
 
-/* The ids that end a generated answer (stop_ids.c): the tokenizer's EOS, the eos_token_id of
- * MODEL_DIR's config.json and generation_config.json and, with turn_ends, the chat templates'
- * end-of-turn tokens. */
-struct stop_ids {
-    int32_t v[64];
-    int32_t n;
-};
-void stop_ids_collect(const char *model_dir, const struct tokenizer *t, int turn_ends,
-                      struct stop_ids *s);
-int stop_ids_has(const struct stop_ids *s, int32_t id);
 
 #endif

@@ -1,18 +1,20 @@
 /* cmd_generate.c: peft generate: text from a model folder (or a run stage's merged model),
- * greedy or sampled, with a key/value cache, streamed as it is decoded. */
+ * optionally with an unmerged adapter, greedy or sampled, with a key/value cache, streamed as
+ * it is decoded. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "cli_model.h"
 #include "core/core.h"
 #include "io/io.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
 struct gen_options {
-    const char *dir, *prompt, *system, *chat_template;
+    const char *dir, *prompt, *system, *chat_template, *adapter, *task, *plugin_path;
     int chat, quiet;
     int64_t max_new, top_k, seed;
     double temperature, top_p;
@@ -70,26 +72,21 @@ static int read_all_stdin(char **out) {
 }
 
 static int generate(const struct gen_options *o) {
-    /* a checkpoint folder, or a stage folder holding its merged model */
-    char *model_dir = hf_model_dir_of(o->dir);
-    if (!model_dir) return -1;
-    struct model m = {0};
-    struct tokenizer *tok = NULL;
-    int rc = hf_model_load(model_dir, &m);
-    int found = rc ? 0 : tokenizer_load_dir(model_dir, &tok);
-    if (found < 0) rc = -1;
-    const struct tokenizer *t = tok ? tok : tokenizer_bytes();
-    if (rc == 0 && tokenizer_vocab_size(t) > m.cfg.vocab)
-        rc = err_set("%s: the tokenizer has %d ids, more than the model's vocab_size %d", model_dir,
-                     tokenizer_vocab_size(t), m.cfg.vocab);
+    struct cli_model cm;
+    struct cli_model_options mo = {o->dir, o->adapter, o->task, o->plugin_path, "generate", 0};
+    if (cli_model_open(&cm, &mo)) {
+        cli_model_close(&cm);
+        return -1;
+    }
+    const struct tokenizer *t = cm.t;
+    const char *model_dir = cm.dir;
+    int rc = 0;
     char *prompt = NULL, *text = NULL;
     size_t text_len = 0;
     struct tok_encoding in = {0};
     struct stop_ids eos = {.n = 0};
-    if (rc == 0) {
-        if (o->prompt) prompt = xstrdup(o->prompt);
-        else rc = read_all_stdin(&prompt);
-    }
+    if (o->prompt) prompt = xstrdup(o->prompt);
+    else rc = read_all_stdin(&prompt);
     if (rc == 0 && o->chat) {
         enum chat_family f = CHAT_NONE;
         if (o->chat_template) {
@@ -118,16 +115,16 @@ static int generate(const struct gen_options *o) {
     }
     stop_ids_collect(model_dir, t, o->chat, &eos);
     if (rc == 0 && in.n == 0) rc = err_set("generate: the prompt gives no tokens");
-    if (rc == 0 && (int64_t)in.n >= m.cfg.max_seq)
-        rc = err_set("generate: the prompt is %zu tokens, the model's context %d", in.n, (int)m.cfg.max_seq);
+    if (rc == 0 && (int64_t)in.n >= cm.m.cfg.max_seq)
+        rc = err_set("generate: the prompt is %zu tokens, the model's context %d", in.n, (int)cm.m.cfg.max_seq);
     if (rc) {
-        free(model_dir), free(prompt), free(text), tok_encoding_free(&in), tokenizer_free(tok);
-        model_free(&m);
+        free(prompt), free(text), tok_encoding_free(&in);
+        cli_model_close(&cm);
         return -1;
     }
-    int32_t V = m.cfg.vocab, cap = (int32_t)in.n + (int32_t)o->max_new;
-    if (cap > m.cfg.max_seq) cap = m.cfg.max_seq;
-    struct model_kv_cache *kv = model_kv_cache_new(&m, cap);
+    int32_t V = cm.m.cfg.vocab, cap = cm.m.cfg.max_seq;
+    struct decoder *dec = cm.dec;
+    decoder_use(dec, cm.mr, cm.task);
     float *logits = xmalloc((size_t)V * sizeof *logits);
     int32_t *order = xmalloc((size_t)V * sizeof *order);
     struct rng g;
@@ -135,7 +132,7 @@ static int generate(const struct gen_options *o) {
     struct tok_encoding out = {0};
     size_t printed = 0;
     double t0 = now_seconds();
-    rc = model_decode(&m, kv, in.ids, (int32_t)in.n, NULL, logits);
+    rc = decoder_feed(dec, in.ids, (int32_t)in.n, logits);
     const char *stop = "max-new-tokens";
     while (rc == 0 && (int64_t)out.n < o->max_new) {
         int32_t next = choose(logits, V, o, &g, order);
@@ -157,11 +154,12 @@ static int generate(const struct gen_options *o) {
             }
         }
         free(so_far);
-        if (model_kv_cache_len(kv) >= cap) {
+        if ((int64_t)out.n == o->max_new) break;
+        if (decoder_len(dec) >= cap) {
             stop = "the context is full";
             break;
         }
-        rc = model_decode(&m, kv, &next, 1, NULL, logits);
+        rc = decoder_feed(dec, &next, 1, logits);
     }
     if (rc == 0) {
         char *all = NULL;
@@ -172,13 +170,12 @@ static int generate(const struct gen_options *o) {
         printf("\n");
         double secs = now_seconds() - t0;
         if (!o->quiet)
-            fprintf(stderr, "peft: %zu prompt tokens, %zu generated (%s), %.1f tokens/s\n", in.n, out.n,
-                    stop, secs > 0 ? (double)out.n / secs : 0.0);
+            fprintf(stderr, "peft: %zu prompt tokens, %zu generated (%s)%s, %.1f tokens/s\n", in.n,
+                    out.n, stop, cli_model_adapter_text(&cm), secs > 0 ? (double)out.n / secs : 0.0);
     }
-    model_kv_cache_free(kv);
-    free(logits), free(order), free(model_dir), free(prompt), free(text);
-    tok_encoding_free(&in), tok_encoding_free(&out), tokenizer_free(tok);
-    model_free(&m);
+    free(logits), free(order), free(prompt), free(text);
+    tok_encoding_free(&in), tok_encoding_free(&out);
+    cli_model_close(&cm);
     return rc;
 }
 
@@ -191,6 +188,9 @@ static int generate_main(int argc, char **argv) {
         else if (strcmp(a, "--quiet") == 0) o.quiet = 1;
         else if (strcmp(a, "--prompt") == 0 && v) o.prompt = v, i++;
         else if (strcmp(a, "--system") == 0 && v) o.system = v, i++;
+        else if (strcmp(a, "--adapter") == 0 && v) o.adapter = v, i++;
+        else if (strcmp(a, "--task") == 0 && v) o.task = v, i++;
+        else if (strcmp(a, "--plugin-path") == 0 && v) o.plugin_path = v, i++;
         else if (strcmp(a, "--chat-template") == 0 && v) o.chat_template = v, i++, o.chat = 1;
         else if (strcmp(a, "--max-new-tokens") == 0 && v) {
             if (parse_i64(v, &o.max_new) || o.max_new < 1 || o.max_new > 1 << 20)
@@ -225,18 +225,25 @@ static int generate_main(int argc, char **argv) {
 }
 
 const struct command cmd_generate = {
-    "generate", "MODEL_DIR|STAGE_DIR [--prompt TEXT] [--chat] [--max-new-tokens N] [sampling]",
-    "Generate text from a model folder or a run stage's merged model.",
+    "generate", "MODEL_DIR|STAGE_DIR [--adapter A] [--prompt TEXT] [--chat] [--max-new-tokens N] [sampling]",
+    "Generate text from a model folder or a run stage, with or without an adapter.",
     "The prompt is --prompt or standard input. With --chat it becomes a user message in the\n"
     "model's chat template (recognised from tokenizer_config.json, or --chat-template) with the\n"
     "assistant's turn opened. Tokens are decoded and printed as they come; generation stops at\n"
     "every EOS id of the tokenizer, config.json and generation_config.json (and, with --chat,\n"
-    "the template's end of turn), after --max-new-tokens, or when the context is full. A stage\n"
-    "folder is read through its model/ (written with save_model = true; LoRA and the other\n"
-    "mergeable methods are folded into it). Greedy unless --temperature is above 0.\n"
+    "the template's end of turn), after --max-new-tokens, or when the context is full. Greedy\n"
+    "unless --temperature is above 0.\n"
+    "\n"
+    "A stage folder is read through its merged model/ (save_model = true) when it has one, else\n"
+    "as its adapter, unmerged, on the model folder the run read. --adapter runs any method's\n"
+    "adapter unmerged on the model given: a stage folder, an adapter.safetensors, or an HF PEFT\n"
+    "LoRA folder. Adapters of task-routed methods (poly, conpet) take --task.\n"
     "\n"
     "options:\n"
     "  --prompt TEXT          the prompt (default: standard input)\n"
+    "  --adapter A            an adapter to apply unmerged (stage folder, adapter file, HF folder)\n"
+    "  --task NAME            the task the adapter's rows are routed to (its task names or id)\n"
+    "  --plugin-path DIRS     folders searched first for method plugins (':'-separated)\n"
     "  --chat                 apply the chat template\n"
     "  --system TEXT          a system message first (with --chat)\n"
     "  --chat-template NAME   chatml, chatml-think, llama3, llama2 or none (implies --chat)\n"
@@ -248,6 +255,7 @@ const struct command cmd_generate = {
     "  --quiet                no summary line on standard error\n"
     "  -h, --help             this help\n"
     "\n"
-    "example:\n"
-    "  peft generate runs/chat/adapt --chat --prompt 'Name a colour.' --max-new-tokens 20\n",
+    "examples:\n"
+    "  peft generate runs/chat/adapt --chat --prompt 'Name a colour.' --max-new-tokens 20\n"
+    "  peft generate models/base --adapter runs/multi/poly --task reverse --prompt 'abc'\n",
     generate_main};

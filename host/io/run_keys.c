@@ -123,6 +123,9 @@ static const struct host_key keys[] = {
      "seed of the stage's adapter initialisation, data order and dropout"},
     {"stage", "save_model", "bool", "on for methods that write the base weights", 0, 0, NULL,
      TRAIN | MERGE, "also write the merged model as an HF checkpoint (STAGE/model)"},
+    {"stage", "predictions", "bool", "true", 0, 0, NULL, TRAIN | MERGE,
+     "after the final evaluation, write STAGE/predictions-TASK.jsonl: each held-out example's "
+     "prompt, expected answer and greedy continuation"},
     {"stage", "replay_tasks", "words", "", 0, 0, NULL, TRAIN,
      "earlier tasks mixed into every batch (continual learning)"},
     {"stage", "replay", "float|joint", "0.5", 0, 1, NULL, TRAIN,

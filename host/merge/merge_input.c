@@ -193,38 +193,6 @@ static int extract(struct method_run *mr, const struct model *m, struct tvec **o
     return 0;
 }
 
-/* An HF PEFT folder into a fresh method run of pm: every saved tensor of the run by name,
- * every tensor of the folder used. */
-static int fill_from_hf(struct method_run *mr, const struct hf_lora *a, const char *dir) {
-    uint8_t *used = xcalloc((size_t)a->n + 1, 1);
-    int rc = 0;
-    for (int32_t i = 0; i < method_run_tensor_count(mr) && rc == 0; i++) {
-        struct mtensor *t = method_run_tensor(mr, i);
-        if (t->desc.flags & PEFT_TENSOR_NO_SAVE) continue;
-        int32_t k = 0;
-        while (k < a->n && strcmp(a->names[k], t->name) != 0) k++;
-        if (k == a->n) {
-            rc = err_set("%s: no tensor '%s' (the adapter does not cover that site)", dir, t->name);
-        } else if (t->desc.ndim != 2 || (int64_t)t->desc.shape[0] != a->shape[k][0] ||
-                   (int64_t)t->desc.shape[1] != a->shape[k][1]) {
-            rc =
-                err_set("%s: tensor '%s' has shape [%lld, %lld], the model needs [%llu, %llu]", dir,
-                        t->name, (long long)a->shape[k][0], (long long)a->shape[k][1],
-                        (unsigned long long)t->desc.shape[0], (unsigned long long)t->desc.shape[1]);
-        } else {
-            memcpy(t->data, a->data[k], t->numel * sizeof(float));
-            used[k] = 1;
-        }
-    }
-    for (int32_t k = 0; k < a->n && rc == 0; k++)
-        if (!used[k])
-            rc = err_set("%s: tensor '%s' is not a site of the model's adapter (target_modules "
-                         "'%s')",
-                         dir, a->names[k], a->target_modules);
-    free(used);
-    return rc;
-}
-
 static void kv_from_stage(struct kv_list *out, const struct stage *k) {
     for (uint32_t i = 0; i < k->n_kv; i++)
         if (strcmp(k->kv[i].key, "stage") != 0) kv_list_set(out, k->kv[i].key, k->kv[i].value);
@@ -282,7 +250,7 @@ int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, c
             if (rc == 0)
                 rc = stage_method_create(env, in->path, s->name, s->seed, out->pm, out->kv.kv,
                                        out->kv.n, &mr);
-            if (rc == 0) rc = fill_from_hf(mr, &a, in->path);
+            if (rc == 0) rc = hf_lora_fill(mr, &a, in->path);
             hf_lora_free(&a);
         }
     } else if (rc == 0 && file && !out->tv) {

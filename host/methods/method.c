@@ -262,6 +262,10 @@ int32_t method_run_tensor_count(const struct method_run *mr) { return mr->h.n_te
 struct mtensor *method_run_tensor(struct method_run *mr, int32_t i) { return &mr->h.tensors[i]; }
 const struct plugin_method *method_run_plugin(const struct method_run *mr) { return mr->h.pm; }
 int32_t method_run_site_count(const struct method_run *mr) { return mr->n_sites; }
+int method_run_sees_batches(const struct method_run *mr) {
+    const peft_method_vtable *vt = mr->h.vt;
+    return vt->batch_begin || vt->hidden_forward || vt->hidden_backward;
+}
 int32_t method_run_site(const struct method_run *mr, int32_t i) { return mr->sites[i]; }
 struct rng *method_run_rng(struct method_run *mr) { return &mr->h.rng; }
 

@@ -77,6 +77,10 @@ int32_t method_run_tensor_count(const struct method_run *mr);
 struct mtensor *method_run_tensor(struct method_run *mr, int32_t i);
 uint64_t method_run_trainable_count(const struct method_run *mr); /* entries */
 const struct plugin_method *method_run_plugin(const struct method_run *mr);
+/* Does the plugin look at a batch as a whole (batch_begin or a hidden-state hook)? Then its
+ * output at a position may depend on more than the rows before it (decoding one token at a
+ * time with a cache would change what it sees). */
+int method_run_sees_batches(const struct method_run *mr);
 /* Sites the method is attached to. */
 int32_t method_run_site_count(const struct method_run *mr);
 int32_t method_run_site(const struct method_run *mr, int32_t i);

@@ -7,6 +7,7 @@
 #define PEFT_METHODS_H
 
 #include "adapter_meta.h"
+#include "adapter_open.h"
 #include "method.h"
 #include "peft_hf.h"
 #include "plugin_loader.h"

@@ -10,6 +10,7 @@
 
 #include "core/core.h"
 #include "io/io.h"
+#include "method.h"
 
 static const char *const hf_prefix = "base_model.model.";
 
@@ -392,6 +393,38 @@ int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
 }
 
 /* ---- export / import --------------------------------------------------------------------- */
+
+/* An HF PEFT folder into a fresh method run of pm: every saved tensor of the run by name,
+ * every tensor of the folder used. */
+int hf_lora_fill(struct method_run *mr, const struct hf_lora *a, const char *dir) {
+    uint8_t *used = xcalloc((size_t)a->n + 1, 1);
+    int rc = 0;
+    for (int32_t i = 0; i < method_run_tensor_count(mr) && rc == 0; i++) {
+        struct mtensor *t = method_run_tensor(mr, i);
+        if (t->desc.flags & PEFT_TENSOR_NO_SAVE) continue;
+        int32_t k = 0;
+        while (k < a->n && strcmp(a->names[k], t->name) != 0) k++;
+        if (k == a->n) {
+            rc = err_set("%s: no tensor '%s' (the adapter does not cover that site)", dir, t->name);
+        } else if (t->desc.ndim != 2 || (int64_t)t->desc.shape[0] != a->shape[k][0] ||
+                   (int64_t)t->desc.shape[1] != a->shape[k][1]) {
+            rc =
+                err_set("%s: tensor '%s' has shape [%lld, %lld], the model needs [%llu, %llu]", dir,
+                        t->name, (long long)a->shape[k][0], (long long)a->shape[k][1],
+                        (unsigned long long)t->desc.shape[0], (unsigned long long)t->desc.shape[1]);
+        } else {
+            memcpy(t->data, a->data[k], t->numel * sizeof(float));
+            used[k] = 1;
+        }
+    }
+    for (int32_t k = 0; k < a->n && rc == 0; k++)
+        if (!used[k])
+            rc = err_set("%s: tensor '%s' is not a site of the model's adapter (target_modules "
+                         "'%s')",
+                         dir, a->names[k], a->target_modules);
+    free(used);
+    return rc;
+}
 
 int peft_export(struct plugin_registry *reg, const char *src, const char *out_dir,
                 const char *base_model) {

@@ -54,6 +54,12 @@ void hf_lora_free(struct hf_lora *a);
  * target_modules, use_rslora, defaults for the rest. -1 with one line. */
 int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm, struct kv_list *out);
 
+/* Fill a fresh method run of the `lora` method (made with hf_lora_method_kv's keys) from a:
+ * every saved tensor of the run by name, every tensor of the folder used. -1 with one line
+ * naming dir. */
+struct method_run;
+int hf_lora_fill(struct method_run *mr, const struct hf_lora *a, const char *dir);
+
 /* peft export SRC OUT_DIR: SRC is an adapter file (or a stage folder holding
  * adapter.safetensors) of a LoRA-shaped method. base_model may be NULL. */
 int peft_export(struct plugin_registry *reg, const char *src, const char *out_dir,

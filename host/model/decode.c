@@ -42,6 +42,7 @@ void model_kv_cache_free(struct model_kv_cache *kv) {
 }
 
 int32_t model_kv_cache_len(const struct model_kv_cache *kv) { return kv->len; }
+void model_kv_cache_reset(struct model_kv_cache *kv) { kv->len = 0; }
 
 static void scratch(struct model_kv_cache *kv, const struct model_config *c, int32_t n) {
     if (n <= kv->rows) return;

@@ -195,6 +195,8 @@ struct model_kv_cache;
 struct model_kv_cache *model_kv_cache_new(const struct model *m, int32_t cap);
 void model_kv_cache_free(struct model_kv_cache *c);
 int32_t model_kv_cache_len(const struct model_kv_cache *c);
+/* Forget every position (a new sequence). */
+void model_kv_cache_reset(struct model_kv_cache *c);
 /* Run tokens[0..n) at the next n positions; logits (V) of the last one into logits. -1 with
  * "the context is full (cap positions)" or a hook's error. */
 int model_decode(struct model *m, struct model_kv_cache *c, const int32_t *tokens, int32_t n,

@@ -272,6 +272,16 @@ static int seed_shared_stages(const struct arm *first, const struct arm *a) {
                 free(to);
                 free(to_dir);
             }
+            /* Its predictions files, so the arm's report links them. */
+            for (int k = 0; k < a->stage_evaluated[s].n && rc == 0; k++) {
+                char *from = xasprintf("%s/%s/predictions-%s.jsonl", first->dir, first->stage_names[s],
+                                       a->stage_evaluated[s].v[k]);
+                char *to = xasprintf("%s/%s/predictions-%s.jsonl", a->dir, a->stage_names[s],
+                                     a->stage_evaluated[s].v[k]);
+                if (file_exists(from)) rc = copy_file(from, to);
+                free(from);
+                free(to);
+            }
             /* Their metrics lines, so the arm's loss curve is whole. */
             char *mpath = path_join(first->dir, "metrics.jsonl"), *text;
             size_t len;
@@ -449,6 +459,7 @@ static void collect_arm(struct compare_result *cr, struct arm_result *res, const
         struct arm_stage *st = &res->stages[s];
         st->name = xstrdup(a->stage_names[s]);
         st->method = xstrdup(a->stage_methods[s]);
+        st->dir = xasprintf("arms/%s/%s", a->name, a->stage_names[s]);
         st->steps = a->stage_steps[s];
         st->trained = xcalloc((size_t)a->stage_trained[s].n + 1, sizeof *st->trained);
         for (int k = 0; k < a->stage_trained[s].n; k++)

@@ -245,6 +245,30 @@ static void md_matrix(struct strbuf *md, const struct compare_result *cr, const 
     }
 }
 
+/* Links to each arm's predictions files after its last stage (prompt, expected, generated). */
+static void md_predictions(struct strbuf *md, const struct compare_result *cr, const char *dir) {
+    int any = 0;
+    for (int32_t i = 0; i < cr->n_arms; i++) {
+        const struct arm_result *a = &cr->arms[i];
+        const struct arm_stage *st = a->n_stages ? &a->stages[a->n_stages - 1] : NULL;
+        int listed = 0;
+        for (int32_t t = 0; st && st->dir && st->complete && t < cr->n_tasks; t++) {
+            if (isnan(st->acc[t])) continue;
+            char *rel = xasprintf("%s/predictions-%s.jsonl", st->dir, cr->tasks[t]);
+            char *path = path_join(dir, rel);
+            if (file_exists(path)) {
+                if (!any) sb_printf(md, "\n## Predictions after the last stage\n\n");
+                if (!listed) sb_printf(md, "- **%s** (%s):", a->name, st->name);
+                sb_printf(md, "%s [%s](%s)", listed ? "," : "", cr->tasks[t], rel);
+                any = listed = 1;
+            }
+            free(rel);
+            free(path);
+        }
+        if (listed) sb_printf(md, "\n");
+    }
+}
+
 int report_write(const struct compare_result *cr, const char *dir, const char *const *plots,
                  int32_t n_plots) {
     struct strbuf md = {0};
@@ -272,6 +296,7 @@ int report_write(const struct compare_result *cr, const char *dir, const char *c
         sb_printf(&md, "\n### %s\n\n", cr->arms[i].name);
         md_matrix(&md, cr, &cr->arms[i]);
     }
+    md_predictions(&md, cr, dir);
     if (n_plots) {
         sb_printf(&md, "\n## Plots\n\n");
         for (int32_t i = 0; i < n_plots; i++) sb_printf(&md, "![%s](%s)\n\n", plots[i], plots[i]);
@@ -328,6 +353,7 @@ void compare_result_free(struct compare_result *cr) {
         for (int32_t s = 0; s < a->n_stages; s++) {
             free(a->stages[s].name);
             free(a->stages[s].method);
+            free(a->stages[s].dir);
             free(a->stages[s].trained);
             free(a->stages[s].acc);
             free(a->stages[s].loss);

@@ -18,6 +18,7 @@
 struct arm_stage {
     char *name;
     char *method;
+    char *dir;                  /* "arms/ARM/STAGE", relative to the comparison's folder */
     int32_t *trained;           /* task indices this stage trained on */
     int32_t n_trained;
     double *acc, *loss;         /* (n_tasks) after the stage; NAN = not evaluated */

@@ -19,7 +19,7 @@ struct stage_env *run_env(struct run *r) {
         .train = &r->train, .eval = &r->eval, .stages = r->stages, .n_stages = r->n_stages,
         .base_params = r->base_params, .metrics = &r->metrics, .aux = &r->aux, .seed = r->seed,
         .resume = r->resume, .quiet = r->quiet, .progress = r->quiet ? 0 : r->progress,
-        .stop_after = r->stop_after, .model_dir = r->model_dir};
+        .stop_after = r->stop_after, .model_dir = r->model_dir, .tok = r->tok};
     return &r->env;
 }
 
@@ -116,7 +116,7 @@ static cJSON *eval_to_json(struct run *r, const struct eval_result *ev, int32_t 
 }
 
 static const char *const *stage_meta(struct run *r, struct stage *s, char **hash_out) {
-    static const char *kv[11];
+    static const char *kv[15];
     static char trainable[32];
     snprintf(trainable, sizeof trainable, "%llu", (unsigned long long)s->n_trainable);
     *hash_out = xasprintf("%016llx", (unsigned long long)s->hash);
@@ -130,7 +130,25 @@ static const char *const *stage_meta(struct run *r, struct stage *s, char **hash
     kv[7] = r->cfg.path;
     kv[8] = "peft.trainable_parameters"; /* the count stage.json, summary and report give */
     kv[9] = trainable;
-    kv[10] = NULL;
+    /* the task names by id, so that a task-routed adapter can be read outside the run */
+    static char *tasks;
+    cJSON *names = cJSON_CreateArray();
+    for (int32_t i = 0; i < r->tasks.n; i++) cJSON_AddItemToArray(names, cJSON_CreateString(r->tasks.names[i]));
+    cJSON_free(tasks);
+    tasks = cJSON_PrintUnformatted(names);
+    cJSON_Delete(names);
+    kv[10] = "peft.tasks";
+    kv[11] = tasks;
+    int n = 12;
+    /* the folder the adapter applies to, when the stage starts from the run's model */
+    static char *base;
+    free(base);
+    base = r->model_dir && s->from < 0 ? realpath(r->model_dir, NULL) : NULL;
+    if (base) {
+        kv[n++] = "peft.base_model";
+        kv[n++] = base;
+    }
+    kv[n] = NULL;
     return kv;
 }
 
@@ -300,6 +318,7 @@ static int run_merge_stage(struct run *r, struct stage *s) {
     } else {
         if (stage_eval(&r->env, s, eval_mr ? eval_mr : none, s->after)) goto out;
         stage_log_eval(&r->env, s, "after", 0, s->after);
+        if (stage_write_predictions(&r->env, s, eval_mr ? eval_mr : none)) goto out;
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto out;
@@ -354,6 +373,7 @@ static int run_stage(struct run *r, struct stage *s) {
         if (method_run_end(mr)) goto fail;
         if (stage_eval(&r->env, s, mr, s->after)) goto fail;
         stage_log_eval(&r->env, s, "after", s->stopped_step ? s->stopped_step : s->steps, s->after);
+        if (stage_write_predictions(&r->env, s, mr)) goto fail;
         /* Fold first, so that the model written with save_model includes the adapter. */
         if (stage_merge(r, s, mr) || stage_write_outputs(r, s, mr)) goto fail;
         struct rusage ru;

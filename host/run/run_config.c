@@ -740,6 +740,9 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         save_model_i = save_model;
     }
     s->save_model = (int32_t)save_model_i; /* -1: auto (on for methods that write the base) */
+    int predictions = 1;
+    NOTE(cfg_key_bool(c, section, "predictions", &predictions));
+    s->predictions = predictions;
     o->total_steps = s->steps;
     o->schedule = strcmp(schedule, "linear") == 0     ? SCHEDULE_LINEAR
                   : strcmp(schedule, "constant") == 0 ? SCHEDULE_CONSTANT

@@ -190,3 +190,28 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
     s->eval_seconds += now_seconds() - t0;
     return rc;
 }
+
+int stage_write_predictions(struct stage_env *env, struct stage *s, struct method_run *mr) {
+    if (!s->predictions) return 0;
+    const struct tokenizer *t = env->tok ? env->tok : tokenizer_bytes();
+    struct stop_ids stop;
+    stop_ids_collect(env->model_dir, t, 1, &stop);
+    struct decoder *dec = decoder_new(env->model, env->model->cfg.max_seq);
+    stage_set_batch(env, mr, decoder_batch(dec), 0); /* what an auxiliary pass runs */
+    size_t *idx = xmalloc(sizeof *idx * (env->eval->n + 1));
+    int rc = 0;
+    double t0 = now_seconds();
+    for (int32_t k = 0; k < s->n_eval_tasks && rc == 0; k++) {
+        size_t n = 0;
+        for (size_t i = 0; i < env->eval->n; i++)
+            if (env->eval->ex[i].task == s->eval_tasks[k]) idx[n++] = i;
+        char *path = xasprintf("%s/predictions-%s.jsonl", s->dir, env->tasks->names[s->eval_tasks[k]]);
+        rc = predictions_write(path, dec, mr, -1, t, &stop, env->eval, idx, n, 0);
+        free(path);
+    }
+    stage_set_batch(env, NULL, NULL, 0);
+    s->eval_seconds += now_seconds() - t0;
+    free(idx);
+    decoder_free(dec);
+    return rc;
+}

@@ -3,13 +3,15 @@
  * gets from the run that executes it (struct stage_env, passed explicitly: nothing here calls
  * back into the run), its training loop with bit-exact checkpoints (train.c), its evaluation
  * (eval.c), the optimizer (optim.h), the metrics log (metrics.c), the method instances it
- * creates and the services they get from the chain (method_env.c), and the progress line.
+ * creates and the services they get from the chain (method_env.c), the progress line, and
+ * generation with a model and an unmerged adapter (generate.h).
  */
 #ifndef PEFT_STAGE_H
 #define PEFT_STAGE_H
 
 #include <stdint.h>
 
+#include "generate.h"
 #include "optim.h"
 #include "core/core.h"
 #include "data/data.h"
@@ -57,6 +59,7 @@ struct stage {
     struct optim_params opt;
     uint64_t seed;
     int32_t save_model;
+    int32_t predictions;        /* write predictions-TASK.jsonl after the final evaluation */
     peft_kv *kv;                /* method keys, every schema key (defaults filled) + "stage" */
     uint32_t n_kv;
     char *config_json;          /* the stage's keys as JSON, for metadata */
@@ -108,6 +111,7 @@ struct stage_env {
     const float *base_params;           /* (model->n_params) the model before any stage */
     const char *model_dir;              /* [model] path (its tokenizer goes with written
                                          * models); NULL for a generated model */
+    const struct tokenizer *tok;        /* the run's tokenizer; NULL: bytes */
     struct metrics *metrics;
     struct aux_pass *aux;
     uint64_t seed;                      /* the run's seed */
@@ -148,6 +152,10 @@ void stage_checkpoint_remove(const struct stage *s);
 /* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
 int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
                struct eval_result *out);
+/* STAGE/predictions-TASK.jsonl for every eval task (generate.h's predictions_write): the
+ * model as it is with mr's hooks, each example routed to its own task. Nothing when the
+ * stage's predictions key is off. -1 with one line. */
+int stage_write_predictions(struct stage_env *env, struct stage *s, struct method_run *mr);
 /* One metrics line per evaluated task (point: before, step, after); a step's evaluation
  * (eval_every) also as one line on stdout. */
 void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point,

@@ -86,6 +86,16 @@ else
     echo "skip rendering: rsvg-convert not installed"
 fi
 grep -q '^| forgetting |' cmp/report.md && ok "forgetting rows" || bad "no forgetting row"
+# Every arm's predictions after its last stage are linked, and every link opens.
+links=$(grep -o '(arms/[^)]*predictions-[^)]*\.jsonl)' cmp/report.md | tr -d '()')
+missing=0
+for l in $links; do [ -s "cmp/$l" ] || missing=$((missing + 1)); done
+arms_linked=$(grep -c '^- \*\*[a-z-]*\*\* ([a-z]*):.*predictions-' cmp/report.md)
+if [ -n "$links" ] && [ $missing = 0 ] && [ "$arms_linked" = 3 ]; then
+    ok "report links $(echo "$links" | wc -w) predictions files of 3 arms, all present"
+else
+    bad "predictions links: '$links', $missing missing, $arms_linked arms"
+fi
 # Identical settings, identical figures (accuracy and loss of every stage and task).
 if diff <(grep '^lora,' cmp/results.csv | grep -E ',(accuracy|loss),' | cut -d, -f2-) \
         <(grep '^lora-again,' cmp/results.csv | grep -E ',(accuracy|loss),' | cut -d, -f2-) >/dev/null &&

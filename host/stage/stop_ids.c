@@ -5,8 +5,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "cli.h"
-#include "core/core.h"
+#include "generate.h"
+#include "stage.h"
 
 static void stop_add(struct stop_ids *s, int32_t id) {
     if (id < 0 || stop_ids_has(s, id)) return;
