@@ -159,8 +159,11 @@ static int rng_from_hex(struct rng *g, const char *hex) {
 }
 
 static int checkpoint_save(const struct stage *s, struct method_run *mr,
-                           const struct loop_state *ls, const char *before_json) {
-    char step[32], hash[32], data_rng[80], method_rng[80], tokens[48], seconds[48];
+                           const struct loop_state *ls, const struct early_state *e,
+                           const char *before_json) {
+    char step[32], hash[32], data_rng[80], method_rng[80], tokens[48], seconds[48], early[96];
+    /* early stopping's watch: the best evaluation's step and metric, evaluations since */
+    snprintf(early, sizeof early, "%lld %.17g %lld", (long long)s->best_step, e->best, (long long)e->since);
     snprintf(step, sizeof step, "%lld", (long long)ls->step);
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)s->hash);
     rng_to_hex(&ls->data_rng, data_rng);
@@ -195,6 +198,7 @@ static int checkpoint_save(const struct stage *s, struct method_run *mr,
     st_writer_meta(w, "peft.tokens", tokens);
     st_writer_meta(w, "peft.seconds", seconds);
     st_writer_meta(w, "peft.before", before_json);
+    st_writer_meta(w, "peft.early_stopping", early);
     rc = st_writer_save(w, optim);
     st_writer_free(w);
     for (int32_t i = 0; i < n_names; i++) free(names[i]);
@@ -216,7 +220,7 @@ static int checkpoint_save(const struct stage *s, struct method_run *mr,
 
 /* 1 = resumed, 0 = no usable checkpoint, -1 = a checkpoint that is broken. */
 static int checkpoint_load(struct stage_env *env, struct stage *s, struct method_run *mr,
-                           struct loop_state *ls, char **before_json) {
+                           struct loop_state *ls, struct early_state *e, char **before_json) {
     char *manifest = path_join(s->dir, manifest_name), *text = NULL, *path = NULL, *adapter = NULL;
     int rc = 0;
     struct st_file f = {0}, fa = {0};
@@ -283,6 +287,18 @@ static int checkpoint_load(struct stage_env *env, struct stage *s, struct method
             goto done;
         }
     }
+    const char *early = st_meta(&f, "peft.early_stopping");
+    long long best_step = 0, since = 0;
+    double best = 0;
+    if (early && (sscanf(early, "%lld %lf %lld", &best_step, &best, &since) != 3 || best_step < 0 ||
+                  best_step > st_step || since < 0)) {
+        rc = err_set("%s: metadata peft.early_stopping: expected 'best_step best since', got '%s'",
+                     path, early);
+        goto done;
+    }
+    s->best_step = best_step;
+    e->best = best;
+    e->since = since;
     ls->step = st_step;
     ls->tokens = strtod(st_meta(&f, "peft.tokens") ? st_meta(&f, "peft.tokens") : "0", NULL);
     ls->seconds = strtod(st_meta(&f, "peft.seconds") ? st_meta(&f, "peft.seconds") : "0", NULL);
@@ -413,8 +429,11 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         }
     }
 
+    /* early stopping's watch starts over, or continues from the checkpoint */
+    struct early_state early = {0};
+    s->best_step = s->stopped_step = 0;
     if (env->resume) {
-        resumed = checkpoint_load(env, s, mr, &ls, &before_json);
+        resumed = checkpoint_load(env, s, mr, &ls, &early, &before_json);
         if (resumed < 0) goto out;
     }
     if (method_run_begin(mr)) goto out;
@@ -440,8 +459,6 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         before_json = eval_json(s->before, s->n_eval_tasks);
     }
 
-    struct early_state early = {0};
-    s->best_step = s->stopped_step = 0;
     const struct model_hooks *hooks = method_run_hooks(mr, 1);
     double window_loss = 0, t_start = now_seconds(), tokens_at_start = ls.tokens;
     int32_t window_n = 0;
@@ -545,7 +562,7 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             ls.seconds += now_seconds() - t_start;
             t_start = now_seconds();
             tokens_at_start = ls.tokens;
-            if (checkpoint_save(s, mr, &ls, before_json) || metrics_flush(env->metrics)) goto out;
+            if (checkpoint_save(s, mr, &ls, &early, before_json) || metrics_flush(env->metrics)) goto out;
         }
         if (stop_here) {
             progress_end(&prog);

@@ -45,6 +45,26 @@ fi
 [ ! -e es/s/early-stopping-best.safetensors ] && ok "the best adapter's temporary file is gone" ||
     bad "early-stopping-best.safetensors left behind"
 
+# Interrupted between the best evaluation and the stop, then resumed: the watch continues
+# from the checkpoint (best step, best loss, evaluations since), so the stage stops at the same
+# step with the same result as the uninterrupted run.
+write es "eval_every = 5
+early_stopping = 2
+save_every = 5"
+mv es es-whole
+cut_at=$((best + 5))
+"$PEFT" run es.ini --stop-after $cut_at >/dev/null 2>err.txt
+"$PEFT" run es.ini --resume >out4.txt 2>err.txt
+best2=$(grep -o '"best_step":[[:space:]]*[0-9]*' es/s/stage.json | grep -o '[0-9]*$')
+stopped2=$(grep -o '"stopped_at_step":[[:space:]]*[0-9]*' es/s/stage.json | grep -o '[0-9]*$')
+after2=$(grep '"point":"after"' es/metrics.jsonl | grep -o '"loss":[0-9.]*' | cut -d: -f2)
+if grep -q "resuming at step $cut_at" out4.txt && [ "$best2" = "$best" ] && [ "$stopped2" = "$stopped" ] &&
+    [ "$after2" = "$after_loss" ]; then
+    ok "stopped at step $cut_at (best $best) and resumed: stops at $stopped2 with step $best2's result, loss $after2"
+else
+    bad "resume: best ${best2:-?} (want $best), stopped ${stopped2:-?} (want $stopped), loss ${after2:-?} (want $after_loss); $(cat out4.txt err.txt)"
+fi
+
 write full "eval_every = 5"
 "$PEFT" run full.ini >out2.txt 2>&1 && ! grep -q 'early stop' out2.txt &&
     grep -q '"point":"after","step":60' full/metrics.jsonl &&
