@@ -43,6 +43,7 @@ static int init_model_main(int argc, char **argv) {
     const char *config = NULL, *out = NULL;
     int64_t layers = 0, seed = 1;
     double std = 0.02;
+    int32_t dtype = ST_F32;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--layers") == 0 && v) {
@@ -63,6 +64,15 @@ static int init_model_main(int argc, char **argv) {
             std = strtod(v, &end);
             if (*end || !(std >= 0 && std <= 10)) {
                 err_set("init-model: --std: expected a number in [0, 10], got '%s'", v);
+                return cli_fail();
+            }
+        } else if (strcmp(a, "--dtype") == 0 && v) {
+            i++;
+            if (strcmp(v, "f32") == 0) dtype = ST_F32;
+            else if (strcmp(v, "bf16") == 0) dtype = ST_BF16;
+            else if (strcmp(v, "f16") == 0) dtype = ST_F16;
+            else {
+                err_set("init-model: --dtype: expected f32, bf16 or f16, got '%s'", v);
                 return cli_fail();
             }
         } else if (a[0] == '-' && a[1] == '-') {
@@ -95,19 +105,19 @@ static int init_model_main(int argc, char **argv) {
         return cli_fail();
     }
     model_init_random(&m, (uint64_t)seed, (float)std);
-    int rc = hf_model_save(out, &m, NULL) || copy_token_ids(config, out);
+    int rc = hf_model_save_as(out, &m, NULL, dtype) || copy_token_ids(config, out);
     if (rc == 0)
-        printf("wrote %s: %d layers, %.1f M parameters (random, std %g, seed %lld)\n", out,
-               (int)c.n_layers, (double)m.n_params / 1e6, std, (long long)seed);
+        printf("wrote %s: %d layers, %.1f M parameters (random, std %g, seed %lld, %s)\n", out,
+               (int)c.n_layers, (double)m.n_params / 1e6, std, (long long)seed, st_dtype_name(dtype));
     model_free(&m);
     return rc ? cli_fail() : 0;
 }
 
 const struct command cmd_init_model = {
-    "init-model", "CONFIG.json OUT_DIR [--layers N] [--seed S] [--std X]",
+    "init-model", "CONFIG.json OUT_DIR [--layers N] [--seed S] [--std X] [--dtype T]",
     "Write a checkpoint folder with random weights for a model's config.json.",
     "Reads a Hugging Face config.json (a family peft supports), optionally with fewer layers,\n"
-    "and writes OUT_DIR/config.json and OUT_DIR/model.safetensors (F32) with weights drawn from\n"
+    "and writes OUT_DIR/config.json and OUT_DIR/model.safetensors (F32, or --dtype) with weights from\n"
     "N(0, std^2) (norms at 1), as `[model] path` reads them. For trying a model's shapes,\n"
     "tokenizer and templates on a CPU without its weights: copy its tokenizer.json and\n"
     "tokenizer_config.json beside them.\n"
@@ -116,6 +126,7 @@ const struct command cmd_init_model = {
     "  --layers N   keep N decoder layers instead of the config's\n"
     "  --seed S     seed of the weights (default 1)\n"
     "  --std X      standard deviation of the weights (default 0.02)\n"
+    "  --dtype T    f32 (default), bf16 or f16, as released checkpoints store them\n"
     "  -h, --help   this help\n"
     "\n"
     "example:\n"

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ---- allocation ---------------------------------------------------------------------- */
 
@@ -58,6 +60,23 @@ char *xasprintf(const char *fmt, ...) {
     vsnprintf(p, n + 1, fmt, ap);
     va_end(ap);
     return p;
+}
+
+float *xalloc_floats_lazy(size_t n) {
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) out_of_memory(bytes);
+    return p;
+}
+
+void free_floats_lazy(float *p, size_t n) {
+    if (p) munmap(p, (n ? n : 1) * sizeof(float));
+}
+
+void release_floats_lazy(float *p, size_t n) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)(p + n)) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 float *xalloc_floats(size_t n) {

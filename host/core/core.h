@@ -44,6 +44,13 @@ char *xasprintf(const char *fmt, ...) PEFT_PRINTF(1, 2);
 size_t fmt_length(const char *fmt, va_list ap);
 /* 64-byte aligned float buffer, zeroed; free with free(). */
 float *xalloc_floats(size_t n);
+/* n zeroed floats (page-aligned) whose pages take memory only once written: for blocks of
+ * which only parts are used (a model's parameters with 16-bit frozen weights, snapshots).
+ * Free with free_floats_lazy(p, n); release_floats_lazy gives back the whole pages inside
+ * p[0..n), which read as zero again. */
+float *xalloc_floats_lazy(size_t n);
+void free_floats_lazy(float *p, size_t n);
+void release_floats_lazy(float *p, size_t n);
 
 /* ---- files ---------------------------------------------------------------------------- */
 /* Open a regular file for reading without ever blocking on a FIFO or device: the fd, or -1
@@ -136,5 +143,12 @@ const char *json_finite(char *buf, size_t cap, const char *fmt, double v);
 int parse_i64(const char *s, int64_t *out);
 int parse_f64(const char *s, double *out); /* finite only */
 int parse_bool(const char *s, int *out);
+
+/* ---- 16-bit floats (half.c) ----------------------------------------------------------- */
+/* IEEE fp16 and bfloat16 to and from fp32; the way down rounds to nearest even. */
+float f16_to_f32(uint16_t h);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+uint16_t f32_to_bf16(float f);
 
 #endif

@@ -413,7 +413,19 @@ static int load_tensor(const struct st_file *f, const struct st_tensor *t,
         return err_set("%s: tensor '%s' has shape %s but config.json says %s", f->path, t->name,
                        have, want);
     }
-    return st_read_f32(f, t, out, mt->numel);
+    return out ? st_read_f32(f, t, out, mt->numel) : 0; /* NULL out: the checks alone */
+}
+
+/* A site's weight stored in 16 bits stays in 16 bits (model.h: widened per product block,
+ * or once when a method trains, writes or reads it). */
+static int load_half(const struct st_file *f, const struct st_tensor *t,
+                     const struct model_tensor *mt, struct model *m, int32_t i) {
+    int rc = load_tensor(f, t, mt, NULL); /* dtype and shape */
+    if (rc) return rc;
+    uint16_t *v = xmalloc(mt->numel * sizeof *v);
+    memcpy(v, st_data(f, t), mt->numel * sizeof *v);
+    model_tensor_set_half(m, i, v, t->dtype == ST_BF16);
+    return 0;
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -496,6 +508,8 @@ int hf_model_load(const char *dir, struct model *m) {
         const struct st_tensor *t = weight_find(&w, mt->name, &f);
         if (!t)
             rc = err_set("%s: tensor '%s' is missing", w.where, mt->name);
+        else if (mt->site >= 0 && (t->dtype == ST_BF16 || t->dtype == ST_F16))
+            rc = load_half(f, t, mt, m, i);
         else
             rc = load_tensor(f, t, mt, m->params + mt->offset);
     }
@@ -567,17 +581,35 @@ static char *config_json(const struct model_config *c) {
 }
 
 int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv) {
+    return hf_model_save_as(dir, m, meta_kv, ST_F32);
+}
+
+int hf_model_save_as(const char *dir, const struct model *m, const char *const *meta_kv,
+                     int32_t dtype) {
     if (mkdir_p(dir) != 0) return -1;
     struct st_writer *w = st_writer_new();
+    uint16_t **rounded = xcalloc((size_t)m->n_tensors + 1, sizeof *rounded); /* until saved */
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const struct model_tensor *t = &m->tensors[i];
-        st_writer_add_f32(w, t->name, t->ndim, t->shape, m->params + t->offset);
+        const float *v = m->params + t->offset;
+        if (model_tensor_in_half(m, i)) { /* unchanged frozen weights keep their 16-bit type */
+            st_writer_add(w, t->name, m->half_bf16[i] ? ST_BF16 : ST_F16, t->ndim, t->shape, m->half[i]);
+        } else if (dtype == ST_BF16 || dtype == ST_F16) {
+            rounded[i] = xmalloc(t->numel * sizeof **rounded + 1);
+            for (size_t k = 0; k < t->numel; k++)
+                rounded[i][k] = dtype == ST_BF16 ? f32_to_bf16(v[k]) : f32_to_f16(v[k]);
+            st_writer_add(w, t->name, dtype, t->ndim, t->shape, rounded[i]);
+        } else {
+            st_writer_add_f32(w, t->name, t->ndim, t->shape, v);
+        }
     }
     for (const char *const *kv = meta_kv; kv && kv[0] && kv[1]; kv += 2)
         st_writer_meta(w, kv[0], kv[1]);
     char *st_path = path_join(dir, "model.safetensors");
     int rc = st_writer_save(w, st_path);
     st_writer_free(w);
+    for (int32_t i = 0; i < m->n_tensors; i++) free(rounded[i]);
+    free(rounded);
     free(st_path);
     if (rc != 0) return -1;
     char *cfg_path = path_join(dir, "config.json");

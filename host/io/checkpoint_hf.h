@@ -20,6 +20,10 @@ int hf_model_load(const char *dir, struct model *m);
 /* Write DIR/config.json and DIR/model.safetensors (extra metadata pairs optional, NULL-ended
  * key/value array). Creates DIR. */
 int hf_model_save(const char *dir, const struct model *m, const char *const *meta_kv);
+/* The same with the weights rounded to dtype (ST_F32, ST_BF16 or ST_F16; weights the model
+ * keeps in 16 bits are written in their own type). */
+int hf_model_save_as(const char *dir, const struct model *m, const char *const *meta_kv,
+                     int32_t dtype);
 /* The checkpoint folder DIR names: DIR itself when it holds config.json, else DIR/model (a
  * run stage's merged model). A new string, or NULL with "DIR: no config.json here or in
  * DIR/model (...)". */

@@ -67,10 +67,5 @@ void st_writer_meta(struct st_writer *w, const char *key, const char *value);
 int st_writer_save(struct st_writer *w, const char *path);
 void st_writer_free(struct st_writer *w);
 
-/* fp16 / bf16 conversions (round to nearest even on the way down). */
-float st_f16_to_f32(uint16_t h);
-float st_bf16_to_f32(uint16_t h);
-uint16_t st_f32_to_f16(float f);
-uint16_t st_f32_to_bf16(float f);
 
 #endif

@@ -325,8 +325,7 @@ static int mergeable(const struct plugin_method *pm) {
 int merge_config_check(struct stage_env *env, struct stage *s) {
     struct merge_spec *m = s->merge;
     int factor = m->space == MERGE_SPACE_FACTOR;
-    float *p0 = xalloc_floats(env->model->n_params);
-    memcpy(p0, env->model->params, env->model->n_params * sizeof(float));
+    struct model_snapshot *p0 = model_snapshot_take(env->model);
     int rc = 0;
     /* The method and keys of each input, where known before the chain runs. */
     const struct plugin_method *first_pm = NULL;
@@ -410,8 +409,8 @@ int merge_config_check(struct stage_env *env, struct stage *s) {
     }
     kv_list_free(&first_kv);
     free(first_label_own);
-    memcpy(env->model->params, p0, env->model->n_params * sizeof(float));
-    free(p0);
+    model_snapshot_restore(env->model, p0);
+    model_snapshot_free(p0);
     return rc;
 }
 

@@ -112,17 +112,24 @@ static int read_task_vector(const struct model *m, const char *path, struct tvec
 }
 
 /* The change from `start` to `end` of every model tensor that differs. */
-static struct tvec *difference(const struct model *m, const float *end, const float *start) {
+static struct tvec *difference(const struct model *m, const struct model_snapshot *end_s,
+                               const struct model_snapshot *start_s) {
     struct tvec *tv = tvecs_new(m);
     for (int32_t t = 0; t < m->n_tensors; t++) {
-        const struct model_tensor *w = &m->tensors[t];
+        const float *end = model_snapshot_tensor(end_s, t), *start = model_snapshot_tensor(start_s, t);
+        if (!end && !start) continue; /* both the 16-bit frozen copy: unchanged */
+        size_t n = m->tensors[t].numel;
+        float *e = xalloc_floats(n), *b = xalloc_floats(n);
+        model_snapshot_read(end_s, m, t, e);
+        model_snapshot_read(start_s, m, t, b);
         int differs = 0;
-        for (size_t j = 0; j < w->numel && !differs; j++)
-            differs = end[w->offset + j] != start[w->offset + j];
-        if (!differs) continue;
-        tvec_init_dense(&tv[t], w->numel);
-        for (size_t j = 0; j < w->numel; j++)
-            tv[t].val[j] = end[w->offset + j] - start[w->offset + j];
+        for (size_t j = 0; j < n && !differs; j++) differs = e[j] != b[j];
+        if (differs) {
+            tvec_init_dense(&tv[t], n);
+            for (size_t j = 0; j < n; j++) tv[t].val[j] = e[j] - b[j];
+        }
+        free(e);
+        free(b);
     }
     return tv;
 }
@@ -210,7 +217,8 @@ static int open_adapter_file(struct stage_env *env, const struct stage *s, const
     return method_run_load(*mr, path);
 }
 
-int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, const float *p0,
+int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i,
+                      const struct model_snapshot *p0,
                       int keep_live, int negate, struct merge_source *out) {
     const struct merge_input *in = &s->merge->in[i];
     struct model *m = env->model;
@@ -227,7 +235,7 @@ int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, c
             file = path_join(k->dir, k->merge->output == MERGE_OUT_DELTA ? "task_vector.safetensors"
                                                                          : "adapter.safetensors");
         } else {
-            memcpy(m->params, stage_start(env, k), m->n_params * sizeof(float));
+            model_snapshot_restore(m, stage_start(env, k));
             out->pm = k->pm;
             kv_from_stage(&out->kv, k);
             char *path = path_join(k->dir, "adapter.safetensors");
@@ -237,7 +245,7 @@ int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, c
         }
     } else {
         out->label = xstrdup(in->path);
-        memcpy(m->params, p0, m->n_params * sizeof(float));
+        model_snapshot_restore(m, p0);
     }
     if (rc == 0 && in->kind == MERGE_IN_HF) {
         struct hf_lora a;
@@ -293,7 +301,7 @@ int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, c
             for (uint64_t j = 0; j < out->tv[t].n; j++) out->tv[t].val[j] = -out->tv[t].val[j];
     }
     if (mr) method_run_free(mr);
-    memcpy(m->params, p0, m->n_params * sizeof(float));
+    model_snapshot_restore(m, p0);
     if (out->tv) out->n_tv = m->n_tensors;
     if (rc) {
         if (strstr(err_msg(), in->text)) /* the line names the input already */

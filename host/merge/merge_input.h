@@ -28,7 +28,8 @@ struct merge_source {
 /* Open input i of merge stage s. p0 holds the weights to leave in the model afterwards (and
  * those file inputs are read against). keep_live: the adapter must stay a live method run
  * (factor space). negate: negate it as its method defines. -1 with one line. */
-int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i, const float *p0,
+int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i,
+                      const struct model_snapshot *p0,
                       int keep_live, int negate, struct merge_source *out);
 void merge_source_close(struct merge_source *src);
 

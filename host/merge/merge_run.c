@@ -379,7 +379,7 @@ static int delta_merge(struct stage_env *env, struct stage *s, struct merge_sour
         m->n_sites = 0;
         for (int32_t t = 0; t < md->n_tensors; t++) {
             if (!tau[t].numel) continue;
-            tvec_add_to(&tau[t], 1.0f, md->params + md->tensors[t].offset);
+            tvec_add_to(&tau[t], 1.0f, model_tensor_data(md, t));
             m->n_sites += md->tensors[t].site >= 0 && tvec_nonzero(&tau[t]);
         }
         if (write && m->output == MERGE_OUT_DELTA) rc = write_task_vector(env, s, tau, &meta);
@@ -401,10 +401,10 @@ static int delta_merge(struct stage_env *env, struct stage *s, struct merge_sour
 int merge_execute(struct stage_env *env, struct stage *s, int write, struct method_run **eval_mr) {
     struct merge_spec *m = s->merge;
     struct model *md = env->model;
-    const float *p0 = stage_start(env, s);
+    const struct model_snapshot *p0 = stage_start(env, s);
     *eval_mr = NULL;
     m->params.seed = s->seed;
-    memcpy(md->params, p0, md->n_params * sizeof(float));
+    model_snapshot_restore(md, p0);
     int factor = m->space == MERGE_SPACE_FACTOR;
     struct merge_source *src = xcalloc((size_t)m->n_in, sizeof *src);
     int rc = 0;

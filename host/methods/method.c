@@ -136,8 +136,7 @@ static void allocate_tensors(struct peft_host *h) {
     for (int32_t i = 0; i < h->n_tensors; i++) {
         struct mtensor *t = &h->tensors[i];
         if (t->model_tensor >= 0) {
-            const struct model_tensor *mt = &m->tensors[t->model_tensor];
-            t->data = m->params + mt->offset;
+            t->data = model_tensor_data(m, t->model_tensor); /* trained or written: fp32 */
             /* With a mask already set, only the trainable entries can ever change. */
             if (t->mask) {
                 t->start = xalloc_floats(t->n_trainable);

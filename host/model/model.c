@@ -7,6 +7,7 @@
  * when untied, lm_head.
  */
 #include "model.h"
+#include "half.h"
 
 #include <limits.h>
 #include <math.h>
@@ -210,8 +211,11 @@ int model_init(struct model *m, const struct model_config *c)
     m->cfg = *c;
     m->n_sites = c->n_layers * SITE_KINDS;
     build_tensors(m);
-    m->params = xalloc_floats(m->n_params);
+    m->params = xalloc_floats_lazy(m->n_params);
     point_views(&m->w, m, m->params);
+    m->half = xcalloc((size_t)m->n_tensors, sizeof *m->half);
+    m->half_bf16 = xcalloc((size_t)m->n_tensors, 1);
+    m->fp32_ok = xcalloc((size_t)m->n_tensors, 1);
     m->need_grad = xcalloc((size_t)m->n_tensors, 1);
     m->sparse_grad = xcalloc((size_t)m->n_tensors, sizeof *m->sparse_grad);
     return 0;
@@ -232,7 +236,12 @@ void model_init_random(struct model *m, uint64_t seed, float init_std)
 
 void model_free(struct model *m)
 {
-    free(m->params);
+    free_floats_lazy(m->params, m->n_params);
+    for (int32_t i = 0; m->half && i < m->n_tensors; i++)
+        free(m->half[i]);
+    free(m->half);
+    free(m->half_bf16);
+    free(m->fp32_ok);
     free(m->w.layers);
     free(m->grads);
     free(m->g.layers);
@@ -312,7 +321,7 @@ void model_site_dims(const struct model *m, int32_t site, int32_t *d_in, int32_t
 
 float *model_site_weight(const struct model *m, int32_t site)
 {
-    return m->params + m->tensors[model_site_tensor(m, site)].offset;
+    return model_tensor_data(m, model_site_tensor(m, site));
 }
 
 /* The gradient of tensor i, or NULL when not asked for. */
@@ -541,7 +550,11 @@ int model_site_forward(const struct model *m, const struct model_hooks *hk, int3
 {
     int32_t d_in, d_out;
     model_site_dims(m, site, &d_in, &d_out);
-    matmul_forward(y, x, model_site_weight(m, site), n, d_in, d_out);
+    int32_t t = model_site_tensor(m, site);
+    if (model_tensor_in_half(m, t))
+        half_matmul_forward(m, t, y, x, n, d_in, d_out);
+    else
+        matmul_forward(y, x, m->params + m->tensors[t].offset, n, d_in, d_out);
     if (hk && hk->site_forward)
         return hk->site_forward(hk->ctx, hk->pass, site, x, y, n);
     return 0;
@@ -665,13 +678,18 @@ static int site_backward(const struct model *m, struct model_acts *a,
 {
     int32_t d_in, d_out, n = a->B * a->T;
     model_site_dims(m, site, &d_in, &d_out);
-    const float *w = model_site_weight(m, site);
     int32_t wt = model_site_tensor(m, site);
     const struct model_sparse_grad *sg = &m->sparse_grad[wt];
     float *dw = sg->index ? NULL : grad_of(m, wt);
     int hooked = hk && hk->site_backward;
     float *dx = first || !hooked ? dx_sum : a->d_site;
-    matmul_backward(dx, dw, dy, x, w, n, d_in, d_out, first || hooked ? 0.0f : 1.0f);
+    float dx_beta = first || hooked ? 0.0f : 1.0f;
+    if (model_tensor_in_half(m, wt)) { /* frozen in 16 bits: dx block by block, dW never asked */
+        half_matmul_backward_dx(m, wt, dx, dy, n, d_in, d_out, dx_beta);
+        matmul_backward(NULL, dw, dy, x, NULL, n, d_in, d_out, 0.0f);
+    } else {
+        matmul_backward(dx, dw, dy, x, m->params + m->tensors[wt].offset, n, d_in, d_out, dx_beta);
+    }
     if (sg->index)
         matmul_backward_sampled(sg->out, sg->index, sg->n, dy, x, n, d_in, d_out,
                                 a->d_sampled);

@@ -112,6 +112,17 @@ struct model {
     struct model_tensor *tensors;
     int32_t n_tensors;
     int32_t n_sites;           /* L * 7 */
+    /* Frozen site weights kept in a checkpoint's 16-bit type, with no fp32 copy of them:
+     * half[t] holds tensor t's numel values (bfloat16 when half_bf16[t], else IEEE fp16), or
+     * is NULL. While fp32_ok[t] is 0 the tensor's range of params is unused - never touched,
+     * so it takes no memory (the block comes zeroed from the allocator, page by page) - and
+     * the products widen the weight block by block. Asking for the fp32 values
+     * (model_tensor_data, model_site_weight) widens it into params once (fp32_ok = 1), as a
+     * method that trains, writes or reads the weight needs. All NULL for a model made in
+     * fp32 (model_init_random, F32 checkpoints). */
+    uint16_t **half;           /* (n_tensors) */
+    uint8_t *half_bf16;        /* (n_tensors) */
+    uint8_t *fp32_ok;          /* (n_tensors) */
 };
 
 /* Check a config (positive sizes, H % KV == 0, ...). -1 with a reason naming the key. */
@@ -136,8 +147,47 @@ void model_site_name(const struct model *m, int32_t site, char *out, size_t cap)
 int32_t model_site_kind(int32_t site);
 int32_t model_site_layer(int32_t site);
 void model_site_dims(const struct model *m, int32_t site, int32_t *d_in, int32_t *d_out);
-float *model_site_weight(const struct model *m, int32_t site); /* (d_out, d_in) */
+/* (d_out, d_in) fp32, widened from the 16-bit copy first if need be (memory: the tensor's
+ * fp32 range becomes resident). */
+float *model_site_weight(const struct model *m, int32_t site);
 int32_t model_site_tensor(const struct model *m, int32_t site); /* index into tensors[] */
+
+/* ---- 16-bit frozen weights (half.c) ------------------------------------------------------ */
+/* Keep tensor t (a site weight) as the 16-bit values v (numel, owned by the model from now
+ * on); its fp32 range is dropped. */
+void model_tensor_set_half(struct model *m, int32_t t, uint16_t *v, int bf16);
+/* Is tensor t held in 16 bits only (no fp32 values yet)? */
+int model_tensor_in_half(const struct model *m, int32_t t);
+/* Tensor t's fp32 values in params, widened from its 16-bit copy first if need be. */
+float *model_tensor_data(const struct model *m, int32_t t);
+/* Tensor t's values into out (numel floats), without making its fp32 range resident. */
+void model_tensor_read(const struct model *m, int32_t t, float *out);
+/* Tensor t's 16-bit copy widened into out (numel), whatever its fp32 range holds. */
+void model_tensor_read_half(const struct model *m, int32_t t, float *out);
+/* Back to the 16-bit copy (the caller knows the fp32 values equal it): the fp32 range is
+ * given back to the system. No-op for a tensor without one. */
+void model_tensor_release(struct model *m, int32_t t);
+/* Bytes of weights resident: fp32 ranges in use plus 16-bit copies. */
+size_t model_weight_bytes(const struct model *m);
+/* Rows r0..r0+rows of weight tensor t (a matrix with d_in columns) as fp32 into out
+ * (rows, d_in): a view of params when fp32_ok, else widened into out. */
+const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int32_t rows,
+                               int32_t d_in, float *out);
+
+/* ---- snapshots of the weights (snapshot.c) ------------------------------------------------ */
+/* The model's weights at one point (a stage's start or result), as cheap as the model keeps
+ * them: a tensor still held in 16 bits only is recorded as such (its values are the model's
+ * 16-bit copy, which never changes), every other tensor's fp32 values are copied. */
+struct model_snapshot;
+struct model_snapshot *model_snapshot_take(const struct model *m);
+void model_snapshot_free(struct model_snapshot *s);
+/* Put the weights of s back into m. */
+void model_snapshot_restore(struct model *m, const struct model_snapshot *s);
+/* Tensor t of s: its fp32 values, or NULL where it is the model's 16-bit copy. */
+const float *model_snapshot_tensor(const struct model_snapshot *s, int32_t t);
+/* Tensor t of s into out (numel floats). */
+void model_snapshot_read(const struct model_snapshot *s, const struct model *m, int32_t t,
+                         float *out);
 
 /* Hooks called at every site (NULL members are skipped). They return 0 or -1 (err_set). */
 struct model_hooks {

@@ -29,7 +29,7 @@ int run_method_create(struct run *r, const char *where, const char *stage, uint6
     return stage_method_create(run_env(r), where, stage, seed, pm, kv, n_kv, out);
 }
 
-const float *run_stage_start(struct run *r, const struct stage *s) {
+const struct model_snapshot *run_stage_start(struct run *r, const struct stage *s) {
     return stage_start(run_env(r), s);
 }
 
@@ -284,7 +284,7 @@ static int stage_merge(struct run *r, struct stage *s, struct method_run *mr) {
  * result. A completed one is merged again (cheap and deterministic) to rebuild its weights,
  * and its evaluations are read back. */
 static int run_merge_stage(struct run *r, struct stage *s) {
-    memcpy(r->model.params, stage_start(&r->env, s), r->model.n_params * sizeof(float));
+    model_snapshot_restore(&r->model, stage_start(&r->env, s));
     s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
     s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
     struct method_run *none = NULL, *eval_mr = NULL;
@@ -323,8 +323,7 @@ static int run_merge_stage(struct run *r, struct stage *s) {
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
         if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto out;
     }
-    s->result_params = xalloc_floats(r->model.n_params);
-    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    s->result_params = model_snapshot_take(&r->model);
     rc = 0;
 out:
     cJSON_Delete(info);
@@ -336,7 +335,7 @@ out:
 static int run_stage(struct run *r, struct stage *s) {
     if (s->merge) return run_merge_stage(r, s);
     /* The model starts from the weights the chain left. */
-    memcpy(r->model.params, stage_start(&r->env, s), r->model.n_params * sizeof(float));
+    model_snapshot_restore(&r->model, stage_start(&r->env, s));
     s->before = xcalloc((size_t)s->n_eval_tasks, sizeof *s->before);
     s->after = xcalloc((size_t)s->n_eval_tasks, sizeof *s->after);
 
@@ -381,8 +380,7 @@ static int run_stage(struct run *r, struct stage *s) {
         if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto fail;
         stage_checkpoint_finish(s);
     }
-    s->result_params = xalloc_floats(r->model.n_params);
-    memcpy(s->result_params, r->model.params, r->model.n_params * sizeof(float));
+    s->result_params = model_snapshot_take(&r->model);
     method_run_free(mr);
     return 0;
 fail:

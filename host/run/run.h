@@ -29,7 +29,7 @@ struct run {
     struct plugin_registry reg;
     /* model */
     struct model model;
-    float *base_params;         /* the model before any stage */
+    struct model_snapshot *base_params; /* the model before any stage */
     /* data */
     char *model_dir;            /* [model] path, NULL for a generated model */
     struct tokenizer *tok;      /* the model folder's tokenizer.json; NULL: the byte tokenizer */
@@ -69,7 +69,7 @@ struct stage_env *run_env(struct run *r);
 int run_method_create(struct run *r, const char *where, const char *stage, uint64_t seed,
                       const struct plugin_method *pm, const peft_kv *kv, uint32_t n_kv,
                       struct method_run **out);
-const float *run_stage_start(struct run *r, const struct stage *s);
+const struct model_snapshot *run_stage_start(struct run *r, const struct stage *s);
 int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_result *out);
 
 #endif

@@ -150,8 +150,7 @@ static int load_model_section(struct run *r) {
         if (model_init(&r->model, &mc)) return err_prefix("%s: [model]", c->path);
         model_init_random(&r->model, r->seed, (float)init_std);
     }
-    r->base_params = xalloc_floats(r->model.n_params);
-    memcpy(r->base_params, r->model.params, r->model.n_params * sizeof(float));
+    r->base_params = model_snapshot_take(&r->model);
     return 0;
 }
 
@@ -919,7 +918,7 @@ void run_free(struct run *r) {
         free(s->kv);
         free(s->config_json);
         free(s->dir);
-        free(s->result_params);
+        model_snapshot_free(s->result_params);
         free(s->before);
         free(s->after);
     }
@@ -934,7 +933,7 @@ void run_free(struct run *r) {
     task_table_free(&r->tasks);
     model_free(&r->model);
     if (r->aux.acts) model_acts_free(r->aux.acts);
-    free(r->base_params);
+    model_snapshot_free(r->base_params);
     registry_free(&r->reg);
     free(r->out_dir);
     cfg_free(&r->cfg);

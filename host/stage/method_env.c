@@ -7,7 +7,7 @@
 
 #include "stage.h"
 
-const float *stage_start(const struct stage_env *env, const struct stage *s) {
+const struct model_snapshot *stage_start(const struct stage_env *env, const struct stage *s) {
     return s->from >= 0 ? env->stages[s->from].result_params : env->base_params;
 }
 
@@ -56,9 +56,13 @@ static int env_stage_delta(void *ctx, const char *stage, int32_t site, float *ou
     if (s->unmerged)
         return err_set("stage '%s' (%s) has no dense change of the weights to give", stage,
                        s->pm->desc->id);
-    const struct model_tensor *t = &env->model->tensors[model_site_tensor(env->model, site)];
-    const float *end = s->result_params + t->offset, *start = stage_start(env, s) + t->offset;
-    for (size_t i = 0; i < t->numel; i++) out[i] = end[i] - start[i];
+    int32_t t = model_site_tensor(env->model, site);
+    size_t n = env->model->tensors[t].numel;
+    float *start = xalloc_floats(n);
+    model_snapshot_read(s->result_params, env->model, t, out);
+    model_snapshot_read(stage_start(env, s), env->model, t, start);
+    for (size_t i = 0; i < n; i++) out[i] -= start[i];
+    free(start);
     return 0;
 }
 

@@ -66,7 +66,7 @@ struct stage {
     uint64_t hash;
     char *dir;                  /* OUT/NAME */
     /* results */
-    float *result_params;       /* model parameters after the stage (adapter merged) */
+    struct model_snapshot *result_params; /* the weights after the stage (adapter merged) */
     struct eval_result *before, *after; /* n_eval_tasks each */
     int32_t reused;             /* loaded from a completed earlier run */
     int32_t unmerged;           /* its adapter could not be folded into the weights */
@@ -108,7 +108,7 @@ struct stage_env {
     const struct dataset *train, *eval;
     struct stage *stages;               /* (n_stages) the chain, in order */
     int32_t n_stages;
-    const float *base_params;           /* (model->n_params) the model before any stage */
+    const struct model_snapshot *base_params; /* the model before any stage */
     const char *model_dir;              /* [model] path (its tokenizer goes with written
                                          * models); NULL for a generated model */
     const struct tokenizer *tok;        /* the run's tokenizer; NULL: bytes */
@@ -123,7 +123,7 @@ struct stage_env {
 };
 
 /* The weights a stage starts from: its `from` stage's result, or the base model. */
-const float *stage_start(const struct stage_env *env, const struct stage *s);
+const struct model_snapshot *stage_start(const struct stage_env *env, const struct stage *s);
 /* A completed stage's checkpoints: all removed, or (keep_checkpoints) only the manifest, so
  * that the kept pairs stay without marking the stage as interrupted. */
 void stage_checkpoint_finish(const struct stage *s);

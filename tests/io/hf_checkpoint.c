@@ -160,7 +160,7 @@ static void test_fixture(const char *name, int32_t want_dtype) {
     CHECK(hf_config_load(dir, &c2) == 0 && same_config(&c2, c));
 
     /* every weight equals torch's fp32 conversion, bit for bit */
-    int32_t compared = 0, stored_as = 0;
+    int32_t compared = 0, stored_as = 0, kept_half = 0;
     size_t values = 0, differ = 0;
     for (int32_t i = 0; i < m.n_tensors; i++) {
         const struct model_tensor *mt = &m.tensors[i];
@@ -170,7 +170,8 @@ static void test_fixture(const char *name, int32_t want_dtype) {
         if (!t || t->numel != mt->numel) continue;
         if (s && s->dtype == want_dtype) stored_as++;
         const float *want = st_data(&e, t); /* F32, 8-aligned by the writer */
-        const float *got = m.params + mt->offset;
+        kept_half += model_tensor_in_half(&m, i);
+        const float *got = model_tensor_data(&m, i); /* widened here when kept in 16 bits */
         for (size_t k = 0; k < mt->numel; k++) {
             float w;
             memcpy(&w, want + k, sizeof w);
@@ -181,6 +182,9 @@ static void test_fixture(const char *name, int32_t want_dtype) {
     }
     CHECK(compared == m.n_tensors && stored_as == m.n_tensors);
     CHECK(differ == 0);
+    /* the sites' weights of a 16-bit checkpoint stay in 16 bits (no fp32 copy) */
+    CHECK(kept_half == (want_dtype == ST_F32 ? 0 : m.n_sites), "%d of %d site weights in 16 bits",
+          (int)kept_half, (int)m.n_sites);
     CHECK(e.n_tensors == m.n_tensors); /* nothing the generator wrote was left out */
     int has_inv_freq = 0;
     for (int32_t i = 0; i < src.n_tensors; i++)

@@ -254,15 +254,15 @@ static void test_conversion_cases(void) {
     };
     int bad = 0;
     for (size_t i = 0; i < sizeof f16 / sizeof f16[0]; i++) {
-        uint16_t got = st_f32_to_f16(f16[i].f);
+        uint16_t got = f32_to_f16(f16[i].f);
         if (got != f16[i].h) {
             fprintf(stderr, "f32->f16 %s (%a): got 0x%04x want 0x%04x\n", f16[i].what,
                     (double)f16[i].f, got, f16[i].h);
             bad++;
         }
     }
-    uint16_t hn = st_f32_to_f16(NAN);
-    uint16_t hn2 = st_f32_to_f16(bits_f32(0xff800001u)); /* signalling nan, payload low */
+    uint16_t hn = f32_to_f16(NAN);
+    uint16_t hn2 = f32_to_f16(bits_f32(0xff800001u)); /* signalling nan, payload low */
     CHECK((hn & 0x7c00) == 0x7c00 && (hn & 0x3ff) != 0);
     CHECK((hn2 & 0x7c00) == 0x7c00 && (hn2 & 0x3ff) != 0 && (hn2 & 0x8000));
 
@@ -286,33 +286,33 @@ static void test_conversion_cases(void) {
         {bits_f32(0x00010000u), 0x0001, "least bf16 subnormal"},
     };
     for (size_t i = 0; i < sizeof bf / sizeof bf[0]; i++) {
-        uint16_t got = st_f32_to_bf16(bf[i].f);
+        uint16_t got = f32_to_bf16(bf[i].f);
         if (got != bf[i].b) {
             fprintf(stderr, "f32->bf16 %s: got 0x%04x want 0x%04x\n", bf[i].what, got, bf[i].b);
             bad++;
         }
     }
-    uint16_t bn = st_f32_to_bf16(bits_f32(0x7f800001u)); /* truncation would give inf */
+    uint16_t bn = f32_to_bf16(bits_f32(0x7f800001u)); /* truncation would give inf */
     CHECK((bn & 0x7f80) == 0x7f80 && (bn & 0x7f) != 0);
-    CHECK(isnan(st_bf16_to_f32(bn)));
+    CHECK(isnan(bf16_to_f32(bn)));
 
     /* up-conversions */
-    CHECK(st_f16_to_f32(0x0001) == 0x1p-24f);
-    CHECK(st_f16_to_f32(0x03ff) == 0x1.ff8p-15f);
-    CHECK(st_f16_to_f32(0x0400) == 0x1p-14f);
-    CHECK(st_f16_to_f32(0x7bff) == 65504.0f);
-    CHECK(f32_bits(st_f16_to_f32(0x8000)) == 0x80000000u);
-    CHECK(isinf(st_f16_to_f32(0xfc00)) && st_f16_to_f32(0xfc00) < 0);
-    CHECK(isnan(st_f16_to_f32(0x7e00)) && isnan(st_f16_to_f32(0x7c01)));
-    CHECK(f32_bits(st_bf16_to_f32(0x8001)) == 0x80010000u);
+    CHECK(f16_to_f32(0x0001) == 0x1p-24f);
+    CHECK(f16_to_f32(0x03ff) == 0x1.ff8p-15f);
+    CHECK(f16_to_f32(0x0400) == 0x1p-14f);
+    CHECK(f16_to_f32(0x7bff) == 65504.0f);
+    CHECK(f32_bits(f16_to_f32(0x8000)) == 0x80000000u);
+    CHECK(isinf(f16_to_f32(0xfc00)) && f16_to_f32(0xfc00) < 0);
+    CHECK(isnan(f16_to_f32(0x7e00)) && isnan(f16_to_f32(0x7c01)));
+    CHECK(f32_bits(bf16_to_f32(0x8001)) == 0x80010000u);
 
     /* exhaustive: every non-nan half and bf16 survives a round trip through fp32 */
     int rt16 = 0, rtb = 0;
     for (uint32_t h = 0; h < 65536; h++) {
-        float f = st_f16_to_f32((uint16_t)h);
-        if (isnan(f) ? !isnan(st_f16_to_f32(st_f32_to_f16(f))) : st_f32_to_f16(f) != h) rt16++;
-        float g = st_bf16_to_f32((uint16_t)h);
-        if (isnan(g) ? !isnan(st_bf16_to_f32(st_f32_to_bf16(g))) : st_f32_to_bf16(g) != h) rtb++;
+        float f = f16_to_f32((uint16_t)h);
+        if (isnan(f) ? !isnan(f16_to_f32(f32_to_f16(f))) : f32_to_f16(f) != h) rt16++;
+        float g = bf16_to_f32((uint16_t)h);
+        if (isnan(g) ? !isnan(bf16_to_f32(f32_to_bf16(g))) : f32_to_bf16(g) != h) rtb++;
     }
     printf("  conversions: %zu f16 and %zu bf16 hand-picked cases, %d wrong; all 65536 "
            "patterns round trip: f16 %d wrong, bf16 %d wrong\n",
@@ -357,11 +357,11 @@ static void test_against_torch(void) {
         uint16_t h_torch, b_torch;
         memcpy(&h_torch, hraw + 2 * i, 2);
         memcpy(&b_torch, braw + 2 * i, 2);
-        uint16_t h = st_f32_to_f16(x[i]), b = st_f32_to_bf16(x[i]);
+        uint16_t h = f32_to_f16(x[i]), b = f32_to_bf16(x[i]);
         if (isnan(x[i])) {
             nans++;
-            if (!isnan(st_f16_to_f32(h)) || !isnan(st_f16_to_f32(h_torch))) down16++;
-            if (!isnan(st_bf16_to_f32(b)) || !isnan(st_bf16_to_f32(b_torch))) downb++;
+            if (!isnan(f16_to_f32(h)) || !isnan(f16_to_f32(h_torch))) down16++;
+            if (!isnan(bf16_to_f32(b)) || !isnan(bf16_to_f32(b_torch))) downb++;
         } else {
             if (h != h_torch) {
                 if (down16 < 5)

@@ -123,6 +123,14 @@ static char *stage_path(const struct run *r, const char *stage, const char *file
     return p;
 }
 
+/* A snapshot's weights as one block laid out as params (the caller frees). */
+static float *flat(struct run *r, const struct model_snapshot *s) {
+    float *out = xalloc_floats(r->model.n_params);
+    for (int32_t t = 0; t < r->model.n_tensors; t++)
+        model_snapshot_read(s, &r->model, t, out + r->model.tensors[t].offset);
+    return out;
+}
+
 static void check_delta_space(struct run *r, float **da, float **db) {
     /* The task vector file of `sum` against 0.7 ΔA - 1.3 ΔB (reference in double). */
     char *p = stage_path(r, "sum", "task_vector.safetensors");
@@ -134,7 +142,7 @@ static void check_delta_space(struct run *r, float **da, float **db) {
           strncmp(st_meta(&f, "peft.merge_space"), "delta", 5) == 0);
     struct cmp tv = {0}, w = {0};
     int32_t is = stage_index(r, "sum");
-    const float *start = run_stage_start(r, &r->stages[is]), *end = r->stages[is].result_params;
+    float *start = flat(r, run_stage_start(r, &r->stages[is])), *end = flat(r, r->stages[is].result_params);
     for (int32_t s = 0; s < r->model.n_sites; s++) {
         const struct model_tensor *mt = &r->model.tensors[model_site_tensor(&r->model, s)];
         const struct st_tensor *t = st_find(&f, mt->name);
@@ -153,6 +161,8 @@ static void check_delta_space(struct run *r, float **da, float **db) {
     }
     st_close(&f);
     free(p);
+    free(start);
+    free(end);
     printf("delta add: task vector vs 0.7 dA - 1.3 dB: max abs error %.2e (%.2e of the largest "
            "entry); merged weights vs start + tau: max relative %.2e\n",
            tv.max_abs, cmp_rel(&tv), w.max_abs);
@@ -217,8 +227,8 @@ static void check_delta_space(struct run *r, float **da, float **db) {
 
     /* A full fine-tuning input: its dense change, fb - base, added to ΔA. */
     int32_t ifb = stage_index(r, "fb"), im = stage_index(r, "mixed");
-    const float *fb_end = r->stages[ifb].result_params,
-                *fb_start = run_stage_start(r, &r->stages[ifb]);
+    float *fb_end = flat(r, r->stages[ifb].result_params),
+          *fb_start = flat(r, run_stage_start(r, &r->stages[ifb]));
     p = stage_path(r, "mixed", "task_vector.safetensors");
     REQUIRE(st_open(&f, p) == 0, "%s", err_msg());
     struct cmp mx = {0};
@@ -235,6 +245,8 @@ static void check_delta_space(struct run *r, float **da, float **db) {
     }
     st_close(&f);
     free(p);
+    free(fb_end);
+    free(fb_start);
     printf("delta add of lora and full: max abs error %.2e (%.2e relative), %d sites\n", mx.max_abs,
            cmp_rel(&mx), r->stages[im].merge->n_sites);
     CHECK(cmp_rel(&mx) < 3e-7, "mixed: %g", cmp_rel(&mx));
@@ -244,8 +256,8 @@ static void check_delta_space(struct run *r, float **da, float **db) {
  * output stays sparse, its support is the union of the masks, each value a task vector's. */
 static void check_sparse(struct run *r) {
     int32_t ia = stage_index(r, "la"), ib = stage_index(r, "lb");
-    const float *base = run_stage_start(r, &r->stages[ia]);
-    const float *wa = r->stages[ia].result_params, *wb = r->stages[ib].result_params;
+    float *base = flat(r, run_stage_start(r, &r->stages[ia]));
+    float *wa = flat(r, r->stages[ia].result_params), *wb = flat(r, r->stages[ib].result_params);
     char *p = stage_path(r, "ladd", "task_vector.safetensors");
     struct st_file f;
     REQUIRE(st_open(&f, p) == 0, "%s", err_msg());
@@ -282,6 +294,9 @@ static void check_sparse(struct run *r) {
     }
     st_close(&f);
     free(p);
+    free(base);
+    free(wa);
+    free(wb);
     printf("sparse additive merge of two LoTA stages (disjoint masks): %llu entries stored, %llu "
            "changed by the stages, max abs error %.1e\n",
            (unsigned long long)stored, (unsigned long long)changed, err);
@@ -627,8 +642,10 @@ int main(void) {
     int reused = 0, same = 1;
     for (int32_t i = 0; i < r.n_stages; i++) {
         reused += r2.stages[i].reused;
-        same &= memcmp(r.stages[i].result_params, r2.stages[i].result_params,
-                       r.model.n_params * sizeof(float)) == 0;
+        float *w1 = flat(&r, r.stages[i].result_params), *w2 = flat(&r2, r2.stages[i].result_params);
+        same &= memcmp(w1, w2, r.model.n_params * sizeof(float)) == 0;
+        free(w1);
+        free(w2);
     }
     printf("second run: %d of %d stages reused, weights identical: %s\n", reused, r.n_stages,
            same ? "yes" : "no");

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Peak resident memory of a LoRA run on a bf16 checkpoint of SmolLM2-135M's exact config
+# (30 layers, vocabulary 49152; random weights written by peft init-model --dtype bf16),
+# for two peft binaries - a build before 16-bit frozen weights and one after, or the same
+# build twice - run interleaved (A, B, A, B, ...). Resident memory is /usr/bin/time's
+# maximum RSS of the whole process; the weights alone are 270 MB in bf16, 540 MB in fp32.
+#   bench/run_memory.sh PEFT_A PEFT_B     (env: MEM_ROUNDS, MEM_STEPS, MEM_SEQ)
+set -eu
+a=$(realpath "$1") b=$(realpath "$2")
+top=$(cd "$(dirname "$0")/.." && pwd)
+rounds=${MEM_ROUNDS:-3} steps=${MEM_STEPS:-4} seq=${MEM_SEQ:-256}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+"$b" init-model "$top/tests/fixtures/configs/SmolLM2-135M.json" smol --dtype bf16 >/dev/null
+cat >run.ini <<INI
+[run]
+out = out
+[model]
+path = smol
+max_seq = $seq
+[data]
+n_train = 64
+n_eval = 8
+[stage.lora]
+method = lora
+tasks = upper
+steps = $steps
+batch_size = 2
+lr = 1e-3
+target_modules = all-linear
+predictions = false
+INI
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; SmolLM2-135M config, bf16 weights, LoRA r 8 on every projection, $steps steps of batch 2, max_seq $seq"
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+peak() { # binary -> max RSS in MiB
+    rm -rf out
+    grep -v '^predictions' run.ini >run_old.ini
+    local ini=run.ini
+    "$1" keys stage 2>/dev/null | grep -q predictions || ini=run_old.ini
+    /usr/bin/time -f '%M' -o rss.txt "$1" run "$ini" --quiet >/dev/null 2>err.txt || { cat err.txt >&2; exit 1; }
+    echo "$(( $(tail -n1 rss.txt) / 1024 ))"
+}
+ra=() rb=()
+for _ in $(seq "$rounds"); do ra+=("$(peak "$a")"); rb+=("$(peak "$b")"); done
+ma=$(printf '%s\n' "${ra[@]}" | median) mb=$(printf '%s\n' "${rb[@]}" | median)
+printf '| peft | peak RSS MiB (median of %s) | each |\n| --- | --- | --- |\n' "$rounds"
+printf '| A %s | %s | %s |\n| B %s | %s | %s |\n' "$1" "$ma" "${ra[*]}" "$2" "$mb" "${rb[*]}"
+printf 'B / A = %.2f\n' "$(echo "$mb / $ma" | bc -l)"

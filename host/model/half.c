@@ -1,0 +1,123 @@
+/* half.c: frozen site weights held in 16 bits (bfloat16 or fp16, as the checkpoint stores
+ * them) instead of fp32: widening on demand, and the products of such a site, which widen
+ * the weight a block of rows at a time into a small buffer, so the fp32 copy of a frozen
+ * model never exists whole. Widening is exact (every 16-bit value is an fp32 value), so the
+ * products equal those of the widened weight up to the order of the sums. */
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "half.h"
+
+/* Rows of W widened per block: large enough for the block's product to run at GEMM speed,
+ * small enough for the buffer to stay in cache (256 x 1536 floats = 1.5 MiB at most). */
+enum { HALF_BLOCK_ROWS = 256 };
+
+static void widen(const struct model *m, int32_t t, size_t from, size_t n, float *out)
+{
+    const uint16_t *h = m->half[t] + from;
+    if (m->half_bf16[t])
+        for (size_t i = 0; i < n; i++)
+            out[i] = bf16_to_f32(h[i]);
+    else
+        for (size_t i = 0; i < n; i++)
+            out[i] = f16_to_f32(h[i]);
+}
+
+void model_tensor_set_half(struct model *m, int32_t t, uint16_t *v, int bf16)
+{
+    free(m->half[t]);
+    m->half[t] = v;
+    m->half_bf16[t] = (uint8_t)(bf16 != 0);
+    model_tensor_release(m, t);
+}
+
+int model_tensor_in_half(const struct model *m, int32_t t)
+{
+    return m->half && m->half[t] && !m->fp32_ok[t];
+}
+
+float *model_tensor_data(const struct model *m, int32_t t)
+{
+    float *p = m->params + m->tensors[t].offset;
+    if (model_tensor_in_half(m, t)) {
+        widen(m, t, 0, m->tensors[t].numel, p);
+        m->fp32_ok[t] = 1; /* the fp32 range is a cache of the 16-bit values: const model */
+    }
+    return p;
+}
+
+void model_tensor_read(const struct model *m, int32_t t, float *out)
+{
+    if (model_tensor_in_half(m, t))
+        widen(m, t, 0, m->tensors[t].numel, out);
+    else
+        memcpy(out, m->params + m->tensors[t].offset, m->tensors[t].numel * sizeof *out);
+}
+
+void model_tensor_read_half(const struct model *m, int32_t t, float *out)
+{
+    widen(m, t, 0, m->tensors[t].numel, out);
+}
+
+void model_tensor_release(struct model *m, int32_t t)
+{
+    if (!m->half || !m->half[t])
+        return;
+    m->fp32_ok[t] = 0;
+    release_floats_lazy(m->params + m->tensors[t].offset, m->tensors[t].numel);
+}
+
+size_t model_weight_bytes(const struct model *m)
+{
+    size_t bytes = 0;
+    for (int32_t t = 0; t < m->n_tensors; t++) {
+        int half = m->half && m->half[t];
+        if (half)
+            bytes += m->tensors[t].numel * sizeof(uint16_t);
+        if (!half || m->fp32_ok[t])
+            bytes += m->tensors[t].numel * sizeof(float);
+    }
+    return bytes;
+}
+
+const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int32_t rows,
+                               int32_t d_in, float *out)
+{
+    if (!model_tensor_in_half(m, t))
+        return m->params + m->tensors[t].offset + (size_t)r0 * (size_t)d_in;
+    widen(m, t, (size_t)r0 * (size_t)d_in, (size_t)rows * (size_t)d_in, out);
+    return out;
+}
+
+void half_matmul_forward(const struct model *m, int32_t t, float *y, const float *x, int32_t n,
+                         int32_t d_in, int32_t d_out)
+{
+    int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
+    float *buf = xmalloc((size_t)R * (size_t)d_in * sizeof *buf);
+    for (int32_t r0 = 0; r0 < d_out; r0 += R) {
+        int32_t rb = d_out - r0 < R ? d_out - r0 : R;
+        const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
+        /* y[:, r0:r0+rb] (n, rb) = x (n, d_in) . w^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rb, d_in, 1.0f, x, d_in, w, d_in,
+                    0.0f, y + r0, d_out);
+    }
+    free(buf);
+}
+
+void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const float *dy,
+                             int32_t n, int32_t d_in, int32_t d_out, float dx_beta)
+{
+    if (!dx)
+        return;
+    int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
+    float *buf = xmalloc((size_t)R * (size_t)d_in * sizeof *buf);
+    for (int32_t r0 = 0; r0 < d_out; r0 += R) {
+        int32_t rb = d_out - r0 < R ? d_out - r0 : R;
+        const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
+        /* dx (n, d_in) += dy[:, r0:r0+rb] (n, rb) . w (rb, d_in); the first block scales */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_in, rb, 1.0f, dy + r0, d_out,
+                    w, d_in, r0 == 0 ? dx_beta : 1.0f, dx, d_in);
+    }
+    free(buf);
+}

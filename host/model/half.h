@@ -1,0 +1,15 @@
+/* half.h (inside host/model): the products of a site whose weight is held in 16 bits, widened
+ * block by block (half.c). */
+#ifndef PEFT_MODEL_HALF_H
+#define PEFT_MODEL_HALF_H
+
+#include "model.h"
+
+/* y (n, d_out) = x (n, d_in) W^T, W = tensor t. */
+void half_matmul_forward(const struct model *m, int32_t t, float *y, const float *x, int32_t n,
+                         int32_t d_in, int32_t d_out);
+/* dx (n, d_in) = dy (n, d_out) W + dx_beta dx. */
+void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const float *dy,
+                             int32_t n, int32_t d_in, int32_t d_out, float dx_beta);
+
+#endif
