@@ -34,6 +34,7 @@
 #include "method_internal.h"
 #include "peft/peft_files.h"
 #include "peft/peft_stage_keys.h"
+#include "peft/peft_site_weight.h"
 #include "peft/peft_stage_tasks.h"
 #include "peft/peft_tensor_start.h"
 #include "io/io.h"
@@ -206,6 +207,17 @@ static peft_status api_model_info(peft_host *h, peft_model_info *out) {
     return PEFT_OK;
 }
 
+/* site_info.weight: an fp32 view, made for a site held in 16 bits unless the method reads
+ * weights on request (peft_site_weight.h). */
+static const float *weight_view(peft_host *h, int32_t site) {
+    int32_t t = model_site_tensor(h->m, site);
+    int on_request = 0;
+    for (const char *const *f = h->pm->desc->features; f && *f; f++)
+        on_request |= strcmp(*f, PEFT_FEATURE_WEIGHT_ON_REQUEST) == 0;
+    if (on_request && model_tensor_in_half(h->m, t)) return NULL;
+    return model_site_weight(h->m, site);
+}
+
 static peft_status api_site_info(peft_host *h, uint32_t site, peft_site_info *out) {
     if (!h) return PEFT_E_INVALID_ARG;
     if (!out) return refuse(h, PEFT_E_INVALID_ARG, "site_info: out is NULL");
@@ -225,7 +237,7 @@ static peft_status api_site_info(peft_host *h, uint32_t site, peft_site_info *ou
         .d_out = (uint32_t)d_out,
         .name = h->site_names[site],
         .kind = site_kind_names[model_site_kind((int32_t)site)],
-        .weight = model_site_weight(h->m, (int32_t)site),
+        .weight = weight_view(h, (int32_t)site),
     };
     *out = info;
     return PEFT_OK;
@@ -651,8 +663,27 @@ static const peft_stage_keys_api stage_keys_api = {
     .stage_value = stage_key_value,
 };
 
+static peft_status site_weight_widen(peft_host *h, uint32_t site, float *out, uint64_t numel) {
+    if (!h || !out) return PEFT_E_INVALID_ARG;
+    if (site >= (uint32_t)h->m->n_sites)
+        return refuse(h, PEFT_E_INVALID_ARG, "site_weight: site %u out of range (%d sites)", site,
+                      h->m->n_sites);
+    int32_t t = model_site_tensor(h->m, (int32_t)site);
+    if (numel != h->m->tensors[t].numel)
+        return refuse(h, PEFT_E_INVALID_ARG, "site_weight: numel %llu, the weight has %zu",
+                      (unsigned long long)numel, h->m->tensors[t].numel);
+    model_tensor_read(h->m, t, out);
+    return PEFT_OK;
+}
+
+static const peft_site_weight_api site_weight_api = {
+    .struct_size = (uint32_t)sizeof(peft_site_weight_api),
+    .widen = site_weight_widen,
+};
+
 static const void *api_get_extension(peft_host *h, const char *id) {
     if (!id) return NULL;
+    if (strcmp(id, PEFT_SITE_WEIGHT_EXTENSION) == 0) return &site_weight_api;
     if (strcmp(id, PEFT_FILES_EXTENSION) == 0) return &files_api;
     if (strcmp(id, PEFT_TENSOR_START_EXTENSION) == 0) return &tensor_start_api;
     if (strcmp(id, PEFT_STAGE_TASKS_EXTENSION) == 0 && h && h->env.train_tasks) return &stage_tasks_api;

@@ -63,6 +63,7 @@
 #include <stdlib.h>
 
 #include "conpet.h"
+#include "peft/peft_site_weight.h"
 #include "peft/peft_stage_keys.h"
 #include "peft/peft_stage_tasks.h"
 
@@ -609,7 +610,7 @@ static const peft_method_vtable cp_vt = {
     .delta_weight = cp_delta_weight,
 };
 
-static const char *const cp_features[] = {PEFT_FEATURE_TASK_ROUTED, NULL};
+static const char *const cp_features[] = {PEFT_FEATURE_TASK_ROUTED, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
 
 static const peft_method_desc cp_desc = {
     .struct_size = sizeof(peft_method_desc),

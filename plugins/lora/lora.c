@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "peft/peft_plugin.h"
+#include "peft/peft_site_weight.h"
 
 struct lora_site {
     uint32_t site, d_in, d_out;
@@ -245,7 +246,7 @@ static const peft_method_vtable lora_vt = {
     .delta_weight = lora_delta_weight,
 };
 
-static const char *const lora_features[] = {PEFT_FEATURE_MERGEABLE, PEFT_FEATURE_HF_PEFT, NULL};
+static const char *const lora_features[] = {PEFT_FEATURE_MERGEABLE, PEFT_FEATURE_HF_PEFT, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
 
 static const peft_method_desc lora_desc = {
     .struct_size = sizeof(peft_method_desc),

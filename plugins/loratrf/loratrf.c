@@ -43,6 +43,7 @@
 #include <string.h>
 
 #include "peft/peft_plugin.h"
+#include "peft/peft_site_weight.h"
 
 enum filter_kind { FILTER_F1, FILTER_F2 };
 
@@ -411,7 +412,7 @@ static const peft_method_vtable trf_vt = {
     .delta_weight = trf_delta_weight,
 };
 
-static const char *const trf_features[] = {PEFT_FEATURE_HF_PEFT, NULL};
+static const char *const trf_features[] = {PEFT_FEATURE_HF_PEFT, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
 
 static const peft_method_desc trf_desc = {
     .struct_size = sizeof(peft_method_desc),

@@ -53,6 +53,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "peft/peft_site_weight.h"
 #include "peft/peft_stage_keys.h"
 #include "peft/peft_stage_tasks.h"
 #include "poly.h"
@@ -537,7 +538,7 @@ static const peft_method_vtable poly_vt = {
     .delta_weight = poly_delta_weight,
 };
 
-static const char *const poly_features[] = {PEFT_FEATURE_TASK_ROUTED, NULL};
+static const char *const poly_features[] = {PEFT_FEATURE_TASK_ROUTED, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
 
 static const peft_method_desc poly_desc = {
     .struct_size = sizeof(peft_method_desc),

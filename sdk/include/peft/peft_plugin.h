@@ -145,7 +145,10 @@ typedef struct peft_site_info {
                          "down_proj"; valid for the instance lifetime */
     /* serves: base-weight access (LoTA, full). The live weight (d_out, d_in), row-major.
      * Read-only for the plugin; valid for the instance lifetime. It changes only through a
-     * tensor registered with PEFT_TENSOR_ALIAS_BASE. */
+     * tensor registered with PEFT_TENSOR_ALIAS_BASE. Memory: when the host keeps the weight
+     * in 16 bits, this is an fp32 copy made for the asking plugin (4 bytes per weight); a
+     * method with the feature "weight-on-request" gets NULL then and reads the values through
+     * peft_site_weight.h instead. */
     const float *weight;
 } peft_site_info;
 
