@@ -243,7 +243,7 @@ void model_free(struct model *m)
     free(m->half_bf16);
     free(m->fp32_ok);
     free(m->w.layers);
-    free(m->grads);
+    free_floats_lazy(m->grads, m->n_params);
     free(m->g.layers);
     free(m->need_grad);
     free(m->sparse_grad);
@@ -254,7 +254,8 @@ void model_free(struct model *m)
 void model_alloc_grads(struct model *m)
 {
     if (!m->grads) {
-        m->grads = xalloc_floats(m->n_params);
+        /* backed page by page: only the gradients of flagged tensors are ever written */
+        m->grads = xalloc_floats_lazy(m->n_params);
         point_views(&m->g, m, m->grads);
     } else {
         model_zero_grads(m);
@@ -264,13 +265,16 @@ void model_alloc_grads(struct model *m)
 
 void model_zero_grads(struct model *m)
 {
-    if (m->grads)
-        memset(m->grads, 0, m->n_params * sizeof(float));
+    /* Only flagged tensors' gradients are written or read (model_backward), so only theirs
+     * need zeroing; the others stay untouched pages. */
+    for (int32_t t = 0; m->grads && t < m->n_tensors; t++)
+        if (m->need_grad[t])
+            memset(m->grads + m->tensors[t].offset, 0, m->tensors[t].numel * sizeof(float));
 }
 
 void model_free_grads(struct model *m)
 {
-    free(m->grads);
+    free_floats_lazy(m->grads, m->n_params);
     free(m->g.layers);
     m->grads = NULL;
     memset(&m->g, 0, sizeof m->g);
