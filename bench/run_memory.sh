@@ -4,11 +4,14 @@
 # for two peft binaries - a build before 16-bit frozen weights and one after, or the same
 # build twice - run interleaved (A, B, A, B, ...). Resident memory is /usr/bin/time's
 # maximum RSS of the whole process; the weights alone are 270 MB in bf16, 540 MB in fp32.
-#   bench/run_memory.sh PEFT_A PEFT_B     (env: MEM_ROUNDS, MEM_STEPS, MEM_SEQ)
+# A LoRA stage folds its adapter into the weights it adapts when it ends (for the stages after
+# it and the merged model), which makes those weights fp32: MEM_TARGETS=all-linear shows that.
+#   bench/run_memory.sh PEFT_A PEFT_B     (env: MEM_ROUNDS, MEM_STEPS, MEM_SEQ, MEM_TARGETS)
 set -eu
 a=$(realpath "$1") b=$(realpath "$2")
 top=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${MEM_ROUNDS:-3} steps=${MEM_STEPS:-4} seq=${MEM_SEQ:-256}
+targets=${MEM_TARGETS:-q_proj v_proj}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -28,10 +31,11 @@ tasks = upper
 steps = $steps
 batch_size = 2
 lr = 1e-3
-target_modules = all-linear
+target_modules = $targets
+eval_batch_size = 2
 predictions = false
 INI
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; SmolLM2-135M config, bf16 weights, LoRA r 8 on every projection, $steps steps of batch 2, max_seq $seq"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; SmolLM2-135M config, bf16 weights, LoRA r 8 on $targets, $steps steps of batch 2, max_seq $seq"
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 peak() { # binary -> max RSS in MiB
     rm -rf out
