@@ -416,8 +416,9 @@ static int load_tensor(const struct st_file *f, const struct st_tensor *t,
     return out ? st_read_f32(f, t, out, mt->numel) : 0; /* NULL out: the checks alone */
 }
 
-/* A site's weight stored in 16 bits stays in 16 bits (model.h: widened per product block,
- * or once when a method trains, writes or reads it). */
+/* A matrix (a site's weight, the embedding, the head) stored in 16 bits stays in 16 bits
+ * (model.h: widened per product block or row, or once when a method trains, writes or reads
+ * it). */
 static int load_half(const struct st_file *f, const struct st_tensor *t,
                      const struct model_tensor *mt, struct model *m, int32_t i) {
     int rc = load_tensor(f, t, mt, NULL); /* dtype and shape */
@@ -441,12 +442,14 @@ static int check_extra(const struct model *m, const struct st_file *f,
     if (m->cfg.tied && strcmp(t->name, "lm_head.weight") == 0) {
         /* a tied checkpoint may still store the head; accept only an exact copy */
         const struct model_tensor *emb = &m->tensors[0];
-        float *head = xmalloc(emb->numel * sizeof(float) + 1);
+        float *head = xmalloc(emb->numel * sizeof(float) + 1), *embed = xalloc_floats(emb->numel);
         int rc = load_tensor(f, t, emb, head);
-        if (rc == 0 && memcmp(head, m->w.embed, emb->numel * sizeof(float)) != 0)
+        model_tensor_read(m, 0, embed);
+        if (rc == 0 && memcmp(head, embed, emb->numel * sizeof(float)) != 0)
             rc = err_set("%s: tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
                          "but config.json says tie_word_embeddings: true", f->path);
         free(head);
+        free(embed);
         return rc;
     }
     char name[160];
@@ -508,10 +511,11 @@ int hf_model_load(const char *dir, struct model *m) {
         const struct st_tensor *t = weight_find(&w, mt->name, &f);
         if (!t)
             rc = err_set("%s: tensor '%s' is missing", w.where, mt->name);
-        else if (mt->site >= 0 && (t->dtype == ST_BF16 || t->dtype == ST_F16))
+        else if (mt->ndim == 2 && (t->dtype == ST_BF16 || t->dtype == ST_F16))
             rc = load_half(f, t, mt, m, i);
         else
             rc = load_tensor(f, t, mt, m->params + mt->offset);
+        if (t && rc == 0) st_drop(f, t); /* read once: its bytes go back to the system */
     }
     for (int32_t i = 0; rc == 0 && i < w.n; i++)
         for (int32_t k = 0; rc == 0 && k < w.v[i].n_tensors; k++)

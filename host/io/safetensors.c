@@ -23,6 +23,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -514,6 +515,13 @@ const char *st_meta(const struct st_file *f, const char *key) {
     for (int32_t i = 0; i < f->n_meta; i++)
         if (strcmp(f->meta_keys[i], key) == 0) return f->meta_values[i];
     return NULL;
+}
+
+void st_drop(const struct st_file *f, const struct st_tensor *t) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)(f->data + t->begin) + page - 1) / page * page;
+    uintptr_t hi = (uintptr_t)(f->data + t->end) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 const void *st_data(const struct st_file *f, const struct st_tensor *t) {

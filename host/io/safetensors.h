@@ -50,6 +50,10 @@ const struct st_tensor *st_find(const struct st_file *f, const char *name);
 const char *st_meta(const struct st_file *f, const char *key); /* NULL if absent */
 /* Convert a F32/F16/BF16 tensor to fp32. n must equal numel. -1 with "PATH: NAME: reason". */
 int st_read_f32(const struct st_file *f, const struct st_tensor *t, float *out, uint64_t n);
+/* Give back the memory of a tensor's bytes once they are read, so that loading a checkpoint
+ * does not hold the whole file in memory next to the model: afterwards the tensor must not
+ * be read again (its whole pages read as zeros). */
+void st_drop(const struct st_file *f, const struct st_tensor *t);
 /* Raw bytes of a tensor (any dtype). */
 const void *st_data(const struct st_file *f, const struct st_tensor *t);
 /* A shape as error lines write it, "[2, 3]" (cut short where cap is too small). */

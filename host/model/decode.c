@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "half.h"
 #include "ops.h"
 
 struct model_kv_cache {
@@ -104,7 +105,7 @@ int model_decode(struct model *m, struct model_kv_cache *kv, const int32_t *toke
     scratch(kv, c, n);
     int32_t C = c->d_model, pos = kv->len, half = c->head_dim / 2;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, nC = (size_t)n * C;
-    embedding_forward(kv->x, tokens, m->w.embed, n, C);
+    model_embed_tokens(m, tokens, n, kv->x);
     for (int32_t l = 0; l < c->n_layers; l++) {
         const struct layer_weights *lw = &m->w.layers[l];
         int32_t s0 = l * SITE_KINDS;
@@ -145,6 +146,6 @@ int model_decode(struct model *m, struct model_kv_cache *kv, const int32_t *toke
     const float *last = kv->x + (size_t)(n - 1) * C;
     float rstd;
     rmsnorm_forward(kv->xn, &rstd, last, m->w.final_norm, 1, C, c->rms_eps);
-    matmul_forward(logits, kv->xn, m->w.lm_head, 1, C, c->vocab);
+    model_head_logits(m, kv->xn, logits, 1);
     return 0;
 }

@@ -12,4 +12,9 @@ void half_matmul_forward(const struct model *m, int32_t t, float *y, const float
 void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const float *dy,
                              int32_t n, int32_t d_in, int32_t d_out, float dx_beta);
 
+/* The embedding rows of tokens (n) into out (n, C), widened when the table is in 16 bits. */
+void model_embed_tokens(const struct model *m, const int32_t *tokens, int32_t n, float *out);
+/* logits (n, V) = h (n, C) . head^T, the head in fp32 or 16 bits. */
+void model_head_logits(const struct model *m, const float *h, float *logits, int32_t n);
+
 #endif

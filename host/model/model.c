@@ -548,6 +548,26 @@ const float *model_hidden(const struct model_acts *a) { return a->hidden; }
 
 /* ---- forward --------------------------------------------------------------------------- */
 
+void model_embed_tokens(const struct model *m, const int32_t *tokens, int32_t n, float *out)
+{
+    int32_t C = m->cfg.d_model;
+    if (!model_tensor_in_half(m, 0)) {
+        embedding_forward(out, tokens, m->w.embed, n, C);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++) /* one row each: the rows a batch uses are few */
+        model_weight_rows(m, 0, tokens[i], 1, C, out + (size_t)i * C);
+}
+
+void model_head_logits(const struct model *m, const float *h, float *logits, int32_t n)
+{
+    int32_t head = lm_head_tensor(&m->cfg), C = m->cfg.d_model, V = m->cfg.vocab;
+    if (model_tensor_in_half(m, head))
+        half_matmul_forward(m, head, logits, h, n, C, V);
+    else
+        matmul_forward(logits, h, m->w.lm_head, n, C, V);
+}
+
 /* y (n, d_out) = x W^T at a site, then the site's hook. */
 int model_site_forward(const struct model *m, const struct model_hooks *hk, int32_t site,
                        const float *x, float *y, int32_t n)
@@ -618,7 +638,7 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
         a->targets[i] = targets ? targets[i] : -1;
     rope_table(a->rope_cos, a->rope_sin, T, D, c);
 
-    embedding_forward(a->layers[0].resid, a->tokens, m->w.embed, n, C);
+    model_embed_tokens(m, a->tokens, n, a->layers[0].resid);
     for (int32_t l = 0; l < c->n_layers; l++) {
         const struct layer_weights *lw = &m->w.layers[l];
         struct layer_acts *la = &a->layers[l];
@@ -658,7 +678,7 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
     }
     rmsnorm_forward(a->hidden, a->rstd_final, a->resid_final, m->w.final_norm, n, C,
                     c->rms_eps);
-    matmul_forward(a->logits, a->hidden, m->w.lm_head, n, C, c->vocab);
+    model_head_logits(m, a->hidden, a->logits, n);
 
     double sum = crossentropy_forward(a->lse, a->logits, a->targets, n, c->vocab, &a->n_valid);
     float total = a->n_valid > 0 ? (float)(sum / a->n_valid) : 0.0f;
@@ -724,8 +744,13 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
     float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
     if (a->loss_scale > 0.0f) scale *= a->loss_scale;
     crossentropy_backward(a->d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
-    matmul_backward(a->d_hidden, grad_of(m, lm_head_tensor(c)), a->d_logits, a->hidden,
-                    m->w.lm_head, n, C, c->vocab, 0.0f);
+    int32_t head = lm_head_tensor(c);
+    if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
+        half_matmul_backward_dx(m, head, a->d_hidden, a->d_logits, n, C, c->vocab, 0.0f);
+    } else {
+        matmul_backward(a->d_hidden, grad_of(m, head), a->d_logits, a->hidden, m->w.lm_head, n,
+                        C, c->vocab, 0.0f);
+    }
     if (hooks && hooks->hidden_backward &&
         hooks->hidden_backward(hooks->ctx, hooks->pass, a->hidden, a->d_hidden, n) != 0)
         return -1;

@@ -112,7 +112,8 @@ struct model {
     struct model_tensor *tensors;
     int32_t n_tensors;
     int32_t n_sites;           /* L * 7 */
-    /* Frozen site weights kept in a checkpoint's 16-bit type, with no fp32 copy of them:
+    /* Frozen matrices (site weights, the embedding, the head) kept in a checkpoint's 16-bit
+     * type, with no fp32 copy of them:
      * half[t] holds tensor t's numel values (bfloat16 when half_bf16[t], else IEEE fp16), or
      * is NULL. While fp32_ok[t] is 0 the tensor's range of params is unused - never touched,
      * so it takes no memory (the block comes zeroed from the allocator, page by page) - and
@@ -153,7 +154,7 @@ float *model_site_weight(const struct model *m, int32_t site);
 int32_t model_site_tensor(const struct model *m, int32_t site); /* index into tensors[] */
 
 /* ---- 16-bit frozen weights (half.c) ------------------------------------------------------ */
-/* Keep tensor t (a site weight) as the 16-bit values v (numel, owned by the model from now
+/* Keep tensor t (a matrix) as the 16-bit values v (numel, owned by the model from now
  * on); its fp32 range is dropped. */
 void model_tensor_set_half(struct model *m, int32_t t, uint16_t *v, int bf16);
 /* Is tensor t held in 16 bits only (no fp32 values yet)? */

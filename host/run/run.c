@@ -270,7 +270,16 @@ static int check_checkpoints(struct run *r) {
 /* What later stages start from: the adapter folded into the weights. A method with no exact
  * dense change (an input-dependent gate) cannot be folded; that is fine unless a later stage
  * starts from this one, which the run file's check already refuses. */
+/* Does anything need the stage's adapter folded into the weights: a later stage (they start
+ * from the weights the chain left, and merges and methods read a stage's weight change) or
+ * the merged model it writes? The last stage of a run without save_model folds nothing, so
+ * the frozen weights it adapts stay as they are (16-bit ones are not made fp32). */
+static int fold_needed(const struct run *r, const struct stage *s) {
+    return s != r->stages + r->n_stages - 1 || s->save_model > 0;
+}
+
 static int stage_merge(struct run *r, struct stage *s, struct method_run *mr) {
+    if (!fold_needed(r, s)) return 0; /* its result is then the unfolded weights: unused */
     if (method_run_merge(mr) == 0) return 0;
     for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
         if (later->from == (int32_t)(s - r->stages))
