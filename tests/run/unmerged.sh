@@ -158,6 +158,15 @@ else
     bad "generate conpet: '$got', want '$want'; $(cat err)"
 fi
 
+# A method that is not task-routed needs no --task, whatever tasks its run had.
+got=$("$PEFT" generate $base --adapter ad/lora --prompt "$prompt" --max-new-tokens 16 2>err)
+want=$(grep -F "\"prompt\":\"$prompt\"" ad/lora/predictions-cls_color.jsonl | sed 's/.*"generated":"\([^"]*\)".*/\1/')
+if [ -n "$want" ] && [ "$got" = "$want" ]; then
+    ok "generate --adapter ad/lora (its run had 2 tasks; lora is not task-routed: no --task) -> '$got' (the run's prediction)"
+else
+    bad "generate lora without --task: '$got', want '$want'; $(cat err)"
+fi
+
 # 5. Refusals: one line, exit 2, nothing written.
 "$PEFT" eval $base --adapter made/base/model --tasks cls_color --out refused >out.txt 2>err
 rc=$?
