@@ -11,6 +11,7 @@
  * A bias is not a change of W, so delta_weight is not offered and the method does not merge.
  */
 #include <peft/peft_plugin.h>
+#include <peft/peft_site_weight.h>
 
 /* What the plugin keeps per site of the model; only attached sites are used. */
 struct site_bias {
@@ -174,13 +175,17 @@ static const peft_method_vtable bias_vt = {
     /* everything else NULL: not offered */
 };
 
+/* The bias never reads site_info.weight: the host need not make an fp32 copy of weights it
+ * keeps in 16 bits for it (peft/peft_site_weight.h). */
+static const char *const bias_features[] = {PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
+
 static const peft_method_desc bias_desc = {
     .struct_size = sizeof(peft_method_desc),
     .id = "com.example.bias",
     .name = "Output bias (example)",
     .version = "0.1.0",
     .description = "a trainable bias vector added to each targeted projection's output",
-    .features = NULL,
+    .features = bias_features,
     .params = bias_params,
     .n_params = sizeof bias_params / sizeof bias_params[0],
     .vt = &bias_vt,
