@@ -32,6 +32,7 @@ struct options {
     const char *methods[MAX_METHODS];
     int32_t n_methods;
     int64_t B, T, steps, warmup, repeats, head_dim, rank, threads, seed;
+    int64_t vocab, kv_heads, d_ff; /* 0: the defaults of size_config */
     double lr, gemm_seconds;
     const char *plugin_path, *json;
     int gemms;           /* print every sgemm shape's measured rate */
@@ -48,6 +49,10 @@ static void usage(FILE *f) {
             "  --warmup W        untimed steps first (default 3)\n"
             "  --repeats R       repeats; the median step time is reported (default 5)\n"
             "  --head-dim D      heads = d_model / D, kv heads = heads / 2 (default 64)\n"
+            "  --kv-heads K      key/value heads instead of heads / 2 (must divide heads)\n"
+            "  --d-ff F          MLP width instead of 8/3 d_model\n"
+            "  --vocab V         vocabulary size (default 259, the byte tokenizer's; SmolLM2:\n"
+            "                    --size 576x30 --head-dim 64 --kv-heads 3 --d-ff 1536 --vocab 49152)\n"
             "  --rank r          LoRA rank (default 8)\n"
             "  --threads N       openblas_set_num_threads(N) (default: OpenBLAS's own)\n"
             "  --lr X            AdamW learning rate (default 1e-4)\n"
@@ -93,6 +98,9 @@ static int parse_args(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--warmup") == 0) rc = want_int(a, v, 0, &o->warmup);
         else if (strcmp(a, "--repeats") == 0) rc = want_int(a, v, 1, &o->repeats);
         else if (strcmp(a, "--head-dim") == 0) rc = want_int(a, v, 2, &o->head_dim);
+        else if (strcmp(a, "--kv-heads") == 0) rc = want_int(a, v, 1, &o->kv_heads);
+        else if (strcmp(a, "--d-ff") == 0) rc = want_int(a, v, 1, &o->d_ff);
+        else if (strcmp(a, "--vocab") == 0) rc = want_int(a, v, BYTE_VOCAB, &o->vocab);
         else if (strcmp(a, "--rank") == 0) rc = want_int(a, v, 1, &o->rank);
         else if (strcmp(a, "--threads") == 0) rc = want_int(a, v, 0, &o->threads);
         else if (strcmp(a, "--seed") == 0) rc = want_int(a, v, 0, &o->seed);
@@ -129,7 +137,8 @@ static int parse_args(int argc, char **argv, struct options *o) {
 }
 
 /* "CxL" -> a llama config: heads = C / head_dim, kv heads = heads / 2, d_ff = 8/3 C rounded
- * to a multiple of 8, tied head, the byte tokenizer's vocabulary. */
+ * to a multiple of 8, tied head, the byte tokenizer's vocabulary; --kv-heads, --d-ff and
+ * --vocab replace those. */
 static int size_config(const char *size, const struct options *o, struct model_config *c) {
     const char *x = strchr(size, 'x');
     int64_t C, L;
@@ -146,13 +155,13 @@ static int size_config(const char *size, const struct options *o, struct model_c
                        size, (long long)C, (long long)o->head_dim);
     int32_t H = (int32_t)(C / o->head_dim);
     *c = (struct model_config){
-        .vocab = BYTE_VOCAB,
+        .vocab = o->vocab > 0 ? (int32_t)o->vocab : BYTE_VOCAB,
         .d_model = (int32_t)C,
         .n_layers = (int32_t)L,
         .n_heads = H,
-        .n_kv_heads = H >= 2 ? H / 2 : 1,
+        .n_kv_heads = o->kv_heads > 0 ? (int32_t)o->kv_heads : H >= 2 ? H / 2 : 1,
         .head_dim = (int32_t)o->head_dim,
-        .d_ff = (int32_t)((C + 1) / 3 * 8),
+        .d_ff = o->d_ff > 0 ? (int32_t)o->d_ff : (int32_t)((C + 1) / 3 * 8),
         .max_seq = (int32_t)o->T,
         .rms_eps = 1e-5f,
         .rope_theta = 10000.0f,
@@ -302,8 +311,8 @@ out:
     return rc;
 }
 
-/* A random batch: tokens and next-token targets uniform over the vocabulary. */
-static void random_batch(struct batch *b, int32_t B, int32_t T, uint64_t seed) {
+/* A random batch: tokens and next-token targets uniform over the vocabulary (V). */
+static void random_batch(struct batch *b, int32_t B, int32_t T, int32_t vocab, uint64_t seed) {
     struct rng g;
     rng_seed_label(&g, seed, "bench:batch");
     size_t n = (size_t)B * T;
@@ -314,8 +323,8 @@ static void random_batch(struct batch *b, int32_t B, int32_t T, uint64_t seed) {
     b->example_task = xcalloc((size_t)B, sizeof *b->example_task);
     b->prompt_len = xmalloc((size_t)B * sizeof *b->prompt_len);
     for (size_t i = 0; i < n; i++) {
-        b->tokens[i] = (int32_t)rng_below(&g, BYTE_VOCAB);
-        b->targets[i] = (int32_t)rng_below(&g, BYTE_VOCAB);
+        b->tokens[i] = (int32_t)rng_below(&g, (uint64_t)vocab);
+        b->targets[i] = (int32_t)rng_below(&g, (uint64_t)vocab);
     }
     for (int32_t i = 0; i < B; i++) b->prompt_len[i] = 1;
     b->cap_B = B;
@@ -366,7 +375,7 @@ int main(int argc, char **argv) {
     struct bench_ctx bc = {.o = &o};
     registry_init(&bc.reg, o.plugin_path);
     task_table_id(&bc.tasks, "bench");
-    random_batch(&bc.batch, (int32_t)o.B, (int32_t)o.T, (uint64_t)o.seed);
+    random_batch(&bc.batch, (int32_t)o.B, (int32_t)o.T, cfgs[0].vocab, (uint64_t)o.seed);
     int32_t n_res = 0;
     struct bench_result *res = xcalloc((size_t)(o.n_sizes * o.n_methods), sizeof *res);
     int rc = 0;
