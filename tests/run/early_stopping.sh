@@ -24,7 +24,7 @@ method = lora
 tasks = upper
 steps = 60
 batch_size = 8
-lr = 3
+lr = 10
 $2
 INI
 }
