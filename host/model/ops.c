@@ -2,7 +2,6 @@
  * cblas_sgemm; the rest are plain loops over contiguous rows. */
 #include "ops.h"
 #include "model.h"
-#include "vexp.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -217,10 +216,11 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
                 float mx = p_i[0];
                 for (int32_t j = 1; j <= i; j++)
                     mx = p_i[j] > mx ? p_i[j] : mx;
-                vexp_shifted(p_i, p_i, (size_t)i + 1, mx);
                 float sum = 0.0f;
-                for (int32_t j = 0; j <= i; j++)
+                for (int32_t j = 0; j <= i; j++) {
+                    p_i[j] = expf(p_i[j] - mx);
                     sum += p_i[j];
+                }
                 float inv = 1.0f / sum;
                 for (int32_t j = 0; j <= i; j++)
                     p_i[j] *= inv;
@@ -284,24 +284,22 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
 
 void swiglu_forward(float *out, const float *gate, const float *up, size_t len)
 {
-    /* a group's sigmoids first, so that out may be gate (decode.c works in place) */
-    for (size_t i = 0; i < len; i += 16) {
-        size_t g = len - i < 16 ? len - i : 16;
-        float s[16];
-        vsigmoid(s, gate + i, g);
-        for (size_t k = 0; k < g; k++)
-            out[i + k] = gate[i + k] * s[k] * up[i + k];
+    for (size_t i = 0; i < len; i++) {
+        float g = gate[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        out[i] = g * s * up[i];
     }
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, size_t len)
 {
-    /* d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g), held in dgate first */
-    vsigmoid(dgate, gate, len);
+    /* d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g) */
     for (size_t i = 0; i < len; i++) {
-        float g = gate[i], s = dgate[i];
-        dup[i] = dout[i] * g * s;
+        float g = gate[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        float silu = g * s;
+        dup[i] = dout[i] * silu;
         dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
     }
 }
@@ -338,7 +336,10 @@ double crossentropy_forward(float *lse, const float *logits, const int32_t *targ
         float mx = l_i[0];
         for (int32_t j = 1; j < V; j++)
             mx = l_i[j] > mx ? l_i[j] : mx;
-        double lse_i = mx + log(vexp_sum_shifted(l_i, (size_t)V, mx));
+        double sum = 0.0;
+        for (int32_t j = 0; j < V; j++)
+            sum += expf(l_i[j] - mx);
+        double lse_i = mx + log(sum);
         lse[i] = (float)lse_i;
         if (targets && targets[i] >= 0) {
             total += lse_i - l_i[targets[i]];
@@ -359,9 +360,8 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
             memset(d_i, 0, (size_t)V * sizeof(float));
             continue;
         }
-        vexp_shifted(d_i, l_i, (size_t)V, lse[i]);
         for (int32_t j = 0; j < V; j++)
-            d_i[j] *= scale;
+            d_i[j] = scale * expf(l_i[j] - lse[i]);
         d_i[targets[i]] -= scale;
     }
 }

@@ -56,10 +56,10 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
                         const float *att, const float *q, const float *k, const float *v,
                         int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
 
+/* out (len) = silu(gate) * up. */
 /* y (n, d) += bias (d) on every row. */
 void add_bias(float *y, const float *bias, int32_t n, int32_t d);
 
-/* out (len) = silu(gate) * up; out may be gate. */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t len);
 /* dgate, dup (len) are overwritten. */
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
