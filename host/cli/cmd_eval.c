@@ -22,13 +22,6 @@ struct eval_options {
     int64_t n, max_new, batch;
 };
 
-static int32_t argmax(const float *v, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 /* Task `task` of d (name), its rows routed to the adapter's task `route`. */
 static int eval_task(struct cli_model *cm, const struct stop_ids *stop, const struct dataset *d,
                      int32_t task, const char *name, int32_t route, const struct eval_options *o) {
@@ -60,13 +53,9 @@ static int eval_task(struct cli_model *cm, const struct stop_ids *stop, const st
                 int32_t row = e * b.T + p, target = b.targets[row];
                 if (target < 0) continue;
                 const float *l = logits + (size_t)row * V;
-                float mx = l[0];
-                for (int32_t v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
-                double sum = 0;
-                for (int32_t v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
-                nll += log(sum) + mx - l[target];
+                nll += eval_row_nll(l, V, target);
                 tokens++;
-                ok &= argmax(l, V) == target;
+                ok &= eval_argmax(l, V) == target;
             }
             if (d->ex[idx[at + (size_t)e]].answer_whole) correct += ok, graded++;
         }

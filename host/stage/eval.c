@@ -17,14 +17,14 @@
 
 #include "stage.h"
 
-static int32_t argmax(const float *v, int32_t n) {
+int32_t eval_argmax(const float *v, int32_t n) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; i++)
         if (v[i] > v[best]) best = i;
     return best;
 }
 
-static double row_nll(const float *logits, int32_t V, int32_t target) {
+double eval_row_nll(const float *logits, int32_t V, int32_t target) {
     float mx = logits[0];
     for (int32_t i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
     double sum = 0;
@@ -65,7 +65,7 @@ static double rows_logprob(const float *logits, const int32_t *targets, int32_t 
     double lp = 0;
     for (int32_t t = 0; t < T; t++) {
         if (targets[t] < 0) continue;
-        lp -= row_nll(logits + (size_t)t * V, V, targets[t]);
+        lp -= eval_row_nll(logits + (size_t)t * V, V, targets[t]);
         (*n_tokens)++;
     }
     return lp;
@@ -168,9 +168,9 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
                 for (int32_t t = 0; t < b.T; t++) {
                     int32_t row = e * b.T + t, target = b.targets[row];
                     if (target < 0) continue;
-                    nll += row_nll(logits + (size_t)row * V, V, target);
+                    nll += eval_row_nll(logits + (size_t)row * V, V, target);
                     tokens++;
-                    ok &= argmax(logits + (size_t)row * V, V) == target;
+                    ok &= eval_argmax(logits + (size_t)row * V, V) == target;
                 }
                 /* exact match grades only an example whose whole answer is in the row */
                 if (env->eval->ex[idx[at + (size_t)e]].answer_whole) {

@@ -110,20 +110,13 @@ int decoder_feed(struct decoder *d, const int32_t *ids, int32_t n, float *logits
     return rc;
 }
 
-static int32_t argmax(const float *v, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 int decoder_greedy(struct decoder *d, const int32_t *prompt, int32_t n_prompt,
                    const struct stop_ids *stop, int32_t max_new, struct tok_encoding *out) {
     float *logits = xmalloc((size_t)d->m->cfg.vocab * sizeof *logits);
     decoder_reset(d);
     int rc = decoder_feed(d, prompt, n_prompt, logits);
     for (int32_t k = 0; rc == 0 && k < max_new && d->len < d->cap; k++) {
-        int32_t next = argmax(logits, d->m->cfg.vocab);
+        int32_t next = eval_argmax(logits, d->m->cfg.vocab);
         if (stop_ids_has(stop, next)) break;
         tok_encoding_push(out, next, -1);
         if (k + 1 < max_new && d->len < d->cap) rc = decoder_feed(d, &next, 1, logits);

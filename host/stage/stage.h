@@ -152,6 +152,10 @@ void stage_checkpoint_remove(const struct stage *s);
 /* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
 int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
                struct eval_result *out);
+/* The most likely id of logits (n): the first of equal maxima. */
+int32_t eval_argmax(const float *v, int32_t n);
+/* -log softmax(logits (V))[target], in double. */
+double eval_row_nll(const float *logits, int32_t V, int32_t target);
 /* STAGE/predictions-TASK.jsonl for every eval task (generate.h's predictions_write): the
  * model as it is with mr's hooks, each example routed to its own task. Nothing when the
  * stage's predictions key is off. -1 with one line. */
