@@ -33,9 +33,23 @@ struct options {
     int32_t n_methods;
     int64_t B, T, steps, warmup, repeats, head_dim, rank, threads, seed;
     int64_t vocab, kv_heads, d_ff; /* 0: the defaults of size_config */
+    int size_from_preset;          /* the only size is a --preset's: a --size replaces it */
     double lr, gemm_seconds;
     const char *plugin_path, *json;
     int gemms;           /* print every sgemm shape's measured rate */
+};
+
+/* The shapes of the models the benchmark is named after (their config.json files are in
+ * tests/fixtures/configs/): llama layouts with these sizes (Qwen2.5's q/k/v biases, a few
+ * thousand entries, are left out of the timing model). */
+struct preset {
+    const char *name, *size; /* size: "CxL" */
+    int64_t head_dim, kv_heads, d_ff, vocab;
+};
+static const struct preset presets[] = {
+    {"smollm2-135m", "576x30", 64, 3, 1536, 49152},
+    {"qwen2.5-0.5b", "896x24", 64, 2, 4864, 151936},
+    {"llama-3.2-1b", "2048x16", 64, 8, 8192, 128256},
 };
 
 static void usage(FILE *f) {
@@ -51,8 +65,10 @@ static void usage(FILE *f) {
             "  --head-dim D      heads = d_model / D, kv heads = heads / 2 (default 64)\n"
             "  --kv-heads K      key/value heads instead of heads / 2 (must divide heads)\n"
             "  --d-ff F          MLP width instead of 8/3 d_model\n"
-            "  --vocab V         vocabulary size (default 259, the byte tokenizer's; SmolLM2:\n"
-            "                    --size 576x30 --head-dim 64 --kv-heads 3 --d-ff 1536 --vocab 49152)\n"
+            "  --vocab V         vocabulary size (default 259, the byte tokenizer's)\n"
+            "  --preset NAME     a model's shape: smollm2-135m, qwen2.5-0.5b or llama-3.2-1b\n"
+            "                    (sets --size, --head-dim, --kv-heads, --d-ff and --vocab; a\n"
+            "                    --size after it cuts the layers: --size 576x4)\n"
             "  --rank r          LoRA rank (default 8)\n"
             "  --threads N       openblas_set_num_threads(N) (default: OpenBLAS's own)\n"
             "  --lr X            AdamW learning rate (default 1e-4)\n"
@@ -83,7 +99,11 @@ static int parse_args(int argc, char **argv, struct options *o) {
         } else if (strcmp(a, "--size") == 0) {
             if (!v || o->n_sizes == MAX_SIZES) rc = err_set("--size: missing, or more than %d",
                                                             MAX_SIZES);
-            else o->sizes[o->n_sizes++] = v;
+            else {
+                if (o->size_from_preset) o->n_sizes = 0; /* the preset's layers, cut */
+                o->size_from_preset = 0;
+                o->sizes[o->n_sizes++] = v;
+            }
         } else if (strcmp(a, "--method") == 0) {
             if (!v || (strcmp(v, "full") != 0 && strcmp(v, "lora") != 0 &&
                        strcmp(v, "lota") != 0))
@@ -101,6 +121,21 @@ static int parse_args(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--kv-heads") == 0) rc = want_int(a, v, 1, &o->kv_heads);
         else if (strcmp(a, "--d-ff") == 0) rc = want_int(a, v, 1, &o->d_ff);
         else if (strcmp(a, "--vocab") == 0) rc = want_int(a, v, BYTE_VOCAB, &o->vocab);
+        else if (strcmp(a, "--preset") == 0) {
+            const struct preset *p = NULL;
+            for (size_t k = 0; v && k < sizeof presets / sizeof presets[0]; k++)
+                if (strcmp(v, presets[k].name) == 0) p = &presets[k];
+            if (!p) {
+                rc = err_set("--preset: expected smollm2-135m, qwen2.5-0.5b or llama-3.2-1b, got '%s'",
+                             v ? v : "");
+            } else {
+                o->n_sizes = 0;
+                o->sizes[o->n_sizes++] = p->size;
+                o->head_dim = p->head_dim, o->kv_heads = p->kv_heads, o->d_ff = p->d_ff;
+                o->vocab = p->vocab;
+                o->size_from_preset = 1;
+            }
+        }
         else if (strcmp(a, "--rank") == 0) rc = want_int(a, v, 1, &o->rank);
         else if (strcmp(a, "--threads") == 0) rc = want_int(a, v, 0, &o->threads);
         else if (strcmp(a, "--seed") == 0) rc = want_int(a, v, 0, &o->seed);
