@@ -31,14 +31,9 @@ static int stage_base(const char *stage_dir, char **base) {
     return rc;
 }
 
-static int task_routed(const struct method_run *mr) {
-    for (const char *const *f = method_run_plugin(mr)->desc->features; f && *f; f++)
-        if (strcmp(*f, PEFT_FEATURE_TASK_ROUTED) == 0) return 1;
-    return 0;
-}
-
 static int route_task(struct cli_model *cm, const char *task, int any_task) {
-    if (!task && !task_routed(cm->mr)) return 0; /* rows need no task */
+    if (!task && !plugin_has_feature(method_run_plugin(cm->mr), PEFT_FEATURE_TASK_ROUTED))
+        return 0; /* rows need no task */
     if (!task) {
         if (cm->tasks.n > 1 && !any_task)
             return err_set("%s: the adapter was trained on %d tasks (%s, ...): give --task NAME",

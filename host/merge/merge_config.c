@@ -311,15 +311,9 @@ uint64_t merge_inputs_hash(const struct stage_env *env, const struct stage *s, u
 
 /* ---- checks against the model ------------------------------------------------------------ */
 
-static int has_feature(const struct plugin_method *pm, const char *feature) {
-    for (const char *const *f = pm->desc->features; f && *f; f++)
-        if (strcmp(*f, feature) == 0) return 1;
-    return 0;
-}
-
 /* A method whose change is a fixed weight change (it says so by its feature tags). */
 static int mergeable(const struct plugin_method *pm) {
-    return has_feature(pm, PEFT_FEATURE_MERGEABLE) || has_feature(pm, PEFT_FEATURE_WRITES_BASE);
+    return plugin_has_feature(pm, PEFT_FEATURE_MERGEABLE) || plugin_has_feature(pm, PEFT_FEATURE_WRITES_BASE);
 }
 
 int merge_config_check(struct stage_env *env, struct stage *s) {
@@ -361,7 +355,7 @@ int merge_config_check(struct stage_env *env, struct stage *s) {
                 rc = err_set("%s: stage '%s' (%s) keeps state outside its tensors, which "
                              "factor space cannot average; use space = delta",
                              m->where_inputs, k->name, pm->desc->id);
-            if (factor && rc == 0 && has_feature(pm, PEFT_FEATURE_WRITES_BASE))
+            if (factor && rc == 0 && plugin_has_feature(pm, PEFT_FEATURE_WRITES_BASE))
                 rc = err_set("%s: stage '%s' (%s) changes the base weights: factor space "
                              "averages adapter tensors only; use space = delta",
                              m->where_inputs, k->name, pm->desc->id);

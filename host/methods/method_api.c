@@ -211,10 +211,8 @@ static peft_status api_model_info(peft_host *h, peft_model_info *out) {
  * weights on request (peft_site_weight.h). */
 static const float *weight_view(peft_host *h, int32_t site) {
     int32_t t = model_site_tensor(h->m, site);
-    int on_request = 0;
-    for (const char *const *f = h->pm->desc->features; f && *f; f++)
-        on_request |= strcmp(*f, PEFT_FEATURE_WEIGHT_ON_REQUEST) == 0;
-    if (on_request && model_tensor_in_half(h->m, t)) return NULL;
+    if (plugin_has_feature(h->pm, PEFT_FEATURE_WEIGHT_ON_REQUEST) && model_tensor_in_half(h->m, t))
+        return NULL;
     return model_site_weight(h->m, site);
 }
 

@@ -440,9 +440,7 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
     int rc = 0;
     const char *id = st_meta(&f, "peft.method");
     const struct plugin_method *pm = id ? registry_find(reg, id) : NULL;
-    int hf = 0;
-    for (const char *const *ft = pm ? pm->desc->features : NULL; ft && *ft; ft++)
-        hf |= strcmp(*ft, PEFT_FEATURE_HF_PEFT) == 0;
+    int hf = plugin_has_feature(pm, PEFT_FEATURE_HF_PEFT);
     if (!id) {
         rc = err_set("%s: not a peftkit adapter (no peft.method in __metadata__)", f.path);
     } else if (!pm) {

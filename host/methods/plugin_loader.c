@@ -575,3 +575,9 @@ void registry_scan(struct plugin_registry *r, void (*on_refused)(void *ctx, cons
         free(names);
     }
 }
+
+int plugin_has_feature(const struct plugin_method *pm, const char *tag) {
+    for (const char *const *f = pm ? pm->desc->features : NULL; f && *f; f++)
+        if (strcmp(*f, tag) == 0) return 1;
+    return 0;
+}

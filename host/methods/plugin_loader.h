@@ -54,6 +54,8 @@ void registry_scan(struct plugin_registry *r, void (*on_refused)(void *ctx, cons
 /* The search path as "DIR, DIR" for messages, or "no plugin directory exists". Caller
  * frees. */
 char *registry_dirs_text(const struct plugin_registry *r);
+/* Does pm's descriptor list the feature tag (PEFT_FEATURE_*)? */
+int plugin_has_feature(const struct plugin_method *pm, const char *tag);
 /* Human name of a PEFT_PARAM_* type ("int", "float", ...). */
 const char *param_type_name(int32_t type);
 /* Check value text against a key's type. -1 with "expected ..., got '...'" (no place). */

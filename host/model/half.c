@@ -1,6 +1,6 @@
-/* half.c: frozen site weights held in 16 bits (bfloat16 or fp16, as the checkpoint stores
- * them) instead of fp32: widening on demand, and the products of such a site, which widen
- * the weight a block of rows at a time into a small buffer, so the fp32 copy of a frozen
+/* half.c: frozen matrices (site weights, the embedding, the head) held in 16 bits (bfloat16
+ * or fp16, as the checkpoint stores them) instead of fp32: widening on demand, and the
+ * products of such a matrix, which widen it a block of rows at a time into a small buffer, so the fp32 copy of a frozen
  * model never exists whole. Widening is exact (every 16-bit value is an fp32 value), so the
  * products equal those of the widened weight up to the order of the sums. */
 #include <cblas.h>
@@ -91,19 +91,6 @@ void model_tensor_release(struct model *m, int32_t t)
         return;
     m->fp32_ok[t] = 0;
     release_floats_lazy(m->params + m->tensors[t].offset, m->tensors[t].numel);
-}
-
-size_t model_weight_bytes(const struct model *m)
-{
-    size_t bytes = 0;
-    for (int32_t t = 0; t < m->n_tensors; t++) {
-        int half = m->half && m->half[t];
-        if (half)
-            bytes += m->tensors[t].numel * sizeof(uint16_t);
-        if (!half || m->fp32_ok[t])
-            bytes += m->tensors[t].numel * sizeof(float);
-    }
-    return bytes;
 }
 
 const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int32_t rows,

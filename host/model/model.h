@@ -168,8 +168,6 @@ void model_tensor_read_half(const struct model *m, int32_t t, float *out);
 /* Back to the 16-bit copy (the caller knows the fp32 values equal it): the fp32 range is
  * given back to the system. No-op for a tensor without one. */
 void model_tensor_release(struct model *m, int32_t t);
-/* Bytes of weights resident: fp32 ranges in use plus 16-bit copies. */
-size_t model_weight_bytes(const struct model *m);
 /* Rows r0..r0+rows of weight tensor t (a matrix with d_in columns) as fp32 into out
  * (rows, d_in): a view of params when fp32_ok, else widened into out. */
 const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int32_t rows,

@@ -158,11 +158,7 @@ static int stage_write_outputs(struct run *r, struct stage *s, struct method_run
     int rc = method_run_save(mr, path, meta);
     free(path);
     int save_model = s->save_model;
-    if (save_model < 0) {
-        save_model = 0;
-        for (const char *const *f = s->pm->desc->features; f && *f; f++)
-            save_model |= strcmp(*f, PEFT_FEATURE_WRITES_BASE) == 0;
-    }
+    if (save_model < 0) save_model = plugin_has_feature(s->pm, PEFT_FEATURE_WRITES_BASE);
     if (rc == 0 && save_model && s->unmerged) {
         if (!r->quiet) printf("[%s] no merged model written: %s cannot be folded into the weights\n",
                               s->name, s->pm->desc->id);

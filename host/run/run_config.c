@@ -362,12 +362,6 @@ static int check_data(struct run *r, struct data_settings *ds) {
 
 /* ---- [stage.NAME] ------------------------------------------------------------------ */
 
-static int method_has_feature(const struct plugin_method *pm, const char *feature) {
-    for (const char *const *f = pm->desc->features; f && *f; f++)
-        if (strcmp(*f, feature) == 0) return 1;
-    return 0;
-}
-
 static int32_t find_stage(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
         if (strcmp(r->stages[i].name, name) == 0) return i;
@@ -624,8 +618,8 @@ static int stage_from(struct run *r, struct stage *s, const char *from, int32_t 
                        "leave it empty to start from [model])", where, s->section, from);
     const struct stage *f = s->from >= 0 ? &r->stages[s->from] : NULL;
     if (!f || !f->pm) return 0; /* the model, or a stage whose own problem is already noted */
-    if (method_has_feature(f->pm, PEFT_FEATURE_MERGEABLE) ||
-        method_has_feature(f->pm, PEFT_FEATURE_WRITES_BASE))
+    if (plugin_has_feature(f->pm, PEFT_FEATURE_MERGEABLE) ||
+        plugin_has_feature(f->pm, PEFT_FEATURE_WRITES_BASE))
         return 0;
     return err_set("%s: [%s] from: stage '%s' (%s) cannot be folded into the weights, so no "
                    "stage can start from it%s", where, s->section, f->name, f->pm->desc->id,
