@@ -1,6 +1,7 @@
 /* bench_cost.c: FLOPs and sgemm calls of one training step (see bench_cost.h). The call
  * shapes mirror host/model/ops.c (matmul_*, attention_*) and the LoRA plugin's products. */
 #include "bench_cost.h"
+#include "ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -29,18 +30,26 @@ static void add_lora(struct gemm_list *l, int32_t n, int32_t d_in, int32_t d_out
     gemm_list_add(l, 0, 0, n, d_in, r, 0, 0, 0, 1.0);
 }
 
-/* Per (example, head, layer): S = Q K^T, O = P V forward; dP = dO V^T, dV += P^T dO,
- * dQ = dS K, dK += dS^T Q backward. Q rows have stride H*D, K and V rows KV*D. */
-static void add_attention(struct gemm_list *l, const struct model_config *c, int32_t B,
-                          int32_t T) {
+/* Per (example, head, layer) and causal block (ATTENTION_CAUSAL_BLOCK rows, as ops.c runs
+ * them): S = Q K^T, O = P V forward; dP = dO V^T, dV += P^T dO, dQ = dS K, dK += dS^T Q
+ * backward. Query block [i0, i1) meets keys [0, i1); key block [j0, j1) meets queries
+ * [j0, T). Q rows have stride H*D, K and V rows KV*D. Returns the FLOPs per example. */
+static double add_attention(struct gemm_list *l, const struct model_config *c, int32_t B,
+                            int32_t T) {
     int32_t D = c->head_dim, hd = c->n_heads * D, kvd = c->n_kv_heads * D;
-    double count = (double)B * c->n_heads * c->n_layers;
-    gemm_list_add(l, 0, 1, T, T, D, hd, kvd, T, count);
-    gemm_list_add(l, 0, 0, T, D, T, T, kvd, hd, count);
-    gemm_list_add(l, 0, 1, T, T, D, hd, kvd, T, count);
-    gemm_list_add(l, 1, 0, T, D, T, T, hd, kvd, count);
-    gemm_list_add(l, 0, 0, T, D, T, T, kvd, hd, count);
-    gemm_list_add(l, 1, 0, T, D, T, T, hd, kvd, count);
+    double count = (double)B * c->n_heads * c->n_layers, flops = 0;
+    for (int32_t i0 = 0; i0 < T; i0 += ATTENTION_CAUSAL_BLOCK) {
+        int32_t i1 = i0 + ATTENTION_CAUSAL_BLOCK < T ? i0 + ATTENTION_CAUSAL_BLOCK : T;
+        int32_t rows = i1 - i0, seen = T - i0; /* the key block [i0, i1) meets T - i0 queries */
+        gemm_list_add(l, 0, 1, rows, i1, D, hd, kvd, T, count);
+        gemm_list_add(l, 0, 0, rows, D, i1, T, kvd, hd, count);
+        gemm_list_add(l, 0, 1, rows, i1, D, hd, kvd, T, count);
+        gemm_list_add(l, 1, 0, rows, D, seen, T, hd, kvd, count);
+        gemm_list_add(l, 0, 0, rows, D, i1, T, kvd, hd, count);
+        gemm_list_add(l, 1, 0, rows, D, seen, T, hd, kvd, count);
+        flops += 6.0 * 2.0 * rows * i1 * D; /* sum over key blocks of rows * seen is the same */
+    }
+    return flops * c->n_heads * c->n_layers;
 }
 
 void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr, int32_t B,
@@ -81,7 +90,7 @@ void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr
     }
     c->matmul_weights += (double)V * C;
     add_linear(&c->gemms, n, C, V, head_dw);
-    add_attention(&c->gemms, cfg, B, T);
+    double attention_per_example = add_attention(&c->gemms, cfg, B, T);
 
     /* LoRA's A (r, d_in) names its site's products; other adapters add no sgemm shapes. */
     for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
@@ -94,7 +103,7 @@ void step_cost_build(struct step_cost *c, struct model *m, struct method_run *mr
         add_lora(&c->gemms, n, d_in, d_out, (int32_t)t->desc.shape[0]);
     }
 
-    c->attention = 12.0 * cfg->n_layers * (double)T * cfg->n_heads * cfg->head_dim;
+    c->attention = attention_per_example / T;
     c->flops_per_token = 4.0 * c->matmul_weights + 2.0 * c->dense_grad_weights +
                          2.0 * c->sampled_entries + 6.0 * c->adapter_entries + c->attention;
     c->model_flops = model_train_flops_per_token(cfg, T);

@@ -13,8 +13,10 @@
  *                      sgemm)
  *   adapter            6 * (trainable entries the plugin owns, e.g. LoRA's A and B:
  *                      2 forward, 4 backward per entry, exact for LoRA)
- *   attention          12 L T H D   (as model_train_flops_per_token counts it)
- * With every weight trainable this is model_train_flops_per_token (6 P + attention); `full`
+ *   attention          the causal blocks' products per token: 12 L H D times the mean
+ *                      keys a query block meets (model_train_flops_per_token counts the
+ *                      whole T x T square, 12 L T H D)
+ * With every weight trainable this is 6 P + attention; `full`
  * on all-linear with a tied head forms no head gradient, so it is that minus 2 V C; LoRA
  * forms no base gradient at all, so it is 4 P + 6 (LoRA entries) + attention.
  */
@@ -32,7 +34,7 @@ struct step_cost {
     double dense_grad_weights; /* weights with a dense dW */
     double sampled_entries;    /* masked weights whose dW entries are sampled */
     double adapter_entries;    /* trainable entries owned by the plugin */
-    double attention;          /* 12 L T H D */
+    double attention;          /* the causal blocks' products, per token */
     double flops_per_token;    /* the sum above */
     double model_flops;        /* model_train_flops_per_token (every weight trained) */
     struct gemm_list gemms;    /* the step's sgemm calls */

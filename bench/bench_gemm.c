@@ -1,11 +1,11 @@
 /* bench_gemm.c: sgemm shapes of a step and their measured speed (see bench_gemm.h). */
 #include "bench_gemm.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core.h"
+#include "gemm.h"
 
 static int same_shape(const struct gemm_shape *a, const struct gemm_shape *b) {
     return a->trans_a == b->trans_a && a->trans_b == b->trans_b && a->m == b->m &&
@@ -63,18 +63,16 @@ static double time_shape(const struct gemm_shape *s, double min_seconds, int32_t
     rng_seed(&g, 1);
     for (size_t i = 0; i < na; i++) a[i] = rng_uniform(&g, -1.0f, 1.0f);
     for (size_t i = 0; i < nb; i++) b[i] = rng_uniform(&g, -1.0f, 1.0f);
-    enum CBLAS_TRANSPOSE ta = s->trans_a ? CblasTrans : CblasNoTrans;
-    enum CBLAS_TRANSPOSE tb = s->trans_b ? CblasTrans : CblasNoTrans;
     /* One untimed call: first-touch of the buffers and BLAS's own set-up. */
-    cblas_sgemm(CblasRowMajor, ta, tb, s->m, s->n, s->k, 1.0f, a, s->lda, b, s->ldb, 0.0f, c,
-                s->ldc);
+    gemm_f32(s->trans_a, s->trans_b, s->m, s->n, s->k, 1.0f, a, s->lda, b, s->ldb, 0.0f, c,
+             s->ldc);
     double best = 0.0;
     for (int32_t r = 0; r < rounds; r++) {
         double t0 = now_seconds(), elapsed;
         int64_t calls = 0;
         do {
-            cblas_sgemm(CblasRowMajor, ta, tb, s->m, s->n, s->k, 1.0f, a, s->lda, b, s->ldb,
-                        0.0f, c, s->ldc);
+            gemm_f32(s->trans_a, s->trans_b, s->m, s->n, s->k, 1.0f, a, s->lda, b, s->ldb,
+                     0.0f, c, s->ldc);
             calls++;
             elapsed = now_seconds() - t0;
         } while (elapsed < min_seconds);

@@ -26,7 +26,7 @@ void report_header(const struct bench_info *info) {
            (int)info->rank);
     printf("FLOP/token credited: 2P forward + 2P input grads + 2*(weights given a dense dW) + "
            "6*(adapter entries)\n"
-           "  + 12*L*T*H*D attention; P = projection + head weights. full (tied head, frozen) "
+           "  + attention (the causal blocks' products); P = projection + head weights. full (tied head, frozen) "
            "= 6P + attn - 2VC;\n"
            "  lora = 4P + 6*(A, B entries) + attn; lota = 4P + 2*(masked entries, sampled) "
            "+ attn.\n"

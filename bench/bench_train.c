@@ -70,7 +70,7 @@ static void usage(FILE *f) {
             "                    (sets --size, --head-dim, --kv-heads, --d-ff and --vocab; a\n"
             "                    --size after it cuts the layers: --size 576x4)\n"
             "  --rank r          LoRA rank (default 8)\n"
-            "  --threads N       openblas_set_num_threads(N) (default: OpenBLAS's own)\n"
+            "  --threads N       the host's worker threads (default: OPENBLAS_NUM_THREADS, else every core)\n"
             "  --lr X            AdamW learning rate (default 1e-4)\n"
             "  --gemm-seconds S  time each sgemm shape for at least S per round (default 0.02)\n"
             "  --seed S          model, batch and adapter seed (default 1)\n"
@@ -396,11 +396,11 @@ int main(int argc, char **argv) {
         plugin_hint();
         hinted = 1;
     }
-    if (o.threads > 0) openblas_set_num_threads((int)o.threads);
+    if (o.threads > 0) parallel_set_threads((int32_t)o.threads);
     struct bench_info info = {
         .corename = openblas_get_corename(),
         .coretype_env = getenv("OPENBLAS_CORETYPE"),
-        .threads = openblas_get_num_threads(),
+        .threads = parallel_threads(),
         .B = (int32_t)o.B, .T = (int32_t)o.T, .warmup = (int32_t)o.warmup,
         .steps = (int32_t)o.steps, .repeats = (int32_t)o.repeats, .rank = (int32_t)o.rank,
         .lr = o.lr,

@@ -7,7 +7,7 @@
 #
 # Settings come from the environment:
 #   BENCH_SIZES    "128x4 256x4 512x6"   d_model x n_layers
-#   BENCH_THREADS  2                     OpenBLAS threads (C and torch), torch intra-op threads
+#   BENCH_THREADS  2                     threads: the host's workers (C), OpenBLAS and intra-op threads (torch)
 #   BENCH_STEPS    6                     timed steps per repeat
 #   BENCH_REPEATS  3                     repeats (the median is reported)
 #   BENCH_WARMUP   2                     untimed steps first

@@ -36,15 +36,29 @@ BYTE_VOCAB = 259
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def size_config(size, head_dim):
+# The shapes bench_train's --preset names (the same table as bench_train.c's presets).
+PRESETS = {
+    "smollm2-135m": dict(size="576x30", head_dim=64, kv_heads=3, d_ff=1536, vocab=49152),
+    "qwen2.5-0.5b": dict(size="896x24", head_dim=64, kv_heads=2, d_ff=4864, vocab=151936),
+    "llama-3.2-1b": dict(size="2048x16", head_dim=64, kv_heads=8, d_ff=8192, vocab=128256),
+}
+
+
+def size_config(size, args):
+    """As bench_train: heads = C / head_dim, kv heads = heads / 2, d_ff = 8/3 C rounded to a
+    multiple of 8, vocabulary 259, unless --kv-heads, --d-ff or --vocab say otherwise."""
     c, _, l = size.partition("x")
     d_model, n_layers = int(c), int(l)
+    head_dim = args.head_dim
     if d_model % head_dim:
         raise SystemExit(f"--size {size}: d_model {d_model} is not a multiple of {head_dim}")
     heads = d_model // head_dim
-    return dict(vocab=BYTE_VOCAB, d_model=d_model, n_layers=n_layers, n_heads=heads,
-                n_kv_heads=heads // 2 if heads >= 2 else 1, head_dim=head_dim,
-                d_ff=(d_model + 1) // 3 * 8, rms_eps=1e-5, rope_theta=10000.0)
+    kv = args.kv_heads or (heads // 2 if heads >= 2 else 1)
+    if heads % kv:
+        raise SystemExit(f"--kv-heads {kv} does not divide the {heads} heads of {size}")
+    return dict(vocab=args.vocab or BYTE_VOCAB, d_model=d_model, n_layers=n_layers,
+                n_heads=heads, n_kv_heads=kv, head_dim=head_dim,
+                d_ff=args.d_ff or (d_model + 1) // 3 * 8, rms_eps=1e-5, rope_theta=10000.0)
 
 
 class RMSNorm(nn.Module):
@@ -193,15 +207,15 @@ def openblas_info():
 
 
 def bench_one(size, method, args):
-    cfg = size_config(size, args.head_dim)
+    cfg = size_config(size, args)
     torch.manual_seed(args.seed)
     model = Llama(cfg, args.seq)
     params = apply_method(model, method, args.rank, 8.0)  # lora_alpha 8, as the plugin's default
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randint(0, BYTE_VOCAB, (args.batch, args.seq), generator=gen)
-    targets = torch.randint(0, BYTE_VOCAB, (args.batch, args.seq), generator=gen)
+    tokens = torch.randint(0, cfg["vocab"], (args.batch, args.seq), generator=gen)
+    targets = torch.randint(0, cfg["vocab"], (args.batch, args.seq), generator=gen)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -240,12 +254,24 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--kv-heads", type=int, default=0, help="default heads / 2")
+    ap.add_argument("--d-ff", type=int, default=0, help="default 8/3 d_model")
+    ap.add_argument("--vocab", type=int, default=0, help=f"default {BYTE_VOCAB}")
+    ap.add_argument("--preset", choices=sorted(PRESETS),
+                    help="a model's shape; a --size after it cuts its layers")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="also write the figures as JSON")
     args = ap.parse_args()
+    if args.preset:
+        p = PRESETS[args.preset]
+        args.head_dim = p["head_dim"]
+        args.kv_heads = args.kv_heads or p["kv_heads"]
+        args.d_ff = args.d_ff or p["d_ff"]
+        args.vocab = args.vocab or p["vocab"]
+        args.size = args.size or [p["size"]]
     sizes = args.size or ["128x4", "256x4"]
     methods = args.method or ["full", "lora"]
     if args.threads > 0:

@@ -1,5 +1,4 @@
 /* cmd_run.c: peft run FILE.ini: check the whole run file, then run its chain of stages. */
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,7 +60,7 @@ static int run_main(int argc, char **argv) {
     r.restart = restart;
     r.quiet = quiet;
     r.stop_after = stop_after;
-    if (r.threads > 0) openblas_set_num_threads(r.threads);
+    if (r.threads > 0) parallel_set_threads(r.threads);
     code = run_execute(&r) ? cli_fail() : 0;
     if (code == 0 && !quiet) printf("outputs in %s\n", r.out_dir);
     run_free(&r);

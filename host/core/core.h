@@ -1,7 +1,7 @@
 /*
  * core.h: the lowest layer, which every host file uses: the error line, checked allocation,
  * whole-file and atomic file I/O, folders and paths, time, the seeded random stream, growing
- * strings and word lists.
+ * strings and word lists, the pool of worker threads.
  *
  * Error style: host library functions return 0 on success and -1 on failure after setting
  * one line with err_set(); the CLI prints "peft: <line>" and exits 2. The line names the file
@@ -143,6 +143,20 @@ const char *json_finite(char *buf, size_t cap, const char *fmt, double v);
 int parse_i64(const char *s, int64_t *out);
 int parse_f64(const char *s, double *out); /* finite only */
 int parse_bool(const char *s, int *out);
+
+/* ---- parallel loops (parallel.c) ------------------------------------------------------ */
+/* The host's worker threads for loops outside the matrix products. fn(ctx, begin, end) runs
+ * once per contiguous range of items [begin, end); the ranges cover [0, n) and run at the
+ * same time on up to parallel_threads() threads, the caller's included. min_items: the
+ * fewest items worth a thread of their own (below 2 * min_items the loop runs on the caller
+ * alone). fn must not depend on how [0, n) is split; it may not print or fail. A loop
+ * started from inside another, or while another thread's loop runs, runs on its caller. */
+typedef void (*parallel_fn)(void *ctx, size_t begin, size_t end);
+void parallel_for(size_t n, size_t min_items, parallel_fn fn, void *ctx);
+/* n < 1: the default, OpenBLAS's own rule (OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS,
+ * OMP_NUM_THREADS, else the online cores). */
+void parallel_set_threads(int32_t n);
+int32_t parallel_threads(void);
 
 /* ---- 16-bit floats (half.c) ----------------------------------------------------------- */
 /* IEEE fp16 and bfloat16 to and from fp32; the way down rounds to nearest even. */

@@ -1,6 +1,5 @@
 /* merge_run.c: execute a merge stage: open the inputs, combine them in delta or factor space,
  * write the outputs, and leave the merged weights in the model (see merge.h). */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 #include "merge_input.h"
 #include "svd.h"
 #include "io/io.h"
+#include "model/model.h"
 #include "methods/methods.h"
 
 /* ---- metadata ---------------------------------------------------------------------------- */
@@ -273,7 +273,7 @@ static int lora_output(struct stage_env *env, struct stage *s, struct tvec *tau,
             /* How much of ΔW the rank-k factors miss. */
             double norm = 0, miss = 0;
             for (size_t e = 0; e < n; e++) norm += (double)D[e] * D[e];
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d_out, d_in, k, -1.0f, U, k, Vt,
+            gemm_f32(0, 0, d_out, d_in, k, -1.0f, U, k, Vt,
                         d_in, 1.0f, D, d_in);
             for (size_t e = 0; e < n; e++) miss += (double)D[e] * D[e];
             double rel = norm > 0 ? sqrt(miss / norm) : 0;

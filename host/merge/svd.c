@@ -1,12 +1,12 @@
 /* svd.c: truncated SVD by one-sided Jacobi, directly or after a randomized range finder. */
 #include "svd.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/core.h"
+#include "model/model.h"
 
 /* One-sided Jacobi (Hestenes): rotate pairs of the q columns of x (each of length p, column
  * j at x + j*p) until every pair is orthogonal, applying the same rotations to v (q, q;
@@ -152,22 +152,22 @@ void svd_truncated(const float *M, int32_t m, int32_t n, int32_t k, uint64_t see
         struct rng g;
         rng_seed_label(&g, seed, "svd-sketch");
         for (size_t i = 0; i < (size_t)n * l; i++) om[i] = rng_normal(&g, 0.0f, 1.0f);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, om, l, 0.0, y,
+        gemm_f64(0, 0, m, l, n, 1.0, A, n, om, l, 0.0, y,
                     l);
         orthonormalise_columns(y, m, l);
         for (int it = 0; it < 2; it++) { /* power iterations sharpen the captured range */
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, l, m, 1.0, A, n, y, l, 0.0, z,
+            gemm_f64(1, 0, n, l, m, 1.0, A, n, y, l, 0.0, z,
                         l);
             orthonormalise_columns(z, n, l);
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, A, n, z, l, 0.0, y,
+            gemm_f64(0, 0, m, l, n, 1.0, A, n, z, l, 0.0, y,
                         l);
             orthonormalise_columns(y, m, l);
         }
         /* C (l, n) = Q^T A with Q = y (m, l); A ~ Q C = (Q Uc) S Vt. */
         double *c = xmalloc((size_t)l * n * sizeof *c), *uc = xmalloc((size_t)l * kk * sizeof *uc);
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, n, m, 1.0, y, l, A, n, 0.0, c, n);
+        gemm_f64(1, 0, l, n, m, 1.0, y, l, A, n, 0.0, c, n);
         svd_dense(c, l, n, kk, uc, sd, vd);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, kk, l, 1.0, y, l, uc, kk, 0.0, ud,
+        gemm_f64(0, 0, m, kk, l, 1.0, y, l, uc, kk, 0.0, ud,
                     kk);
         free(om);
         free(y);

@@ -24,7 +24,6 @@
  * Extensions: "peft.files/1" reads tensors of other safetensors files and names the adapter
  * file of an earlier stage; "peft.tensor_start/1" gives an aliased tensor's start value.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -168,9 +167,8 @@ static void api_sgemm(peft_host *h, int32_t trans_a, int32_t trans_b, uint32_t m
             for (uint32_t j = 0; j < n; j++) c[(size_t)i * ldc + j] *= beta;
         return;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
-                b, (int)ldb, beta, c, (int)ldc);
+    gemm_f32(trans_a != 0, trans_b != 0, (int32_t)m, (int32_t)n, (int32_t)k, alpha, a,
+             (int32_t)lda, b, (int32_t)ldb, beta, c, (int32_t)ldc);
 }
 
 static void api_rng_uniform(peft_host *h, float *out, uint64_t n, float lo, float hi) {

@@ -3,7 +3,6 @@
  * products of such a matrix, which widen it a block of rows at a time into a small buffer, so the fp32 copy of a frozen
  * model never exists whole. Widening is exact (every 16-bit value is an fp32 value), so the
  * products equal those of the widened weight up to the order of the sums. */
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,7 +110,7 @@ void half_matmul_forward(const struct model *m, int32_t t, float *y, const float
         int32_t rb = d_out - r0 < R ? d_out - r0 : R;
         const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
         /* y[:, r0:r0+rb] (n, rb) = x (n, d_in) . w^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rb, d_in, 1.0f, x, d_in, w, d_in,
+        gemm_f32(0, 1, n, rb, d_in, 1.0f, x, d_in, w, d_in,
                     0.0f, y + r0, d_out);
     }
 }
@@ -127,7 +126,7 @@ void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const 
         int32_t rb = d_out - r0 < R ? d_out - r0 : R;
         const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
         /* dx (n, d_in) += dy[:, r0:r0+rb] (n, rb) . w (rb, d_in); the first block scales */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_in, rb, 1.0f, dy + r0, d_out,
+        gemm_f32(0, 0, n, d_in, rb, 1.0f, dy + r0, d_out,
                     w, d_in, r0 == 0 ? dx_beta : 1.0f, dx, d_in);
     }
 }

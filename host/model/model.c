@@ -400,7 +400,6 @@ struct model_acts {
     float *d_act;            /* (n, F) */
     float *d_logits;         /* (n, V) */
     float *d_hidden;         /* (n, C) */
-    float *d_att;            /* (T, T) */
     float *d_sampled;        /* scratch of the sampled weight gradient (sparse targets) */
 };
 
@@ -495,7 +494,6 @@ static size_t layout_backward(struct model_acts *a, float *base)
     a->d_act = carve(base, &cur, n * F);
     a->d_logits = carve(base, &cur, n * (size_t)c->vocab);
     a->d_hidden = carve(base, &cur, n * C);
-    a->d_att = carve(base, &cur, (size_t)a->T * a->T);
     size_t widest = C > F ? C : F;
     widest = widest > HD ? widest : HD;
     a->d_sampled = carve(base, &cur, matmul_sampled_scratch((int32_t)widest, (int32_t)widest));
@@ -777,7 +775,7 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         /* h = resid + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
         if (site_backward(m, a, hooks, s0 + SITE_O, la->yatt, a->d_resid, a->d_yatt, 1) != 0)
             return -1;
-        attention_backward(a->d_q, a->d_k, a->d_v, a->d_att, a->d_yatt, la->att, la->q, la->k,
+        attention_backward(a->d_q, a->d_k, a->d_v, a->d_yatt, la->att, la->q, la->k,
                            la->v, B, T, H, KV, D);
         rope_backward(a->d_q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_backward(a->d_k, a->rope_cos, a->rope_sin, B, T, KV, D);

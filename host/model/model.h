@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "gemm.h" /* the matrix products every layer above uses */
 
 struct model_config {
     int32_t vocab;       /* V */

@@ -1,10 +1,13 @@
 /* ops.c: the kernels of the llama decoder (see ops.h). Matrix products go through
- * cblas_sgemm; the rest are plain loops over contiguous rows. */
+ * gemm_f32; the rest are loops over contiguous rows, split across the host's worker
+ * threads (parallel_for) by whole rows, so their results do not depend on the thread count. */
 #include "ops.h"
 #include "model.h"
 
-#include <cblas.h>
+#include "core/core.h"
+
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- linear ---------------------------------------------------------------------------- */
@@ -13,7 +16,7 @@ void matmul_forward(float *y, const float *x, const float *w, int32_t n, int32_t
                     int32_t d_out)
 {
     /* y (n, d_out) = x (n, d_in) . W^T (d_in, d_out) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d_out, d_in, 1.0f, x, d_in, w,
+    gemm_f32(0, 1, n, d_out, d_in, 1.0f, x, d_in, w,
                 d_in, 0.0f, y, d_out);
 }
 
@@ -21,10 +24,10 @@ void matmul_backward(float *dx, float *dw, const float *dy, const float *x, cons
                      int32_t n, int32_t d_in, int32_t d_out, float dx_beta)
 {
     if (dx) /* dx (n, d_in) = dy (n, d_out) . W (d_out, d_in) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_in, d_out, 1.0f, dy,
+        gemm_f32(0, 0, n, d_in, d_out, 1.0f, dy,
                     d_out, w, d_in, dx_beta, dx, d_in);
     if (dw) /* dW (d_out, d_in) += dy^T (d_out, n) . x (n, d_in) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d_out, d_in, n, 1.0f, dy, d_out,
+        gemm_f32(1, 0, d_out, d_in, n, 1.0f, dy, d_out,
                     x, d_in, 1.0f, dw, d_in);
 }
 
@@ -89,10 +92,25 @@ void matmul_backward_sampled(float *out, const uint64_t *idx, uint64_t k, const 
 
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
-void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int32_t n,
-                     int32_t c, float eps)
+/* Rows worth a thread of their own in the row-wise kernels: enough work to pay for waking
+ * a worker (tens of microseconds). */
+enum { ROWS_PER_THREAD = 16 };
+
+struct rmsnorm_job {
+    float *y, *rstd, *dx;
+    const float *x, *w, *dy, *rstd_in;
+    int32_t c;
+    float eps;
+};
+
+static void rmsnorm_forward_rows(void *ctx, size_t begin, size_t end)
 {
-    for (int32_t i = 0; i < n; i++) {
+    const struct rmsnorm_job *job = ctx;
+    float *y = job->y, *rstd = job->rstd;
+    const float *x = job->x, *w = job->w;
+    int32_t c = job->c;
+    float eps = job->eps;
+    for (size_t i = begin; i < end; i++) {
         const float *x_i = x + (size_t)i * c; /* (c) */
         float *y_i = y + (size_t)i * c;       /* (c) */
         double ss = 0.0;
@@ -105,15 +123,25 @@ void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int3
     }
 }
 
-void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                      const float *rstd, int32_t n, int32_t c)
+void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int32_t n,
+                     int32_t c, float eps)
+{
+    struct rmsnorm_job job = {.y = y, .rstd = rstd, .x = x, .w = w, .c = c, .eps = eps};
+    parallel_for((size_t)n, ROWS_PER_THREAD, rmsnorm_forward_rows, &job);
+}
+
+static void rmsnorm_backward_rows(void *ctx, size_t begin, size_t end)
 {
     /* y = w * x * r with r = (mean(x^2) + eps)^(-1/2), so dr/dx_j = -r^3 x_j / c and
      * dx = r * (w * dy) - x * r^3 / c * sum(w * dy * x). */
-    for (int32_t i = 0; i < n; i++) {
-        const float *x_i = x + (size_t)i * c;
-        const float *dy_i = dy + (size_t)i * c;
-        float *dx_i = dx + (size_t)i * c;
+    const struct rmsnorm_job *job = ctx;
+    const float *x = job->x, *w = job->w, *dy = job->dy, *rstd = job->rstd_in;
+    float *dx = job->dx;
+    int32_t c = job->c;
+    for (size_t i = begin; i < end; i++) {
+        const float *x_i = x + i * (size_t)c;
+        const float *dy_i = dy + i * (size_t)c;
+        float *dx_i = dx + i * (size_t)c;
         float r = rstd[i];
         float dot = 0.0f;
         for (int32_t j = 0; j < c; j++)
@@ -121,10 +149,21 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
         float k = dot * r * r * r / (float)c;
         for (int32_t j = 0; j < c; j++)
             dx_i[j] += r * w[j] * dy_i[j] - k * x_i[j];
-        if (dw)
-            for (int32_t j = 0; j < c; j++)
-                dw[j] += dy_i[j] * x_i[j] * r;
     }
+}
+
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                      const float *rstd, int32_t n, int32_t c)
+{
+    struct rmsnorm_job job = {.dx = dx, .x = x, .w = w, .dy = dy, .rstd_in = rstd, .c = c};
+    parallel_for((size_t)n, ROWS_PER_THREAD, rmsnorm_backward_rows, &job);
+    /* The weight gradient sums over rows: on one thread, in row order. */
+    if (dw)
+        for (int32_t i = 0; i < n; i++) {
+            const float *x_i = x + (size_t)i * c, *dy_i = dy + (size_t)i * c;
+            for (int32_t j = 0; j < c; j++)
+                dw[j] += dy_i[j] * x_i[j] * rstd[i];
+        }
 }
 
 /* ---- rotary embeddings ----------------------------------------------------------------- */
@@ -157,27 +196,43 @@ void rope_table(float *cos_t, float *sin_t, int32_t T, int32_t D, const struct m
     }
 }
 
+struct rope_job {
+    float *x;
+    const float *cos_t, *sin_t;
+    int32_t T, n_heads, D;
+    float sign;
+};
+
+static void rope_rows(void *ctx, size_t begin, size_t end)
+{
+    const struct rope_job *job = ctx;
+    int32_t half = job->D / 2, n_heads = job->n_heads, D = job->D;
+    float sign = job->sign;
+    for (size_t bt = begin; bt < end; bt++) {
+        size_t t = bt % (size_t)job->T; /* the position restarts with every sequence */
+        const float *c_t = job->cos_t + t * (size_t)half; /* (D/2) */
+        const float *s_t = job->sin_t + t * (size_t)half; /* (D/2) */
+        float *row = job->x + bt * (size_t)n_heads * D; /* (n_heads*D) */
+        for (int32_t h = 0; h < n_heads; h++) {
+            float *x1 = row + (size_t)h * D; /* first half */
+            float *x2 = x1 + half;           /* second half */
+            for (int32_t j = 0; j < half; j++) {
+                float a = x1[j], bb = x2[j];
+                float s = sign * s_t[j];
+                x1[j] = a * c_t[j] - bb * s;
+                x2[j] = bb * c_t[j] + a * s;
+            }
+        }
+    }
+}
+
 /* One rotation for every head of every row; sign = +1 forward, -1 for the transpose. */
 static void rope_apply(float *x, const float *cos_t, const float *sin_t, int32_t B, int32_t T,
                        int32_t n_heads, int32_t D, float sign)
 {
-    int32_t half = D / 2;
-    for (int32_t b = 0; b < B; b++)
-        for (int32_t t = 0; t < T; t++) {
-            const float *c_t = cos_t + (size_t)t * half; /* (D/2) */
-            const float *s_t = sin_t + (size_t)t * half; /* (D/2) */
-            float *row = x + ((size_t)b * T + t) * (size_t)n_heads * D; /* (n_heads*D) */
-            for (int32_t h = 0; h < n_heads; h++) {
-                float *x1 = row + (size_t)h * D; /* first half */
-                float *x2 = x1 + half;           /* second half */
-                for (int32_t j = 0; j < half; j++) {
-                    float a = x1[j], bb = x2[j];
-                    float s = sign * s_t[j];
-                    x1[j] = a * c_t[j] - bb * s;
-                    x2[j] = bb * c_t[j] + a * s;
-                }
-            }
-        }
+    struct rope_job job = {.x = x, .cos_t = cos_t, .sin_t = sin_t, .T = T, .n_heads = n_heads,
+                           .D = D, .sign = sign};
+    parallel_for((size_t)B * T, ROWS_PER_THREAD, rope_rows, &job);
 }
 
 void rope_forward(float *x, const float *cos_t, const float *sin_t, int32_t B, int32_t T,
@@ -195,113 +250,229 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int32_t B,
 
 /* ---- attention ------------------------------------------------------------------------- */
 
+/* The rows of one head's (T, T) score matrix. Row i has i + 1 live entries, so item k takes
+ * rows k and T - 1 - k: every item costs the same and the threads' shares come out even. */
+struct softmax_job {
+    float *p;         /* (T, T): scores in, probabilities out (forward); dP in, dS out (backward) */
+    const float *att; /* (T, T) probabilities (backward) */
+    int32_t T;
+};
+
+static void causal_softmax_row(float *p_i, int32_t i, int32_t T)
+{
+    float mx = p_i[0];
+    for (int32_t j = 1; j <= i; j++)
+        mx = p_i[j] > mx ? p_i[j] : mx;
+    float sum = 0.0f;
+    for (int32_t j = 0; j <= i; j++) {
+        p_i[j] = expf(p_i[j] - mx);
+        sum += p_i[j];
+    }
+    float inv = 1.0f / sum;
+    for (int32_t j = 0; j <= i; j++)
+        p_i[j] *= inv;
+    for (int32_t j = i + 1; j < T; j++)
+        p_i[j] = 0.0f;
+}
+
+/* dS = P * (dP - sum_j P dP) on row i, zero above the diagonal. */
+static void causal_softmax_backward_row(float *ds_i, const float *p_i, int32_t i, int32_t T)
+{
+    float dot = 0.0f;
+    for (int32_t j = 0; j <= i; j++)
+        dot += p_i[j] * ds_i[j];
+    for (int32_t j = 0; j <= i; j++)
+        ds_i[j] = p_i[j] * (ds_i[j] - dot);
+    for (int32_t j = i + 1; j < T; j++)
+        ds_i[j] = 0.0f;
+}
+
+static void softmax_pairs(void *ctx, size_t begin, size_t end)
+{
+    const struct softmax_job *job = ctx;
+    int32_t T = job->T;
+    for (size_t k = begin; k < end; k++) {
+        int32_t rows[2] = {(int32_t)k, T - 1 - (int32_t)k};
+        for (int r = 0; r < (rows[0] == rows[1] ? 1 : 2); r++) {
+            size_t off = (size_t)rows[r] * T;
+            if (job->att)
+                causal_softmax_backward_row(job->p + off, job->att + off, rows[r], T);
+            else
+                causal_softmax_row(job->p + off, rows[r], T);
+        }
+    }
+}
+
+
+/* Causal blocks: queries in blocks of CAUSAL_BLOCK rows see keys up to their block's end
+ * only, so the products skip the blocks above the diagonal (they do 5/8 of the square's work
+ * at T = 256). Every skipped term is a leading or trailing zero of a dot product (a
+ * probability above the diagonal), so the sums are the ones the whole square gives. */
+enum { CAUSAL_BLOCK = ATTENTION_CAUSAL_BLOCK };
+
+/* Attention runs one (example, key/value head) unit per task across the host's threads: the
+ * unit's heads share its k and v, and only its heads write their columns of out, dq, dk and
+ * dv, so units never touch the same memory. Inside a unit everything runs on one thread. */
+struct attention_job {
+    float *out, *att, *dq, *dk, *dv;
+    const float *q, *k, *v, *dout, *att_in;
+    int32_t T, H, KV, D;
+};
+
+static void attention_forward_units(void *ctx, size_t begin, size_t end)
+{
+    const struct attention_job *j = ctx;
+    int32_t T = j->T, H = j->H, KV = j->KV, D = j->D;
+    int32_t hd = H * D, kvd = KV * D, group = H / KV;
+    float scale = 1.0f / sqrtf((float)D);
+    for (size_t u = begin; u < end; u++) {
+        int32_t b = (int32_t)(u / (size_t)KV), g = (int32_t)(u % (size_t)KV);
+        size_t row0 = (size_t)b * T;
+        const float *k_bg = j->k + row0 * kvd + (size_t)g * D; /* (T, D) ld kvd */
+        const float *v_bg = j->v + row0 * kvd + (size_t)g * D; /* (T, D) ld kvd */
+        for (int32_t h = g * group; h < (g + 1) * group; h++) {
+            const float *q_bh = j->q + row0 * hd + (size_t)h * D;      /* (T, D) ld hd */
+            float *p = j->att + ((size_t)b * H + h) * (size_t)T * T;   /* (T, T) */
+            float *o_bh = j->out + row0 * hd + (size_t)h * D;          /* (T, D) ld hd */
+            /* S = scale Q K^T, row block [i0, i1) against keys [0, i1) */
+            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
+                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+                gemm_f32(0, 1, i1 - i0, i1, D, scale, q_bh + (size_t)i0 * hd, hd, k_bg, kvd,
+                         0.0f, p + (size_t)i0 * T, T);
+            }
+            struct softmax_job sm = {.p = p, .T = T};
+            softmax_pairs(&sm, 0, (size_t)(T + 1) / 2);
+            /* O = P V, row block [i0, i1) over keys [0, i1) */
+            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
+                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+                gemm_f32(0, 0, i1 - i0, D, i1, 1.0f, p + (size_t)i0 * T, T, v_bg, kvd, 0.0f,
+                         o_bh + (size_t)i0 * hd, hd);
+            }
+        }
+    }
+}
+
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D)
 {
-    int32_t hd = H * D, kvd = KV * D, group = H / KV;
-    float scale = 1.0f / sqrtf((float)D);
-    for (int32_t b = 0; b < B; b++)
-        for (int32_t h = 0; h < H; h++) {
-            size_t row0 = (size_t)b * T;
-            const float *q_bh = q + row0 * hd + (size_t)h * D;              /* (T, D) ld hd */
-            const float *k_bh = k + row0 * kvd + (size_t)(h / group) * D;   /* (T, D) ld kvd */
-            const float *v_bh = v + row0 * kvd + (size_t)(h / group) * D;   /* (T, D) ld kvd */
-            float *p = att + ((size_t)b * H + h) * (size_t)T * T;           /* (T, T) */
-            float *o_bh = out + row0 * hd + (size_t)h * D;                  /* (T, D) ld hd */
-
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q_bh, hd,
-                        k_bh, kvd, 0.0f, p, T);
-            for (int32_t i = 0; i < T; i++) {
-                float *p_i = p + (size_t)i * T;
-                float mx = p_i[0];
-                for (int32_t j = 1; j <= i; j++)
-                    mx = p_i[j] > mx ? p_i[j] : mx;
-                float sum = 0.0f;
-                for (int32_t j = 0; j <= i; j++) {
-                    p_i[j] = expf(p_i[j] - mx);
-                    sum += p_i[j];
-                }
-                float inv = 1.0f / sum;
-                for (int32_t j = 0; j <= i; j++)
-                    p_i[j] *= inv;
-                for (int32_t j = i + 1; j < T; j++)
-                    p_i[j] = 0.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, p, T, v_bh,
-                        kvd, 0.0f, o_bh, hd);
-        }
+    struct attention_job job = {.out = out, .att = att, .q = q, .k = k, .v = v, .T = T,
+                                .H = H, .KV = KV, .D = D};
+    parallel_for((size_t)B * KV, 1, attention_forward_units, &job);
 }
 
-void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
-                        const float *att, const float *q, const float *k, const float *v,
-                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D)
+static void attention_backward_units(void *ctx, size_t begin, size_t end)
 {
+    const struct attention_job *j = ctx;
+    int32_t T = j->T, H = j->H, KV = j->KV, D = j->D;
     int32_t hd = H * D, kvd = KV * D, group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
-    size_t n = (size_t)B * T;
-    memset(dk, 0, n * kvd * sizeof(float));
-    memset(dv, 0, n * kvd * sizeof(float));
-    for (int32_t b = 0; b < B; b++)
-        for (int32_t h = 0; h < H; h++) {
-            size_t row0 = (size_t)b * T;
-            size_t kv_off = row0 * kvd + (size_t)(h / group) * D;
-            const float *q_bh = q + row0 * hd + (size_t)h * D;       /* (T, D) ld hd */
-            const float *k_bh = k + kv_off;                          /* (T, D) ld kvd */
-            const float *v_bh = v + kv_off;                          /* (T, D) ld kvd */
-            const float *p = att + ((size_t)b * H + h) * (size_t)T * T; /* (T, T) */
-            const float *do_bh = dout + row0 * hd + (size_t)h * D;   /* (T, D) ld hd */
-            float *dq_bh = dq + row0 * hd + (size_t)h * D;
-            float *dk_bh = dk + kv_off; /* shared by the group: accumulate */
-            float *dv_bh = dv + kv_off;
-            float *ds = scratch; /* (T, T): dP, then dS in place */
-
-            /* dP = dO V^T; dV += P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, do_bh, hd, v_bh,
-                        kvd, 0.0f, ds, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, p, T, do_bh, hd,
-                        1.0f, dv_bh, kvd);
-            /* softmax backward: dS = P * (dP - sum_j P dP); zero above the diagonal */
-            for (int32_t i = 0; i < T; i++) {
-                const float *p_i = p + (size_t)i * T;
-                float *ds_i = ds + (size_t)i * T;
-                float dot = 0.0f;
-                for (int32_t j = 0; j <= i; j++)
-                    dot += p_i[j] * ds_i[j];
-                for (int32_t j = 0; j <= i; j++)
-                    ds_i[j] = p_i[j] * (ds_i[j] - dot);
-                for (int32_t j = i + 1; j < T; j++)
-                    ds_i[j] = 0.0f;
-            }
-            /* S = scale Q K^T: dQ = scale dS K; dK += scale dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, ds, T, k_bh,
-                        kvd, 0.0f, dq_bh, hd);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, ds, T, q_bh, hd,
-                        1.0f, dk_bh, kvd);
+    float *ds = xmalloc((size_t)T * T * sizeof(float)); /* (T, T): dP, then dS in place */
+    for (size_t u = begin; u < end; u++) {
+        int32_t b = (int32_t)(u / (size_t)KV), g = (int32_t)(u % (size_t)KV);
+        size_t row0 = (size_t)b * T;
+        size_t kv_off = row0 * kvd + (size_t)g * D;
+        const float *k_bg = j->k + kv_off; /* (T, D) ld kvd */
+        const float *v_bg = j->v + kv_off; /* (T, D) ld kvd */
+        float *dk_bg = j->dk + kv_off;     /* shared by the group's heads: accumulated */
+        float *dv_bg = j->dv + kv_off;
+        for (int32_t t = 0; t < T; t++) {
+            memset(dk_bg + (size_t)t * kvd, 0, (size_t)D * sizeof(float));
+            memset(dv_bg + (size_t)t * kvd, 0, (size_t)D * sizeof(float));
         }
+        for (int32_t h = g * group; h < (g + 1) * group; h++) {
+            const float *q_bh = j->q + row0 * hd + (size_t)h * D;            /* (T, D) ld hd */
+            const float *p = j->att_in + ((size_t)b * H + h) * (size_t)T * T; /* (T, T) */
+            const float *do_bh = j->dout + row0 * hd + (size_t)h * D;        /* (T, D) ld hd */
+            float *dq_bh = j->dq + row0 * hd + (size_t)h * D;
+
+            /* Query blocks [i0, i1) see keys [0, i1); key blocks [j0, j1) are seen by
+             * queries [j0, T). */
+            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) { /* dP = dO V^T */
+                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+                gemm_f32(0, 1, i1 - i0, i1, D, 1.0f, do_bh + (size_t)i0 * hd, hd, v_bg, kvd,
+                         0.0f, ds + (size_t)i0 * T, T);
+            }
+            for (int32_t j0 = 0; j0 < T; j0 += CAUSAL_BLOCK) { /* dV += P^T dO */
+                int32_t j1 = j0 + CAUSAL_BLOCK < T ? j0 + CAUSAL_BLOCK : T;
+                gemm_f32(1, 0, j1 - j0, D, T - j0, 1.0f, p + (size_t)j0 * T + j0, T,
+                         do_bh + (size_t)j0 * hd, hd, 1.0f, dv_bg + (size_t)j0 * kvd, kvd);
+            }
+            /* softmax backward: dS = P * (dP - sum_j P dP); zero above the diagonal */
+            struct softmax_job sm = {.p = ds, .att = p, .T = T};
+            softmax_pairs(&sm, 0, (size_t)(T + 1) / 2);
+            /* S = scale Q K^T: dQ = scale dS K; dK += scale dS^T Q */
+            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
+                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+                gemm_f32(0, 0, i1 - i0, D, i1, scale, ds + (size_t)i0 * T, T, k_bg, kvd, 0.0f,
+                         dq_bh + (size_t)i0 * hd, hd);
+            }
+            for (int32_t j0 = 0; j0 < T; j0 += CAUSAL_BLOCK) {
+                int32_t j1 = j0 + CAUSAL_BLOCK < T ? j0 + CAUSAL_BLOCK : T;
+                gemm_f32(1, 0, j1 - j0, D, T - j0, scale, ds + (size_t)j0 * T + j0, T,
+                         q_bh + (size_t)j0 * hd, hd, 1.0f, dk_bg + (size_t)j0 * kvd, kvd);
+            }
+        }
+    }
+    free(ds);
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                        const float *q, const float *k, const float *v, int32_t B, int32_t T,
+                        int32_t H, int32_t KV, int32_t D)
+{
+    struct attention_job job = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .att_in = att,
+                                .q = q, .k = k, .v = v, .T = T, .H = H, .KV = KV, .D = D};
+    parallel_for((size_t)B * KV, 1, attention_backward_units, &job);
 }
 
 /* ---- SwiGLU ---------------------------------------------------------------------------- */
 
-void swiglu_forward(float *out, const float *gate, const float *up, size_t len)
+struct swiglu_job {
+    float *out, *dgate, *dup;
+    const float *dout, *gate, *up;
+};
+
+/* Entries worth a thread: one exp each. */
+enum { SWIGLU_PER_THREAD = 4096 };
+
+static void swiglu_forward_range(void *ctx, size_t begin, size_t end)
 {
-    for (size_t i = 0; i < len; i++) {
+    const struct swiglu_job *job = ctx;
+    const float *gate = job->gate, *up = job->up;
+    float *out = job->out;
+    for (size_t i = begin; i < end; i++) {
         float g = gate[i];
         float s = 1.0f / (1.0f + expf(-g));
         out[i] = g * s * up[i];
     }
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                     const float *up, size_t len)
+void swiglu_forward(float *out, const float *gate, const float *up, size_t len)
 {
+    struct swiglu_job job = {.out = out, .gate = gate, .up = up};
+    parallel_for(len, SWIGLU_PER_THREAD, swiglu_forward_range, &job);
+}
+
+static void swiglu_backward_range(void *ctx, size_t begin, size_t end)
+{
+    const struct swiglu_job *job = ctx;
+    const float *dout = job->dout, *gate = job->gate, *up = job->up;
+    float *dgate = job->dgate, *dup = job->dup;
     /* d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g) */
-    for (size_t i = 0; i < len; i++) {
+    for (size_t i = begin; i < end; i++) {
         float g = gate[i];
         float s = 1.0f / (1.0f + expf(-g));
         float silu = g * s;
         dup[i] = dout[i] * silu;
         dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
     }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                     const float *up, size_t len)
+{
+    struct swiglu_job job = {.dgate = dgate, .dup = dup, .dout = dout, .gate = gate, .up = up};
+    parallel_for(len, SWIGLU_PER_THREAD, swiglu_backward_range, &job);
 }
 
 /* ---- embedding ------------------------------------------------------------------------- */
@@ -326,13 +497,22 @@ void embedding_backward(float *dembed, const float *dout, const int32_t *tokens,
 
 /* ---- cross-entropy --------------------------------------------------------------------- */
 
-double crossentropy_forward(float *lse, const float *logits, const int32_t *targets, int32_t n,
-                            int32_t V, int32_t *n_valid)
+struct ce_job {
+    float *lse, *dlogits;
+    const float *lse_in; /* backward: the forward's lse */
+    double *row_loss; /* (n): each counted row's -log p(target) in double, summed in order */
+    const float *logits;
+    const int32_t *targets;
+    int32_t V;
+    float scale;
+};
+
+static void crossentropy_forward_rows(void *ctx, size_t begin, size_t end)
 {
-    double total = 0.0;
-    int32_t count = 0;
-    for (int32_t i = 0; i < n; i++) {
-        const float *l_i = logits + (size_t)i * V; /* (V) */
+    const struct ce_job *job = ctx;
+    int32_t V = job->V;
+    for (size_t i = begin; i < end; i++) {
+        const float *l_i = job->logits + i * (size_t)V; /* (V) */
         float mx = l_i[0];
         for (int32_t j = 1; j < V; j++)
             mx = l_i[j] > mx ? l_i[j] : mx;
@@ -340,30 +520,56 @@ double crossentropy_forward(float *lse, const float *logits, const int32_t *targ
         for (int32_t j = 0; j < V; j++)
             sum += expf(l_i[j] - mx);
         double lse_i = mx + log(sum);
-        lse[i] = (float)lse_i;
+        job->lse[i] = (float)lse_i;
+        if (job->targets && job->targets[i] >= 0)
+            job->row_loss[i] = lse_i - l_i[job->targets[i]];
+    }
+}
+
+double crossentropy_forward(float *lse, const float *logits, const int32_t *targets, int32_t n,
+                            int32_t V, int32_t *n_valid)
+{
+    double *row_loss = xmalloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    struct ce_job job = {.lse = lse, .row_loss = row_loss, .logits = logits, .targets = targets,
+                         .V = V};
+    parallel_for((size_t)n, 1, crossentropy_forward_rows, &job);
+    double total = 0.0;
+    int32_t count = 0;
+    for (int32_t i = 0; i < n; i++)
         if (targets && targets[i] >= 0) {
-            total += lse_i - l_i[targets[i]];
+            total += row_loss[i];
             count++;
         }
-    }
+    free(row_loss);
     *n_valid = count;
     return total;
+}
+
+static void crossentropy_backward_rows(void *ctx, size_t begin, size_t end)
+{
+    const struct ce_job *job = ctx;
+    int32_t V = job->V;
+    float scale = job->scale;
+    for (size_t i = begin; i < end; i++) {
+        float *d_i = job->dlogits + i * (size_t)V;
+        const float *l_i = job->logits + i * (size_t)V;
+        if (!job->targets || job->targets[i] < 0) {
+            memset(d_i, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float lse_i = job->lse_in[i];
+        for (int32_t j = 0; j < V; j++)
+            d_i[j] = scale * expf(l_i[j] - lse_i);
+        d_i[job->targets[i]] -= scale;
+    }
 }
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
                            const int32_t *targets, int32_t n, int32_t V, float scale)
 {
-    for (int32_t i = 0; i < n; i++) {
-        float *d_i = dlogits + (size_t)i * V;
-        const float *l_i = logits + (size_t)i * V;
-        if (!targets || targets[i] < 0) {
-            memset(d_i, 0, (size_t)V * sizeof(float));
-            continue;
-        }
-        for (int32_t j = 0; j < V; j++)
-            d_i[j] = scale * expf(l_i[j] - lse[i]);
-        d_i[targets[i]] -= scale;
-    }
+    struct ce_job job = {.lse_in = lse, .dlogits = dlogits, .logits = logits,
+                         .targets = targets, .V = V, .scale = scale};
+    parallel_for((size_t)n, 1, crossentropy_backward_rows, &job);
 }
 
 void add_bias(float *y, const float *bias, int32_t n, int32_t d)

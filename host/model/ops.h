@@ -46,15 +46,18 @@ void rope_forward(float *x, const float *cos_t, const float *sin_t, int32_t B, i
 void rope_backward(float *dx, const float *cos_t, const float *sin_t, int32_t B, int32_t T,
                    int32_t n_heads, int32_t D);
 
+/* Rows per causal block: the products of a block of queries stop at the block's last key. */
+enum { ATTENTION_CAUSAL_BLOCK = 64 };
+
 /* Causal grouped-query attention with scale 1/sqrt(D).
  * q (n, H*D), k and v (n, KV*D) -> out (n, H*D); att (B, H, T, T) keeps the probabilities
  * (zero above the diagonal). */
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
-/* dq (n, H*D), dk and dv (n, KV*D) are overwritten; scratch holds T*T floats. */
-void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
-                        const float *att, const float *q, const float *k, const float *v,
-                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
+/* dq (n, H*D), dk and dv (n, KV*D) are overwritten. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                        const float *q, const float *k, const float *v, int32_t B, int32_t T,
+                        int32_t H, int32_t KV, int32_t D);
 
 /* out (len) = silu(gate) * up. */
 /* y (n, d) += bias (d) on every row. */

@@ -26,26 +26,35 @@ double optim_grad_norm(struct method_run *mr) {
     return sqrt(sum);
 }
 
-double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t) {
-    double norm = optim_grad_norm(mr);
-    double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
-    double factor = optim_lr_factor(p, t - 1);
-    float b1 = (float)p->beta1, b2 = (float)p->beta2;
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
-        struct mtensor *tn = method_run_tensor(mr, i);
+/* One AdamW update per tensor; tensors are independent, so they are split across the
+ * host's threads (each tensor whole, on one thread, as on a single one). */
+struct adamw_job {
+    struct method_run *mr;
+    const struct optim_params *p;
+    int64_t t;
+    double factor; /* the schedule's learning-rate factor */
+    float clip;    /* the gradient's scale after clipping */
+};
+
+static void adamw_tensors(void *ctx, size_t begin, size_t end)
+{
+    const struct adamw_job *job = ctx;
+    const struct optim_params *p = job->p;
+    float b1 = (float)p->beta1, b2 = (float)p->beta2, c = job->clip;
+    for (size_t i = begin; i < end; i++) {
+        struct mtensor *tn = method_run_tensor(job->mr, (int32_t)i);
         if (!tn->grad) continue;
         uint64_t n = tn->n_trainable;
         /* Bias correction counts the steps since the tensor's state (re)started. */
-        double tt = (double)(t - tn->step0);
+        double tt = (double)(job->t - tn->step0);
         double bc1 = 1.0 - pow(p->beta1, tt), bc2 = 1.0 - pow(p->beta2, tt);
         if (!tn->adam_m) {
             tn->adam_m = xalloc_floats(n);
             tn->adam_v = xalloc_floats(n);
         }
-        double lr = (tn->desc.lr > 0 ? tn->desc.lr : p->lr) * factor;
+        double lr = (tn->desc.lr > 0 ? tn->desc.lr : p->lr) * job->factor;
         float decay = (tn->desc.flags & PEFT_TENSOR_NO_DECAY) ? 0.0f : (float)(lr * p->weight_decay);
         float step_size = (float)(lr / bc1), inv_bc2 = (float)(1.0 / bc2), eps = (float)p->eps;
-        float c = (float)clip;
         float *m = tn->adam_m, *v = tn->adam_v, *g = tn->grad;
         for (uint64_t j = 0; j < n; j++) {
             uint64_t at = tn->mask ? tn->mask[j] : j; /* compact state for masked tensors */
@@ -58,5 +67,13 @@ double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t
             tn->data[at] = w;
         }
     }
+}
+
+double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t) {
+    double norm = optim_grad_norm(mr);
+    double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
+    struct adamw_job job = {.mr = mr, .p = p, .t = t, .factor = optim_lr_factor(p, t - 1),
+                            .clip = (float)clip};
+    parallel_for((size_t)method_run_tensor_count(mr), 1, adamw_tensors, &job);
     return norm;
 }
