@@ -17,7 +17,7 @@ static void make_blas_single(void) { openblas_set_num_threads(1); }
  * or columns, a multiple of PANEL_ALIGN (whole register tiles); 8 panels share out evenly
  * over 1, 2, 4 or 8 threads. */
 enum { MAX_PANELS = 8, PANEL_MIN = 64, PANEL_ALIGN = 16 };
-static const double MIN_SPLIT_FLOPS = 8e6;
+static const double MIN_SPLIT_FLOPS = 2e6;
 
 struct gemm_job {
     int trans_a, trans_b, split_rows, f64;

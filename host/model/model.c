@@ -362,7 +362,7 @@ struct layer_acts {
 struct model_acts {
     struct model_config cfg; /* the layout below is for this config and (B, T) */
     int32_t B, T;
-    int32_t ready;           /* a forward finished: backward may run */
+    int32_t ready;           /* a forward finished and no backward has run on it since */
     int32_t n_valid;         /* rows with a target */
     float loss_scale;        /* the backward pass's gradients are of loss_scale * loss (0: 1) */
 
@@ -398,7 +398,6 @@ struct model_acts {
     float *d_gate;           /* (n, F) */
     float *d_up;             /* (n, F) */
     float *d_act;            /* (n, F) */
-    float *d_logits;         /* (n, V) */
     float *d_hidden;         /* (n, C) */
     float *d_sampled;        /* scratch of the sampled weight gradient (sparse targets) */
 };
@@ -492,7 +491,6 @@ static size_t layout_backward(struct model_acts *a, float *base)
     a->d_gate = carve(base, &cur, n * F);
     a->d_up = carve(base, &cur, n * F);
     a->d_act = carve(base, &cur, n * F);
-    a->d_logits = carve(base, &cur, n * (size_t)c->vocab);
     a->d_hidden = carve(base, &cur, n * C);
     size_t widest = C > F ? C : F;
     widest = widest > HD ? widest : HD;
@@ -738,15 +736,19 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
     int32_t B = a->B, T = a->T, n = B * T, C = c->d_model;
     int32_t H = c->n_heads, KV = c->n_kv_heads, D = c->head_dim;
 
-    /* head: d(loss)/d(logits) = (softmax - onehot) / n_valid */
+    /* head: d(loss)/d(logits) = (softmax - onehot) / n_valid, written over the logits: the
+     * (n, V) block is the largest of a step at a real vocabulary, and it is held once. So
+     * the forward's logits are gone, and a second backward needs a new forward. */
+    a->ready = 0;
     float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
     if (a->loss_scale > 0.0f) scale *= a->loss_scale;
-    crossentropy_backward(a->d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
+    float *d_logits = a->logits;
+    crossentropy_backward(d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
     int32_t head = lm_head_tensor(c);
     if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
-        half_matmul_backward_dx(m, head, a->d_hidden, a->d_logits, n, C, c->vocab, 0.0f);
+        half_matmul_backward_dx(m, head, a->d_hidden, d_logits, n, C, c->vocab, 0.0f);
     } else {
-        matmul_backward(a->d_hidden, grad_of(m, head), a->d_logits, a->hidden, m->w.lm_head, n,
+        matmul_backward(a->d_hidden, grad_of(m, head), d_logits, a->hidden, m->w.lm_head, n,
                         C, c->vocab, 0.0f);
     }
     if (hooks && hooks->hidden_backward &&

@@ -227,9 +227,11 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
                   float *loss);
 /* Backward of the last model_forward on `a` with d(loss) = 1: writes (accumulates, +=) the
  * gradients of tensors with need_grad set into m->grads, and those of tensors with a sparse
- * target into the target, and calls the hooks. */
+ * target into the target, and calls the hooks. It turns the logits into their gradient in
+ * place, so it runs once per forward (a second call fails) and model_logits is the
+ * forward's only until then. */
 int model_backward(struct model *m, struct model_acts *a, const struct model_hooks *hooks);
-/* (B*T, V) logits of the last forward on `a`. */
+/* (B*T, V) logits of the last forward on `a` (until model_backward). */
 const float *model_logits(const struct model_acts *a);
 /* (B*T, C) final hidden state (after the final norm) of the last forward on `a`. */
 const float *model_hidden(const struct model_acts *a);

@@ -5,6 +5,7 @@
 #include "model.h"
 
 #include "core/core.h"
+#include "vexp.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -263,11 +264,10 @@ static void causal_softmax_row(float *p_i, int32_t i, int32_t T)
     float mx = p_i[0];
     for (int32_t j = 1; j <= i; j++)
         mx = p_i[j] > mx ? p_i[j] : mx;
+    vexp_shifted(p_i, p_i, (size_t)i + 1, mx);
     float sum = 0.0f;
-    for (int32_t j = 0; j <= i; j++) {
-        p_i[j] = expf(p_i[j] - mx);
+    for (int32_t j = 0; j <= i; j++)
         sum += p_i[j];
-    }
     float inv = 1.0f / sum;
     for (int32_t j = 0; j <= i; j++)
         p_i[j] *= inv;
@@ -440,10 +440,13 @@ static void swiglu_forward_range(void *ctx, size_t begin, size_t end)
     const struct swiglu_job *job = ctx;
     const float *gate = job->gate, *up = job->up;
     float *out = job->out;
-    for (size_t i = begin; i < end; i++) {
-        float g = gate[i];
-        float s = 1.0f / (1.0f + expf(-g));
-        out[i] = g * s * up[i];
+    /* a group's sigmoids first, so that out may be gate (decode.c works in place) */
+    for (size_t i = begin; i < end; i += 16) {
+        size_t g = end - i < 16 ? end - i : 16;
+        float s[16];
+        vsigmoid(s, gate + i, g);
+        for (size_t k = 0; k < g; k++)
+            out[i + k] = gate[i + k] * s[k] * up[i + k];
     }
 }
 
@@ -458,12 +461,11 @@ static void swiglu_backward_range(void *ctx, size_t begin, size_t end)
     const struct swiglu_job *job = ctx;
     const float *dout = job->dout, *gate = job->gate, *up = job->up;
     float *dgate = job->dgate, *dup = job->dup;
-    /* d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g) */
+    /* d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g), held in dgate first */
+    vsigmoid(dgate + begin, gate + begin, end - begin);
     for (size_t i = begin; i < end; i++) {
-        float g = gate[i];
-        float s = 1.0f / (1.0f + expf(-g));
-        float silu = g * s;
-        dup[i] = dout[i] * silu;
+        float g = gate[i], s = dgate[i];
+        dup[i] = dout[i] * g * s;
         dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
     }
 }
@@ -516,10 +518,7 @@ static void crossentropy_forward_rows(void *ctx, size_t begin, size_t end)
         float mx = l_i[0];
         for (int32_t j = 1; j < V; j++)
             mx = l_i[j] > mx ? l_i[j] : mx;
-        double sum = 0.0;
-        for (int32_t j = 0; j < V; j++)
-            sum += expf(l_i[j] - mx);
-        double lse_i = mx + log(sum);
+        double lse_i = mx + log(vexp_sum_shifted(l_i, (size_t)V, mx));
         job->lse[i] = (float)lse_i;
         if (job->targets && job->targets[i] >= 0)
             job->row_loss[i] = lse_i - l_i[job->targets[i]];
@@ -557,9 +556,9 @@ static void crossentropy_backward_rows(void *ctx, size_t begin, size_t end)
             memset(d_i, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float lse_i = job->lse_in[i];
+        vexp_shifted(d_i, l_i, (size_t)V, job->lse_in[i]);
         for (int32_t j = 0; j < V; j++)
-            d_i[j] = scale * expf(l_i[j] - lse_i);
+            d_i[j] *= scale;
         d_i[job->targets[i]] -= scale;
     }
 }

@@ -79,7 +79,8 @@ void embedding_backward(float *dembed, const float *dout, const int32_t *tokens,
  * row's log-sum-exp; *n_valid counts the rows. targets may be NULL (no row counts). */
 double crossentropy_forward(float *lse, const float *logits, const int32_t *targets, int32_t n,
                             int32_t V, int32_t *n_valid);
-/* dlogits (n, V) = scale * (softmax - onehot) for rows with a target, 0 elsewhere. */
+/* dlogits (n, V) = scale * (softmax - onehot) for rows with a target, 0 elsewhere; dlogits
+ * may be logits (in place). */
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
                            const int32_t *targets, int32_t n, int32_t V, float scale);
 

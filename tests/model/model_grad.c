@@ -445,6 +445,8 @@ static void test_targets(void)
     loss = loss_at(&f, NULL);
     model_zero_grads(&f.m);
     CHECK(model_backward(&f.m, f.a, NULL) == 0, "%s", err_msg());
+    /* the backward turned the logits into their gradient: a second one must refuse */
+    CHECK(model_backward(&f.m, f.a, NULL) == -1, "a second backward on one forward was accepted");
     double gmax = 0.0;
     for (size_t k = 0; k < f.m.n_params; k++)
         gmax = fmax(gmax, fabs(f.m.grads[k]));

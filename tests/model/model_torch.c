@@ -173,10 +173,10 @@ static void run_fixture(const char *root, const char *file)
     struct model_acts *a = model_acts_new();
     float loss;
     CHECK(model_forward(&m, a, tokens, targets, B, T, NULL, &loss) == 0, "%s", err_msg());
-    CHECK(model_backward(&m, a, NULL) == 0, "%s", err_msg());
-
+    /* before the backward, which turns the logits into their gradient */
     double abs_err;
     double logit_err = scaled_error(model_logits(a), ref_logits, n * (size_t)c.vocab, &abs_err);
+    CHECK(model_backward(&m, a, NULL) == 0, "%s", err_msg());
     printf("  %-50s max abs err %.2e  rel to max|ref| %.2e\n", "logits", abs_err, logit_err);
     CHECK(logit_err < SCALED_TOL, "logits: scaled error %.2e", logit_err);
     double loss_err = fabs(loss - ref_loss) / fmax(1.0, fabs(ref_loss));
