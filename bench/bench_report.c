@@ -44,16 +44,16 @@ void report_model(const char *size, const struct model *m, int32_t T) {
 }
 
 void report_table_head(void) {
-    printf("%-8s %-6s %11s %9s %9s %10s %9s %8s %8s %7s %8s\n", "size", "method", "trainable",
-           "optim MB", "ms/step", "tokens/s", "MFLOP/tk", "GFLOP/s", "sgemm", "of peak",
-           "gemm ms");
+    printf("%-8s %-6s %11s %9s %9s %10s %9s %8s %8s %7s %8s %8s\n", "size", "method",
+           "trainable", "optim MB", "ms/step", "tokens/s", "MFLOP/tk", "GFLOP/s", "sgemm",
+           "of peak", "gemm ms", "peak MiB");
 }
 
 void report_row(const struct bench_result *r) {
-    printf("%-8s %-6s %11llu %9.2f %9.2f %10.0f %9.2f %8.1f %8.1f %6.1f%% %8.2f\n", r->size,
-           r->method, (unsigned long long)r->trainable, r->optim_bytes / 1e6,
+    printf("%-8s %-6s %11llu %9.2f %9.2f %10.0f %9.2f %8.1f %8.1f %6.1f%% %8.2f %8.0f\n",
+           r->size, r->method, (unsigned long long)r->trainable, r->optim_bytes / 1e6,
            r->step_median * 1e3, r->tokens_per_second, r->flops_per_token / 1e6, r->gflops,
-           r->sgemm_gflops, 100.0 * r->peak_fraction, r->gemm_seconds * 1e3);
+           r->sgemm_gflops, 100.0 * r->peak_fraction, r->gemm_seconds * 1e3, r->peak_rss_mib);
     fflush(stdout);
 }
 
@@ -73,6 +73,7 @@ static cJSON *result_json(const struct bench_result *r, int32_t repeats) {
     cJSON_AddItemToObject(o, "step_seconds", cJSON_CreateDoubleArray(r->step_seconds, repeats));
     cJSON_AddNumberToObject(o, "step_seconds_median", r->step_median);
     cJSON_AddNumberToObject(o, "tokens_per_second", r->tokens_per_second);
+    cJSON_AddNumberToObject(o, "peak_rss_mib", r->peak_rss_mib);
     cJSON_AddNumberToObject(o, "flops_per_token", r->flops_per_token);
     cJSON_AddNumberToObject(o, "model_train_flops_per_token", r->model_flops);
     cJSON_AddNumberToObject(o, "gflops", r->gflops);

@@ -25,6 +25,7 @@ struct bench_result {
     double *step_seconds;     /* (repeats) mean step time of each repeat */
     double step_median;       /* median of step_seconds */
     double tokens_per_second; /* B*T / step_median */
+    double peak_rss_mib;      /* the process's peak resident memory by the end of the steps */
     double flops_per_token;   /* credited FLOPs (bench_cost.h) */
     double model_flops;       /* model_train_flops_per_token */
     double gflops;            /* achieved: flops_per_token * B*T / step_median / 1e9 */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "bench_cost.h"
 #include "bench_report.h"
@@ -313,6 +314,8 @@ static int bench_method(struct bench_ctx *bc, struct model *m, const char *size,
         r->step_seconds[rep] = (now_seconds() - t0) / (double)o->steps;
     }
     r->loss_last = loss;
+    struct rusage ru; /* ru_maxrss: KiB, the high-water mark since the process started */
+    if (getrusage(RUSAGE_SELF, &ru) == 0) r->peak_rss_mib = (double)ru.ru_maxrss / 1024.0;
     if (method_run_end(mr)) goto out;
     /* After the steps: a mask set during the stage (LoTA) decides what the optimizer keeps. */
     r->trainable = method_run_trainable_count(mr);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The training step at real shapes, interleaved: for each round and each configuration, build A's
 # bench_train, build B's, then the PyTorch reference (torch_ref.py), one after the other, so that
-# the machine's noise falls on all three alike. Prints every figure and the medians.
+# the machine's noise falls on all three alike. Prints every figure (ms per step and the
+# process's peak resident memory, where the build reports it) and the medians.
 #
 # usage: bench/run_shapes.sh A_BUILD B_BUILD [ROUNDS]     (ROUNDS default 3)
 #
@@ -36,32 +37,40 @@ for r in $(seq "$rounds"); do
             A | B)
                 d=$a; [ $side = B ] && d=$b
                 # shellcheck disable=SC2086
-                ms=$(PEFT_PLUGIN_PATH=$d/plugins/full:$d/plugins/lora "$d/bench/bench_train" $common \
-                    --gemm-seconds 0.005 | awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $5}') ;;
+                fig=$(PEFT_PLUGIN_PATH=$d/plugins/full:$d/plugins/lora "$d/bench/bench_train" $common \
+                    --gemm-seconds 0.005 |
+                    awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $5, ($12 == "" ? "-" : $12)}') ;;
             torch)
                 [ $have_torch = 1 ] || continue
                 # shellcheck disable=SC2086
-                ms=$(/usr/bin/python3 "$here/torch_ref.py" $common |
-                    awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $4}') ;;
+                fig=$(/usr/bin/python3 "$here/torch_ref.py" $common |
+                    awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $4, ($7 == "" ? "-" : $7)}') ;;
             esac
-            echo "round $r  $cfg  $side  $ms ms/step"
-            echo "$cfg $side $ms" >>"$out"
+            set -- $fig
+            echo "round $r  $cfg  $side  $1 ms/step  peak ${2:--} MiB"
+            echo "$cfg $side $fig" >>"$out"
         done
     done
 done
-echo "== medians (ms/step; torch / X above 1 means X is faster than PyTorch)"
+echo "== medians (ms/step and peak MiB; torch / X above 1 means X is faster than PyTorch)"
 /usr/bin/python3 - "$out" <<'PY'
 import statistics, sys
-runs = {}
+runs, peaks = {}, {}
 for line in open(sys.argv[1]):
-    cfg, side, ms = line.split()
+    cfg, side, ms, peak = (line.split() + ["-"])[:4]
     runs.setdefault(cfg, {}).setdefault(side, []).append(float(ms))
+    if peak != "-":
+        peaks.setdefault(cfg, {}).setdefault(side, []).append(float(peak))
 for cfg, sides in runs.items():
     med = {s: statistics.median(v) for s, v in sides.items()}
+    mem = {s: statistics.median(v) for s, v in peaks.get(cfg, {}).items()}
     line = f"{cfg:<20} A {med['A']:8.1f}  B {med['B']:8.1f}  B/A speed-up {med['A'] / med['B']:.2f}"
     if "torch" in med:
         line += (f"  torch {med['torch']:8.1f}  torch/A {med['torch'] / med['A']:.2f}"
                  f"  torch/B {med['torch'] / med['B']:.2f}")
     print(line)
+    if mem:
+        print(" " * 21 + "peak MiB: " + "  ".join(f"{s} {v:.0f}" for s, v in mem.items()) +
+              (f"  B / torch {mem['B'] / mem['torch']:.2f}" if "B" in mem and "torch" in mem else ""))
 PY
 rm -f "$out"

@@ -19,6 +19,7 @@ import ctypes
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -237,11 +238,14 @@ def bench_one(size, method, args):
             loss_first = loss if loss_first is None else loss_first
         per_step.append((time.perf_counter() - t0) / args.steps)
     med = statistics.median(per_step)
+    # KiB on Linux: the process's high-water mark so far (one size and method per process
+    # gives that run's peak)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     trainable = sum(p.numel() for p in params)
     return dict(size=size, method=method, trainable=trainable,
                 optimizer_state_bytes=2 * 4 * trainable, step_seconds=per_step,
                 step_seconds_median=med, tokens_per_second=args.batch * args.seq / med,
-                loss_first=loss_first, loss_last=loss, **cfg)
+                loss_first=loss_first, loss_last=loss, peak_rss_mib=peak_mib, **cfg)
 
 
 def main():
@@ -285,7 +289,7 @@ def main():
     print(f"batch B={args.batch} x seq T={args.seq}; {args.warmup} warm-up + {args.steps} "
           f"timed steps, median of {args.repeats} repeats; lora r={args.rank}")
     print(f"{'size':<8} {'method':<6} {'trainable':>11} {'ms/step':>9} {'tokens/s':>10} "
-          f"{'loss':>7}")
+          f"{'loss':>7} {'peak MiB':>8}")
     results = []
     for size in sizes:
         for method in methods:
@@ -293,7 +297,7 @@ def main():
             results.append(r)
             print(f"{size:<8} {method:<6} {r['trainable']:>11} "
                   f"{r['step_seconds_median'] * 1e3:>9.2f} {r['tokens_per_second']:>10.0f} "
-                  f"{r['loss_last']:>7.4f}", flush=True)
+                  f"{r['loss_last']:>7.4f} {r['peak_rss_mib']:>8.0f}", flush=True)
     if args.json:
         doc = dict(implementation="torch", torch_version=torch.__version__,
                    threads=torch.get_num_threads(), openblas_corename=core,
