@@ -97,10 +97,25 @@ int32_t parallel_threads(void)
     return __atomic_load_n(&pool.threads, __ATOMIC_RELAXED);
 }
 
+/* A child of fork() has none of the workers: it starts its own on its first loop. */
+static void forget_workers_in_child(void)
+{
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_mutex_init(&pool.submit, NULL);
+    pool.started = 0;
+    pool.pending = 0;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_workers_in_child); }
+
 /* Start workers up to threads - 1; with the submit lock held. Fewer threads if the system
  * refuses more: the loop still runs, on the threads there are. */
 static void start_workers(void)
 {
+    pthread_once(&atfork_once, register_atfork);
     while (pool.started < pool.threads - 1) {
         pthread_t t;
         pthread_attr_t attr;

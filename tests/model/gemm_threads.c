@@ -11,6 +11,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* C (m, n) = alpha op(A) op(B) + beta C in double, the plain definition. */
 static void reference(int ta, int tb, int32_t m, int32_t n, int32_t k, double alpha,
@@ -159,6 +162,34 @@ static void check_kernels(struct rng *g)
     free(x), free(w), free(y1), free(y2), free(r1), free(r2), free(logits), free(l1), free(l2), free(tg);
 }
 
+/* A child of fork() (peft compare forks before it execs) has none of the parent's worker
+ * threads; its loops must still run, on workers of its own. */
+static void check_fork(struct rng *g)
+{
+    parallel_set_threads(2);
+    float *a = random_floats(g, 256 * 256), *b = random_floats(g, 256 * 256);
+    float *c = xalloc_floats(256 * 256);
+    gemm_f32(0, 0, 256, 256, 256, 1.0f, a, 256, b, 256, 0.0f, c, 256); /* workers started */
+    pid_t pid = fork();
+    if (pid == 0) {
+        float *c2 = xalloc_floats(256 * 256);
+        gemm_f32(0, 0, 256, 256, 256, 1.0f, a, 256, b, 256, 0.0f, c2, 256);
+        _exit(memcmp(c, c2, 256 * 256 * sizeof(float)) == 0 ? 0 : 1);
+    }
+    int status = -1, waited = 0;
+    /* a child waiting for workers it does not have would hang: give it 30 s */
+    while (pid > 0 && waitpid(pid, &status, WNOHANG) == 0 && waited++ < 3000) usleep(10000);
+    if (pid > 0 && waited > 3000) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECK(pid > 0, "fork failed");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a product in a forked child: exit status %d (1: other bits, else it hung or crashed)",
+          status);
+    free(a), free(b), free(c);
+}
+
 int main(void)
 {
     struct rng g;
@@ -175,5 +206,6 @@ int main(void)
                             (ta + tb) % 2 ? 1.0f : 0.0f);
     check_f64(&g);
     check_kernels(&g);
+    check_fork(&g);
     return check_report("gemm_threads");
 }
