@@ -3,7 +3,8 @@
  *
  * This is the only header a method plugin needs. A plugin is a shared object that exports one
  * const data symbol, `peft_plugin_entry` (see PEFT_PLUGIN_DEFINE), and links nothing of the
- * host: every host service reaches it through the `peft_host_api` table passed to each call.
+ * host: every host service reaches it through the `peft_host_api` table, which the host hands
+ * to `init` and to each instance's `create` (keep the pointer; it stays valid until `deinit`).
  *
  * The contract in short
  *   - The host reads `abi_version` and `struct_size` of the entry before it runs any plugin
