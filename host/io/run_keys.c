@@ -18,7 +18,8 @@ static const struct host_key keys[] = {
      "seed of everything random: model init, data, adapter init, sampling"},
     {"run", "threads", "int", "0", 0, 256, NULL, 0, "worker threads for the products and the loops between them (0: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, else every core)"},
     {"run", "plugin_path", "dirs", "", 0, 0, NULL, 0,
-     "folders searched for method plugins first (':'-separated)"},
+     "folders searched for method plugins first, separated by ':' or ','; spaces around a "
+     "folder are dropped, so a folder name may not start or end with one"},
     /* [model] */
     {"model", "path", "path", "", 0, 0, NULL, 0,
      "an HF checkpoint folder (config.json + model.safetensors); then only max_seq may be set"},

@@ -1,5 +1,6 @@
 /* run_config.c: read and check a run file completely before anything is written. */
 #include <stdio.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -48,14 +49,19 @@ static int load_run_section(struct run *r, const char *plugin_path_flag) {
     NOTE(cfg_str(c, "run", "plugin_path", NULL, &plugin_path));
     note_unknown(c, "run", 0);
     if (plugin_path) { /* a folder that is not there is a typo, not an empty folder */
+        /* split as the plugin loader splits it: ':' or ',', spaces around each folder dropped */
         char *dirs = xstrdup(plugin_path);
-        for (char *d = strtok(dirs, ":,"); d; d = strtok(NULL, ":,"))
-            if (!dir_exists(d)) {
+        for (char *d = strtok(dirs, ":,"); d; d = strtok(NULL, ":,")) {
+            while (isspace((unsigned char)*d)) d++;
+            size_t len = strlen(d);
+            while (len > 0 && isspace((unsigned char)d[len - 1])) d[--len] = '\0';
+            if (len > 0 && !dir_exists(d)) {
                 char where[512];
                 err_set("%s: [run] plugin_path: no such folder '%s'",
                         cfg_where(c, cfg_find(c, "run", "plugin_path"), where, sizeof where), d);
                 cfg_note(c);
             }
+        }
         free(dirs);
     }
     if (out) {
