@@ -641,7 +641,8 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     char where[512];
     int32_t problems = c->n_problems;
 
-    const char *method, *from, *tasks, *eval_tasks, *schedule;
+    const char *method, *from, *tasks, *eval_tasks, *schedule, *optimizer = "adamw",
+               *clip_scope = "global";
     if (cfg_str(c, section, "method", NULL, &method)) return -1;
     if (!method)
         return err_set("%s:%d: [%s] method: missing (e.g. method = lora)", c->path, line, section);
@@ -732,6 +733,10 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     NOTE(cfg_key_float(c, section, "min_lr_ratio", &o->min_lr_ratio));
     NOTE(cfg_key_int(c, section, "warmup_steps", &o->warmup_steps));
     NOTE(cfg_key_choice(c, section, "schedule", &schedule));
+    NOTE(cfg_key_choice(c, section, "optimizer", &optimizer));
+    NOTE(cfg_key_choice(c, section, "clip_scope", &clip_scope));
+    NOTE(cfg_key_float(c, section, "rmsprop_alpha", &o->alpha));
+    NOTE(cfg_key_float(c, section, "momentum", &o->momentum));
     NOTE(cfg_key_int_def(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), &seed));
     struct cfg_entry *sm = cfg_find(c, section, "save_model");
     if (sm) {
@@ -746,6 +751,10 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     o->schedule = strcmp(schedule, "linear") == 0     ? SCHEDULE_LINEAR
                   : strcmp(schedule, "constant") == 0 ? SCHEDULE_CONSTANT
                                                       : SCHEDULE_COSINE;
+    o->kind = strcmp(optimizer, "rmsprop") == 0 ? OPTIM_RMSPROP
+              : strcmp(optimizer, "sgd") == 0   ? OPTIM_SGD
+                                                : OPTIM_ADAMW;
+    o->clip_per_tensor = strcmp(clip_scope, "tensor") == 0;
     s->seed = (uint64_t)seed;
     load_method_keys(r, s);
     note_unknown_stage_keys(r, s);

@@ -34,6 +34,7 @@ struct adamw_job {
     int64_t t;
     double factor; /* the schedule's learning-rate factor */
     float clip;    /* the gradient's scale after clipping */
+    const double *per_tensor_clip; /* NULL, or each tensor's own scale (clip_scope = tensor) */
 };
 
 static void adamw_tensors(void *ctx, size_t begin, size_t end)
@@ -56,6 +57,22 @@ static void adamw_tensors(void *ctx, size_t begin, size_t end)
         float decay = (tn->desc.flags & PEFT_TENSOR_NO_DECAY) ? 0.0f : (float)(lr * p->weight_decay);
         float step_size = (float)(lr / bc1), inv_bc2 = (float)(1.0 / bc2), eps = (float)p->eps;
         float *m = tn->adam_m, *v = tn->adam_v, *g = tn->grad;
+        if (job->per_tensor_clip) c = (float)job->per_tensor_clip[i];
+        if (p->kind != OPTIM_ADAMW) {
+            /* masked tensors: gather the trainable entries, update, scatter back */
+            float *w = tn->mask ? xalloc_floats(n) : tn->data, *gc = xalloc_floats(n);
+            for (uint64_t j = 0; j < n; j++) {
+                if (tn->mask) w[j] = tn->data[tn->mask[j]];
+                gc[j] = g[j] * c;
+            }
+            optim_update(p, w, gc, m, v, n, lr, tn->desc.flags & PEFT_TENSOR_NO_DECAY ? 0.0 : p->weight_decay, tt);
+            if (tn->mask) {
+                for (uint64_t j = 0; j < n; j++) tn->data[tn->mask[j]] = w[j];
+                free(w);
+            }
+            free(gc);
+            continue;
+        }
         for (uint64_t j = 0; j < n; j++) {
             uint64_t at = tn->mask ? tn->mask[j] : j; /* compact state for masked tensors */
             float gj = g[j] * c;
@@ -69,11 +86,50 @@ static void adamw_tensors(void *ctx, size_t begin, size_t end)
     }
 }
 
+void optim_update(const struct optim_params *p, float *w, const float *g, float *m, float *v,
+                  uint64_t n, double lr, double decay, double t)
+{
+    float lr_f = (float)lr, wd = (float)decay, mom = (float)p->momentum;
+    if (p->kind == OPTIM_RMSPROP) {
+        /* torch.optim.RMSprop (not centered): g += wd w; v = alpha v + (1 - alpha) g^2;
+         * b = momentum b + g / (sqrt(v) + eps), w -= lr b (without momentum: w -= lr g / ...) */
+        float alpha = (float)p->alpha, eps = (float)p->eps;
+        for (uint64_t j = 0; j < n; j++) {
+            float gj = g[j] + wd * w[j];
+            v[j] = alpha * v[j] + (1.0f - alpha) * gj * gj;
+            float step = gj / (sqrtf(v[j]) + eps);
+            if (mom > 0) step = m[j] = mom * m[j] + step;
+            w[j] -= lr_f * step;
+        }
+    } else { /* OPTIM_SGD, torch.optim.SGD: g += wd w; b = momentum b + g (b = g at first) */
+        for (uint64_t j = 0; j < n; j++) {
+            float gj = g[j] + wd * w[j];
+            if (mom > 0) gj = m[j] = t <= 1.0 ? gj : mom * m[j] + gj;
+            w[j] -= lr_f * gj;
+        }
+    }
+}
+
 double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t) {
     double norm = optim_grad_norm(mr);
     double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
     struct adamw_job job = {.mr = mr, .p = p, .t = t, .factor = optim_lr_factor(p, t - 1),
                             .clip = (float)clip};
-    parallel_for((size_t)method_run_tensor_count(mr), 1, adamw_tensors, &job);
+    int32_t count = method_run_tensor_count(mr);
+    double *scales = NULL;
+    if (p->clip_per_tensor && p->grad_clip > 0) { /* each tensor's norm bounded on its own */
+        scales = xmalloc((size_t)(count > 0 ? count : 1) * sizeof *scales);
+        for (int32_t i = 0; i < count; i++) {
+            struct mtensor *tn = method_run_tensor(mr, i);
+            double sq = 0.0;
+            for (uint64_t j = 0; tn->grad && j < tn->n_trainable; j++)
+                sq += (double)tn->grad[j] * tn->grad[j];
+            double tn_norm = sqrt(sq);
+            scales[i] = tn_norm > p->grad_clip ? p->grad_clip / (tn_norm + 1e-6) : 1.0;
+        }
+        job.per_tensor_clip = scales;
+    }
+    parallel_for((size_t)count, 1, adamw_tensors, &job);
+    free(scales);
     return norm;
 }
