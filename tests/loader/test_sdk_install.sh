@@ -120,21 +120,21 @@ fi
 echo "adapter: $adapter ($(wc -c <"$adapter") bytes)"
 
 # ---- 4. plugin_path: ':' or ',' with spaces around a folder, as the loader reads it --------
-sed "s#^plugin_path = .*#plugin_path = $tmp/nowhere , $tmp/tbuild#" "$tmp/run.ini" >"$tmp/bad.ini"
-status=0
-"$peft" run "$tmp/bad.ini" >"$tmp/bad.log" 2>&1 || status=$?
-cat "$tmp/bad.log"
-[ "$status" -eq 2 ] && grep -q "plugin_path: no such folder '$tmp/nowhere'" "$tmp/bad.log" ||
+# run_with_plugin_path NAME VALUE: the run above with [run] plugin_path = VALUE and its own out;
+# sets status and leaves the output in $tmp/NAME.log.
+run_with_plugin_path() {
+    sed -e "s#^plugin_path = .*#plugin_path = $2#" -e "s#^out = .*#out = $tmp/out-$1#" \
+        "$tmp/run.ini" >"$tmp/$1.ini"
+    status=0
+    "$peft" run "$tmp/$1.ini" >"$tmp/$1.log" 2>&1 || status=$?
+    cat "$tmp/$1.log"
+}
+run_with_plugin_path missing "$tmp/nowhere , $tmp/tbuild"
+[ "$status" -eq 2 ] && grep -q "plugin_path: no such folder '$tmp/nowhere'" "$tmp/missing.log" ||
     fail "a missing folder in plugin_path was not named (status $status)"
-sed -e "s#^plugin_path = .*#plugin_path = $tmp , $tmp/tbuild :  $tmp#" -e "s#^out = .*#out = $tmp/run2#" \
-    "$tmp/run.ini" >"$tmp/spaced.ini"
-status=0
-"$peft" run "$tmp/spaced.ini" >"$tmp/spaced.log" 2>&1 || status=$?
-[ "$status" -eq 0 ] || { cat "$tmp/spaced.log"; fail "plugin_path with spaces around ',' and ':' refused"; }
-sed "s#^plugin_path = .*#plugin_path = $tmp/tbuild $tmp#" "$tmp/run.ini" >"$tmp/words.ini"
-status=0
-"$peft" run "$tmp/words.ini" >"$tmp/words.log" 2>&1 || status=$?
-cat "$tmp/words.log"
+run_with_plugin_path spaced "$tmp , $tmp/tbuild :  $tmp"
+[ "$status" -eq 0 ] || fail "plugin_path with spaces around ',' and ':' refused"
+run_with_plugin_path words "$tmp/tbuild $tmp"
 [ "$status" -eq 2 ] && grep -q "no such folder '$tmp/tbuild $tmp'" "$tmp/words.log" ||
     fail "space-separated plugin_path folders were not refused (status $status)"
 echo "test_sdk_install: ok"
