@@ -16,19 +16,22 @@ double optim_lr_factor(const struct optim_params *p, int64_t step) {
     return floor + (1.0 - floor) * 0.5 * (1.0 + cos(3.141592653589793 * progress));
 }
 
+/* Sum of squares of one tensor's trainable gradient entries (0 without a gradient). */
+static double grad_sq(const struct mtensor *t) {
+    double sum = 0.0;
+    for (uint64_t j = 0; t->grad && j < t->n_trainable; j++) sum += (double)t->grad[j] * t->grad[j];
+    return sum;
+}
+
 double optim_grad_norm(struct method_run *mr) {
     double sum = 0.0;
-    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) {
-        struct mtensor *t = method_run_tensor(mr, i);
-        if (!t->grad) continue;
-        for (uint64_t j = 0; j < t->n_trainable; j++) sum += (double)t->grad[j] * t->grad[j];
-    }
+    for (int32_t i = 0; i < method_run_tensor_count(mr); i++) sum += grad_sq(method_run_tensor(mr, i));
     return sqrt(sum);
 }
 
-/* One AdamW update per tensor; tensors are independent, so they are split across the
- * host's threads (each tensor whole, on one thread, as on a single one). */
-struct adamw_job {
+/* One update per tensor; tensors are independent, so they are split across the host's
+ * threads (each tensor whole, on one thread, as on a single one). */
+struct optim_job {
     struct method_run *mr;
     const struct optim_params *p;
     int64_t t;
@@ -37,9 +40,9 @@ struct adamw_job {
     const double *per_tensor_clip; /* NULL, or each tensor's own scale (clip_scope = tensor) */
 };
 
-static void adamw_tensors(void *ctx, size_t begin, size_t end)
+static void update_tensors(void *ctx, size_t begin, size_t end)
 {
-    const struct adamw_job *job = ctx;
+    const struct optim_job *job = ctx;
     const struct optim_params *p = job->p;
     float b1 = (float)p->beta1, b2 = (float)p->beta2, c = job->clip;
     for (size_t i = begin; i < end; i++) {
@@ -59,18 +62,8 @@ static void adamw_tensors(void *ctx, size_t begin, size_t end)
         float *m = tn->adam_m, *v = tn->adam_v, *g = tn->grad;
         if (job->per_tensor_clip) c = (float)job->per_tensor_clip[i];
         if (p->kind != OPTIM_ADAMW) {
-            /* masked tensors: gather the trainable entries, update, scatter back */
-            float *w = tn->mask ? xalloc_floats(n) : tn->data, *gc = xalloc_floats(n);
-            for (uint64_t j = 0; j < n; j++) {
-                if (tn->mask) w[j] = tn->data[tn->mask[j]];
-                gc[j] = g[j] * c;
-            }
-            optim_update(p, w, gc, m, v, n, lr, tn->desc.flags & PEFT_TENSOR_NO_DECAY ? 0.0 : p->weight_decay, tt);
-            if (tn->mask) {
-                for (uint64_t j = 0; j < n; j++) tn->data[tn->mask[j]] = w[j];
-                free(w);
-            }
-            free(gc);
+            optim_update(p, tn->data, tn->mask, g, c, m, v, n, lr,
+                         tn->desc.flags & PEFT_TENSOR_NO_DECAY ? 0.0 : p->weight_decay, tt);
             continue;
         }
         for (uint64_t j = 0; j < n; j++) {
@@ -86,50 +79,43 @@ static void adamw_tensors(void *ctx, size_t begin, size_t end)
     }
 }
 
-void optim_update(const struct optim_params *p, float *w, const float *g, float *m, float *v,
-                  uint64_t n, double lr, double decay, double t)
+void optim_update(const struct optim_params *p, float *w, const uint64_t *at, const float *g,
+                  float scale, float *m, float *v, uint64_t n, double lr, double decay, double t)
 {
     float lr_f = (float)lr, wd = (float)decay, mom = (float)p->momentum;
-    if (p->kind == OPTIM_RMSPROP) {
-        /* torch.optim.RMSprop (not centered): g += wd w; v = alpha v + (1 - alpha) g^2;
-         * b = momentum b + g / (sqrt(v) + eps), w -= lr b (without momentum: w -= lr g / ...) */
-        float alpha = (float)p->alpha, eps = (float)p->eps;
-        for (uint64_t j = 0; j < n; j++) {
-            float gj = g[j] + wd * w[j];
+    float alpha = (float)p->alpha, eps = (float)p->eps;
+    for (uint64_t j = 0; j < n; j++) {
+        float *wj = w + (at ? at[j] : j); /* compact state for masked tensors */
+        float gj = g[j] * scale + wd * *wj;
+        if (p->kind == OPTIM_RMSPROP) {
+            /* torch.optim.RMSprop (not centered): g += wd w; v = alpha v + (1 - alpha) g^2;
+             * b = momentum b + g / (sqrt(v) + eps), w -= lr b (no momentum: b = g / ...) */
             v[j] = alpha * v[j] + (1.0f - alpha) * gj * gj;
-            float step = gj / (sqrtf(v[j]) + eps);
-            if (mom > 0) step = m[j] = mom * m[j] + step;
-            w[j] -= lr_f * step;
+            gj = gj / (sqrtf(v[j]) + eps);
+            if (mom > 0) gj = m[j] = mom * m[j] + gj;
+        } else if (mom > 0) { /* torch.optim.SGD: b = momentum b + g, b = g at first */
+            gj = m[j] = t <= 1.0 ? gj : mom * m[j] + gj;
         }
-    } else { /* OPTIM_SGD, torch.optim.SGD: g += wd w; b = momentum b + g (b = g at first) */
-        for (uint64_t j = 0; j < n; j++) {
-            float gj = g[j] + wd * w[j];
-            if (mom > 0) gj = m[j] = t <= 1.0 ? gj : mom * m[j] + gj;
-            w[j] -= lr_f * gj;
-        }
+        *wj -= lr_f * gj;
     }
 }
 
 double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t) {
     double norm = optim_grad_norm(mr);
     double clip = (p->grad_clip > 0 && norm > p->grad_clip) ? p->grad_clip / (norm + 1e-6) : 1.0;
-    struct adamw_job job = {.mr = mr, .p = p, .t = t, .factor = optim_lr_factor(p, t - 1),
+    struct optim_job job = {.mr = mr, .p = p, .t = t, .factor = optim_lr_factor(p, t - 1),
                             .clip = (float)clip};
     int32_t count = method_run_tensor_count(mr);
     double *scales = NULL;
     if (p->clip_per_tensor && p->grad_clip > 0) { /* each tensor's norm bounded on its own */
         scales = xmalloc((size_t)(count > 0 ? count : 1) * sizeof *scales);
         for (int32_t i = 0; i < count; i++) {
-            struct mtensor *tn = method_run_tensor(mr, i);
-            double sq = 0.0;
-            for (uint64_t j = 0; tn->grad && j < tn->n_trainable; j++)
-                sq += (double)tn->grad[j] * tn->grad[j];
-            double tn_norm = sqrt(sq);
+            double tn_norm = sqrt(grad_sq(method_run_tensor(mr, i)));
             scales[i] = tn_norm > p->grad_clip ? p->grad_clip / (tn_norm + 1e-6) : 1.0;
         }
         job.per_tensor_clip = scales;
     }
-    parallel_for((size_t)count, 1, adamw_tensors, &job);
+    parallel_for((size_t)count, 1, update_tensors, &job);
     free(scales);
     return norm;
 }

@@ -38,10 +38,11 @@ double optim_grad_norm(struct method_run *mr);
  * RMSprop's square average). */
 double optim_step(struct method_run *mr, const struct optim_params *p, int64_t t);
 
-/* One step of p->kind on one tensor's n entries: w (n) updated in place from g (n), already
- * clipped, with state m and v (n each); lr already scheduled; t counts this tensor's steps
- * (1 on its first). With decay = 0 for tensors marked PEFT_TENSOR_NO_DECAY. */
-void optim_update(const struct optim_params *p, float *w, const float *g, float *m, float *v,
-                  uint64_t n, double lr, double decay, double t);
+/* One RMSprop or SGD step (p->kind) on one tensor's n trainable entries: w[at[j]] (w[j] when
+ * at is NULL) updated in place from scale * g[j], scale being the clipping's; state m and v
+ * (n each); lr already scheduled; t counts this tensor's steps (1 on its first); decay 0 for
+ * tensors marked PEFT_TENSOR_NO_DECAY. */
+void optim_update(const struct optim_params *p, float *w, const uint64_t *at, const float *g,
+                  float scale, float *m, float *v, uint64_t n, double lr, double decay, double t);
 
 #endif

@@ -21,7 +21,7 @@ int main(void)
         memcpy(w, fx_w0, sizeof w);
         double worst = 0;
         for (int t = 0; t < 4; t++) {
-            optim_update(&p, w, fx_grads[t], m, v, 7, fx->lr, fx->weight_decay, t + 1);
+            optim_update(&p, w, NULL, fx_grads[t], 1.0f, m, v, 7, fx->lr, fx->weight_decay, t + 1);
             for (int j = 0; j < 7; j++) {
                 double e = fabs(w[j] - fx->after[t][j]) / fmax(1.0, fabs(fx->after[t][j]));
                 if (e > worst) worst = e;
