@@ -33,6 +33,7 @@ struct options {
     const char *methods[MAX_METHODS];
     int32_t n_methods;
     int64_t B, T, steps, warmup, repeats, head_dim, rank, threads, seed;
+    int64_t loss_chunk; /* -1: the model's default, 0: whole logits, else rows per chunk */
     int64_t vocab, kv_heads, d_ff; /* 0: the defaults of size_config */
     int size_from_preset;          /* the only size is a --preset's: a --size replaces it */
     double lr, gemm_seconds;
@@ -71,6 +72,8 @@ static void usage(FILE *f) {
             "                    (sets --size, --head-dim, --kv-heads, --d-ff and --vocab; a\n"
             "                    --size after it cuts the layers: --size 576x4)\n"
             "  --rank r          LoRA rank (default 8)\n"
+            "  --loss-chunk N    rows per chunk of the fused head and loss, as peft run's\n"
+            "                    training (default: the model's); 0 keeps whole logits\n"
             "  --threads N       the host's worker threads (default: OPENBLAS_NUM_THREADS, else every core)\n"
             "  --lr X            AdamW learning rate (default 1e-4)\n"
             "  --gemm-seconds S  time each sgemm shape for at least S per round (default 0.02)\n"
@@ -90,7 +93,7 @@ static int want_int(const char *flag, const char *v, int64_t lo, int64_t *out) {
 static int parse_args(int argc, char **argv, struct options *o) {
     *o = (struct options){.B = 8, .T = 64, .steps = 20, .warmup = 3, .repeats = 5,
                           .head_dim = 64, .rank = 8, .threads = 0, .seed = 1, .lr = 1e-4,
-                          .gemm_seconds = 0.02};
+                          .gemm_seconds = 0.02, .loss_chunk = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = 1, rc = 0;
@@ -139,6 +142,7 @@ static int parse_args(int argc, char **argv, struct options *o) {
         }
         else if (strcmp(a, "--rank") == 0) rc = want_int(a, v, 1, &o->rank);
         else if (strcmp(a, "--threads") == 0) rc = want_int(a, v, 0, &o->threads);
+        else if (strcmp(a, "--loss-chunk") == 0) rc = want_int(a, v, 0, &o->loss_chunk);
         else if (strcmp(a, "--seed") == 0) rc = want_int(a, v, 0, &o->seed);
         else if (strcmp(a, "--lr") == 0) {
             if (!v || parse_f64(v, &o->lr) || o->lr <= 0)
@@ -290,6 +294,8 @@ static int bench_method(struct bench_ctx *bc, struct model *m, const char *size,
                               .warmup_steps = 0, .total_steps = 0,
                               .schedule = SCHEDULE_CONSTANT};
     struct model_acts *acts = model_acts_new();
+    model_acts_set_loss_chunk(acts, o->loss_chunk >= 0 ? (int32_t)o->loss_chunk
+                                                       : model_loss_chunk_rows(&m->cfg));
     const struct model_hooks *hooks = method_run_hooks(mr, 1);
     memset(r, 0, sizeof *r);
     snprintf(r->size, sizeof r->size, "%s", size);

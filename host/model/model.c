@@ -8,6 +8,7 @@
  */
 #include "model.h"
 #include "half.h"
+#include "head_loss.h"
 
 #include <limits.h>
 #include <math.h>
@@ -349,7 +350,7 @@ struct layer_acts {
     float *rstd_q; /* (n*H) */
     float *rstd_k; /* (n*KV) */
     float *v;     /* (n, KV*D) */
-    float *att;   /* (B, H, T, T) attention probabilities */
+    float *att_lse; /* (B, H, T) each query's log-sum-exp of its attention scores */
     float *yatt;  /* (n, H*D) attention output: the x of o_proj */
     float *h;     /* (n, C) residual stream after attention */
     float *xn2;   /* (n, C) post_attention_layernorm output: the x of gate, up */
@@ -365,6 +366,9 @@ struct model_acts {
     int32_t ready;           /* a forward finished and no backward has run on it since */
     int32_t n_valid;         /* rows with a target */
     float loss_scale;        /* the backward pass's gradients are of loss_scale * loss (0: 1) */
+    int32_t loss_chunk;      /* > 0: the loss and its gradient fused, in chunks of these rows */
+    int32_t head_done;       /* the forward left d_hidden (loss_chunk mode) */
+    struct head_loss_scratch head; /* loss_chunk mode's buffers, in the forward block */
 
     float *fwd;              /* forward block */
     size_t fwd_cap;
@@ -382,7 +386,7 @@ struct model_acts {
     float *resid_final;      /* (n, C) output of the last layer */
     float *rstd_final;       /* (n) */
     float *hidden;           /* (n, C) after the final norm */
-    float *logits;           /* (n, V) */
+    float *logits;           /* (n, V); NULL in loss_chunk mode */
     float *lse;              /* (n) log-sum-exp of each logits row */
     float *proj;             /* (n, C) output of o_proj / down_proj before the residual add */
 
@@ -410,6 +414,22 @@ struct model_acts *model_acts_new(void)
 void model_acts_set_loss_scale(struct model_acts *a, float scale)
 {
     a->loss_scale = scale;
+}
+
+void model_acts_set_loss_chunk(struct model_acts *a, int32_t rows)
+{
+    a->loss_chunk = rows > 0 ? rows : 0;
+}
+
+/* The logits of one chunk stay under this: a tenth of a step's memory at SmolLM2's vocabulary,
+ * and rows enough for the head's products to run at full speed. */
+enum { LOSS_CHUNK_BYTES = 32 << 20, LOSS_CHUNK_MIN_ROWS = 64 };
+
+int32_t model_loss_chunk_rows(const struct model_config *c)
+{
+    size_t rows = LOSS_CHUNK_BYTES / ((size_t)c->vocab * sizeof(float));
+    rows = rows < LOSS_CHUNK_MIN_ROWS ? LOSS_CHUNK_MIN_ROWS : rows;
+    return rows > INT32_MAX / 4 ? INT32_MAX / 4 : (int32_t)rows;
 }
 
 void model_acts_free(struct model_acts *a)
@@ -450,7 +470,7 @@ static size_t layout_forward(struct model_acts *a, float *base)
         la.k_raw = norms ? carve(base, &cur, n * KVD) : NULL;
         la.rstd_q = norms ? carve(base, &cur, n * (size_t)c->n_heads) : NULL;
         la.rstd_k = norms ? carve(base, &cur, n * (size_t)c->n_kv_heads) : NULL;
-        la.att = carve(base, &cur, n * (size_t)c->n_heads * (size_t)a->T);
+        la.att_lse = carve(base, &cur, n * (size_t)c->n_heads);
         la.yatt = carve(base, &cur, n * HD);
         la.h = carve(base, &cur, n * C);
         la.xn2 = carve(base, &cur, n * C);
@@ -467,7 +487,20 @@ static size_t layout_forward(struct model_acts *a, float *base)
     a->resid_final = carve(base, &cur, n * C);
     a->rstd_final = carve(base, &cur, n);
     a->hidden = carve(base, &cur, n * C);
-    a->logits = carve(base, &cur, n * (size_t)c->vocab);
+    if (a->loss_chunk > 0) { /* one chunk of logits and its row buffers instead of (n, V) */
+        size_t chunk = (size_t)a->loss_chunk < n ? (size_t)a->loss_chunk : n;
+        a->logits = NULL;
+        a->head.chunk = (int32_t)chunk;
+        a->head.logits = carve(base, &cur, chunk * (size_t)c->vocab);
+        a->head.hidden = carve(base, &cur, chunk * C);
+        a->head.d_hidden = carve(base, &cur, chunk * C);
+        a->head.lse = carve(base, &cur, chunk);
+        /* int32 rows in float slots: both 4 bytes, the block from malloc */
+        a->head.targets = (int32_t *)(void *)carve(base, &cur, chunk);
+        a->head.rows = (int32_t *)(void *)carve(base, &cur, n);
+    } else {
+        a->logits = carve(base, &cur, n * (size_t)c->vocab);
+    }
     a->lse = carve(base, &cur, n);
     a->proj = carve(base, &cur, n * C);
     return cur;
@@ -506,6 +539,7 @@ static void acts_prepare(struct model_acts *a, const struct model_config *c, int
     a->B = B;
     a->T = T;
     a->ready = 0;
+    a->head_done = 0;
     if (c->n_layers > a->layers_cap) {
         free(a->layers);
         a->layers = xcalloc((size_t)c->n_layers, sizeof *a->layers);
@@ -658,7 +692,7 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
         }
         rope_forward(la->q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_forward(la->k, a->rope_cos, a->rope_sin, B, T, KV, D);
-        attention_forward(la->yatt, la->att, la->q, la->k, la->v, B, T, H, KV, D);
+        attention_forward(la->yatt, la->att_lse, la->q, la->k, la->v, B, T, H, KV, D);
         if (model_site_forward(m, hooks, s0 + SITE_O, la->yatt, a->proj, n) != 0)
             return -1;
         add_rows(la->h, la->resid, a->proj, nC);
@@ -674,9 +708,22 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
     }
     rmsnorm_forward(a->hidden, a->rstd_final, a->resid_final, m->w.final_norm, n, C,
                     c->rms_eps);
-    model_head_logits(m, a->hidden, a->logits, n);
-
-    double sum = crossentropy_forward(a->lse, a->logits, a->targets, n, c->vocab, &a->n_valid);
+    double sum;
+    if (a->loss_chunk > 0) { /* the loss's gradient now, chunk by chunk: d_hidden for backward */
+        acts_prepare_backward(a);
+        int32_t count = 0;
+        for (int32_t i = 0; i < n; i++)
+            count += a->targets[i] >= 0;
+        float scale = count > 0 ? 1.0f / (float)count : 0.0f;
+        if (a->loss_scale > 0.0f) scale *= a->loss_scale;
+        int32_t head = lm_head_tensor(c);
+        sum = head_loss_fused(m, head, a->hidden, a->targets, n, scale, a->d_hidden,
+                              grad_of(m, head), a->lse, &a->head, &a->n_valid);
+        a->head_done = 1;
+    } else {
+        model_head_logits(m, a->hidden, a->logits, n);
+        sum = crossentropy_forward(a->lse, a->logits, a->targets, n, c->vocab, &a->n_valid);
+    }
     float total = a->n_valid > 0 ? (float)(sum / a->n_valid) : 0.0f;
     if (hooks && hooks->hidden_forward &&
         hooks->hidden_forward(hooks->ctx, hooks->pass, a->hidden, n, &total) != 0)
@@ -738,19 +785,23 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
 
     /* head: d(loss)/d(logits) = (softmax - onehot) / n_valid, written over the logits: the
      * (n, V) block is the largest of a step at a real vocabulary, and it is held once. So
-     * the forward's logits are gone, and a second backward needs a new forward. */
+     * the forward's logits are gone, and a second backward needs a new forward. In
+     * loss_chunk mode the forward did this already, a chunk at a time. */
     a->ready = 0;
-    float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
-    if (a->loss_scale > 0.0f) scale *= a->loss_scale;
-    float *d_logits = a->logits;
-    crossentropy_backward(d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
-    int32_t head = lm_head_tensor(c);
-    if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
-        half_matmul_backward_dx(m, head, a->d_hidden, d_logits, n, C, c->vocab, 0.0f);
-    } else {
-        matmul_backward(a->d_hidden, grad_of(m, head), d_logits, a->hidden, m->w.lm_head, n,
-                        C, c->vocab, 0.0f);
+    if (!a->head_done) {
+        float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
+        if (a->loss_scale > 0.0f) scale *= a->loss_scale;
+        float *d_logits = a->logits;
+        crossentropy_backward(d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
+        int32_t head = lm_head_tensor(c);
+        if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
+            half_matmul_backward_dx(m, head, a->d_hidden, d_logits, n, C, c->vocab, 0.0f);
+        } else {
+            matmul_backward(a->d_hidden, grad_of(m, head), d_logits, a->hidden, m->w.lm_head,
+                            n, C, c->vocab, 0.0f);
+        }
     }
+    a->head_done = 0;
     if (hooks && hooks->hidden_backward &&
         hooks->hidden_backward(hooks->ctx, hooks->pass, a->hidden, a->d_hidden, n) != 0)
         return -1;
@@ -777,8 +828,8 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         /* h = resid + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
         if (site_backward(m, a, hooks, s0 + SITE_O, la->yatt, a->d_resid, a->d_yatt, 1) != 0)
             return -1;
-        attention_backward(a->d_q, a->d_k, a->d_v, a->d_yatt, la->att, la->q, la->k,
-                           la->v, B, T, H, KV, D);
+        attention_backward(a->d_q, a->d_k, a->d_v, a->d_yatt, la->yatt, la->att_lse, la->q,
+                           la->k, la->v, B, T, H, KV, D);
         rope_backward(a->d_q, a->rope_cos, a->rope_sin, B, T, H, D);
         rope_backward(a->d_k, a->rope_cos, a->rope_sin, B, T, KV, D);
         float *dq = a->d_q, *dk = a->d_k;

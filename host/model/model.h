@@ -219,6 +219,15 @@ void model_acts_free(struct model_acts *a);
  * each micro-batch's share of the answer tokens of the whole step). 1 by default. */
 void model_acts_set_loss_scale(struct model_acts *a, float scale);
 
+/* Training forwards (rows > 0): the head, the loss and the loss's gradient run together over
+ * chunks of `rows` rows that have a target, so the (B*T, V) logits are never held whole and
+ * rows without a target cost no head product. model_logits is then NULL, and the forward
+ * already adds the head's weight gradient (when it is asked for), so the gradients are
+ * zeroed before it and a backward follows it. 0 (the default): logits kept whole. */
+void model_acts_set_loss_chunk(struct model_acts *a, int32_t rows);
+/* The chunk for a model: the rows whose logits fit in 32 MiB, 64 at least. */
+int32_t model_loss_chunk_rows(const struct model_config *c);
+
 /* Forward over tokens (B, T). targets (B, T): next-token ids, -1 = no loss at that row.
  * Returns 0 and sets *loss = mean cross-entropy over rows with a target (0 if none), plus
  * whatever hidden_forward adds. Logits stay in acts for model_logits. */
@@ -231,7 +240,8 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
  * place, so it runs once per forward (a second call fails) and model_logits is the
  * forward's only until then. */
 int model_backward(struct model *m, struct model_acts *a, const struct model_hooks *hooks);
-/* (B*T, V) logits of the last forward on `a` (until model_backward). */
+/* (B*T, V) logits of the last forward on `a` (until model_backward); NULL in loss_chunk
+ * mode. */
 const float *model_logits(const struct model_acts *a);
 /* (B*T, C) final hidden state (after the final norm) of the last forward on `a`. */
 const float *model_hidden(const struct model_acts *a);

@@ -251,15 +251,29 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int32_t B,
 
 /* ---- attention ------------------------------------------------------------------------- */
 
-/* The rows of one head's (T, T) score matrix. Row i has i + 1 live entries, so item k takes
- * rows k and T - 1 - k: every item costs the same and the threads' shares come out even. */
-struct softmax_job {
-    float *p;         /* (T, T): scores in, probabilities out (forward); dP in, dS out (backward) */
-    const float *att; /* (T, T) probabilities (backward) */
-    int32_t T;
+/* Causal blocks: queries in blocks of CAUSAL_BLOCK rows see keys up to their block's end
+ * only, so the products skip the blocks above the diagonal (they do 5/8 of the square's work
+ * at T = 256). Every skipped term is a leading or trailing zero of a dot product (a
+ * probability above the diagonal), so the sums are the ones the whole square gives.
+ *
+ * Tiles, flash-attention style: a block's scores, probabilities and their gradients live in a
+ * (CAUSAL_BLOCK, T) tile of the worker's own; nothing of size (T, T) is kept between the
+ * passes. The forward keeps each row's log-sum-exp, from which the backward recomputes the
+ * probabilities with one more Q K^T product per block. */
+enum { CAUSAL_BLOCK = ATTENTION_CAUSAL_BLOCK };
+
+/* Attention runs one (example, key/value head) unit per task across the host's threads: the
+ * unit's heads share its k and v, and only its heads write their columns of out, dq, dk and
+ * dv, so units never touch the same memory. Inside a unit everything runs on one thread. */
+struct attention_job {
+    float *out, *lse, *dq, *dk, *dv;
+    const float *q, *k, *v, *dout, *out_in, *lse_in;
+    int32_t T, H, KV, D;
 };
 
-static void causal_softmax_row(float *p_i, int32_t i, int32_t T)
+/* Row i of a tile (global query index i, live keys 0..i of cols): scores in, probabilities
+ * out, zero from i + 1 to cols; returns the row's log-sum-exp. */
+static float causal_softmax_row(float *p_i, int32_t i, int32_t cols)
 {
     float mx = p_i[0];
     for (int32_t j = 1; j <= i; j++)
@@ -271,53 +285,10 @@ static void causal_softmax_row(float *p_i, int32_t i, int32_t T)
     float inv = 1.0f / sum;
     for (int32_t j = 0; j <= i; j++)
         p_i[j] *= inv;
-    for (int32_t j = i + 1; j < T; j++)
+    for (int32_t j = i + 1; j < cols; j++)
         p_i[j] = 0.0f;
+    return mx + logf(sum);
 }
-
-/* dS = P * (dP - sum_j P dP) on row i, zero above the diagonal. */
-static void causal_softmax_backward_row(float *ds_i, const float *p_i, int32_t i, int32_t T)
-{
-    float dot = 0.0f;
-    for (int32_t j = 0; j <= i; j++)
-        dot += p_i[j] * ds_i[j];
-    for (int32_t j = 0; j <= i; j++)
-        ds_i[j] = p_i[j] * (ds_i[j] - dot);
-    for (int32_t j = i + 1; j < T; j++)
-        ds_i[j] = 0.0f;
-}
-
-static void softmax_pairs(void *ctx, size_t begin, size_t end)
-{
-    const struct softmax_job *job = ctx;
-    int32_t T = job->T;
-    for (size_t k = begin; k < end; k++) {
-        int32_t rows[2] = {(int32_t)k, T - 1 - (int32_t)k};
-        for (int r = 0; r < (rows[0] == rows[1] ? 1 : 2); r++) {
-            size_t off = (size_t)rows[r] * T;
-            if (job->att)
-                causal_softmax_backward_row(job->p + off, job->att + off, rows[r], T);
-            else
-                causal_softmax_row(job->p + off, rows[r], T);
-        }
-    }
-}
-
-
-/* Causal blocks: queries in blocks of CAUSAL_BLOCK rows see keys up to their block's end
- * only, so the products skip the blocks above the diagonal (they do 5/8 of the square's work
- * at T = 256). Every skipped term is a leading or trailing zero of a dot product (a
- * probability above the diagonal), so the sums are the ones the whole square gives. */
-enum { CAUSAL_BLOCK = ATTENTION_CAUSAL_BLOCK };
-
-/* Attention runs one (example, key/value head) unit per task across the host's threads: the
- * unit's heads share its k and v, and only its heads write their columns of out, dq, dk and
- * dv, so units never touch the same memory. Inside a unit everything runs on one thread. */
-struct attention_job {
-    float *out, *att, *dq, *dk, *dv;
-    const float *q, *k, *v, *dout, *att_in;
-    int32_t T, H, KV, D;
-};
 
 static void attention_forward_units(void *ctx, size_t begin, size_t end)
 {
@@ -325,37 +296,36 @@ static void attention_forward_units(void *ctx, size_t begin, size_t end)
     int32_t T = j->T, H = j->H, KV = j->KV, D = j->D;
     int32_t hd = H * D, kvd = KV * D, group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
+    float *p = xmalloc((size_t)CAUSAL_BLOCK * T * sizeof *p); /* (CAUSAL_BLOCK, T) tile */
     for (size_t u = begin; u < end; u++) {
         int32_t b = (int32_t)(u / (size_t)KV), g = (int32_t)(u % (size_t)KV);
         size_t row0 = (size_t)b * T;
         const float *k_bg = j->k + row0 * kvd + (size_t)g * D; /* (T, D) ld kvd */
         const float *v_bg = j->v + row0 * kvd + (size_t)g * D; /* (T, D) ld kvd */
         for (int32_t h = g * group; h < (g + 1) * group; h++) {
-            const float *q_bh = j->q + row0 * hd + (size_t)h * D;      /* (T, D) ld hd */
-            float *p = j->att + ((size_t)b * H + h) * (size_t)T * T;   /* (T, T) */
-            float *o_bh = j->out + row0 * hd + (size_t)h * D;          /* (T, D) ld hd */
-            /* S = scale Q K^T, row block [i0, i1) against keys [0, i1) */
+            const float *q_bh = j->q + row0 * hd + (size_t)h * D; /* (T, D) ld hd */
+            float *o_bh = j->out + row0 * hd + (size_t)h * D;     /* (T, D) ld hd */
+            float *lse_bh = j->lse + ((size_t)b * H + h) * T;     /* (T) */
             for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
                 int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+                /* S (i1 - i0, i1) = scale Q[i0:i1] K[0:i1]^T */
                 gemm_f32(0, 1, i1 - i0, i1, D, scale, q_bh + (size_t)i0 * hd, hd, k_bg, kvd,
-                         0.0f, p + (size_t)i0 * T, T);
-            }
-            struct softmax_job sm = {.p = p, .T = T};
-            softmax_pairs(&sm, 0, (size_t)(T + 1) / 2);
-            /* O = P V, row block [i0, i1) over keys [0, i1) */
-            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
-                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
-                gemm_f32(0, 0, i1 - i0, D, i1, 1.0f, p + (size_t)i0 * T, T, v_bg, kvd, 0.0f,
+                         0.0f, p, T);
+                for (int32_t i = i0; i < i1; i++)
+                    lse_bh[i] = causal_softmax_row(p + (size_t)(i - i0) * T, i, i1);
+                /* O[i0:i1] (i1 - i0, D) = P V[0:i1] */
+                gemm_f32(0, 0, i1 - i0, D, i1, 1.0f, p, T, v_bg, kvd, 0.0f,
                          o_bh + (size_t)i0 * hd, hd);
             }
         }
     }
+    free(p);
 }
 
-void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D)
 {
-    struct attention_job job = {.out = out, .att = att, .q = q, .k = k, .v = v, .T = T,
+    struct attention_job job = {.out = out, .lse = lse, .q = q, .k = k, .v = v, .T = T,
                                 .H = H, .KV = KV, .D = D};
     parallel_for((size_t)B * KV, 1, attention_forward_units, &job);
 }
@@ -366,7 +336,8 @@ static void attention_backward_units(void *ctx, size_t begin, size_t end)
     int32_t T = j->T, H = j->H, KV = j->KV, D = j->D;
     int32_t hd = H * D, kvd = KV * D, group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
-    float *ds = xmalloc((size_t)T * T * sizeof(float)); /* (T, T): dP, then dS in place */
+    float *p = xmalloc((size_t)2 * CAUSAL_BLOCK * T * sizeof *p); /* P tile, then dP/dS tile */
+    float *ds = p + (size_t)CAUSAL_BLOCK * T;
     for (size_t u = begin; u < end; u++) {
         int32_t b = (int32_t)(u / (size_t)KV), g = (int32_t)(u % (size_t)KV);
         size_t row0 = (size_t)b * T;
@@ -380,48 +351,54 @@ static void attention_backward_units(void *ctx, size_t begin, size_t end)
             memset(dv_bg + (size_t)t * kvd, 0, (size_t)D * sizeof(float));
         }
         for (int32_t h = g * group; h < (g + 1) * group; h++) {
-            const float *q_bh = j->q + row0 * hd + (size_t)h * D;            /* (T, D) ld hd */
-            const float *p = j->att_in + ((size_t)b * H + h) * (size_t)T * T; /* (T, T) */
-            const float *do_bh = j->dout + row0 * hd + (size_t)h * D;        /* (T, D) ld hd */
-            float *dq_bh = j->dq + row0 * hd + (size_t)h * D;
-
-            /* Query blocks [i0, i1) see keys [0, i1); key blocks [j0, j1) are seen by
-             * queries [j0, T). */
-            for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) { /* dP = dO V^T */
-                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
-                gemm_f32(0, 1, i1 - i0, i1, D, 1.0f, do_bh + (size_t)i0 * hd, hd, v_bg, kvd,
-                         0.0f, ds + (size_t)i0 * T, T);
-            }
-            for (int32_t j0 = 0; j0 < T; j0 += CAUSAL_BLOCK) { /* dV += P^T dO */
-                int32_t j1 = j0 + CAUSAL_BLOCK < T ? j0 + CAUSAL_BLOCK : T;
-                gemm_f32(1, 0, j1 - j0, D, T - j0, 1.0f, p + (size_t)j0 * T + j0, T,
-                         do_bh + (size_t)j0 * hd, hd, 1.0f, dv_bg + (size_t)j0 * kvd, kvd);
-            }
-            /* softmax backward: dS = P * (dP - sum_j P dP); zero above the diagonal */
-            struct softmax_job sm = {.p = ds, .att = p, .T = T};
-            softmax_pairs(&sm, 0, (size_t)(T + 1) / 2);
-            /* S = scale Q K^T: dQ = scale dS K; dK += scale dS^T Q */
+            size_t col = row0 * hd + (size_t)h * D;
+            const float *q_bh = j->q + col;       /* (T, D) ld hd */
+            const float *o_bh = j->out_in + col;  /* (T, D) ld hd */
+            const float *do_bh = j->dout + col;   /* (T, D) ld hd */
+            float *dq_bh = j->dq + col;
+            const float *lse_bh = j->lse_in + ((size_t)b * H + h) * T; /* (T) */
             for (int32_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
-                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
-                gemm_f32(0, 0, i1 - i0, D, i1, scale, ds + (size_t)i0 * T, T, k_bg, kvd, 0.0f,
-                         dq_bh + (size_t)i0 * hd, hd);
-            }
-            for (int32_t j0 = 0; j0 < T; j0 += CAUSAL_BLOCK) {
-                int32_t j1 = j0 + CAUSAL_BLOCK < T ? j0 + CAUSAL_BLOCK : T;
-                gemm_f32(1, 0, j1 - j0, D, T - j0, scale, ds + (size_t)j0 * T + j0, T,
-                         q_bh + (size_t)j0 * hd, hd, 1.0f, dk_bg + (size_t)j0 * kvd, kvd);
+                int32_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T, rb = i1 - i0;
+                const float *q_blk = q_bh + (size_t)i0 * hd, *do_blk = do_bh + (size_t)i0 * hd;
+                /* P (rb, i1) = exp(scale Q K^T - lse), zero above the diagonal */
+                gemm_f32(0, 1, rb, i1, D, scale, q_blk, hd, k_bg, kvd, 0.0f, p, T);
+                for (int32_t i = i0; i < i1; i++) {
+                    float *p_i = p + (size_t)(i - i0) * T;
+                    vexp_shifted(p_i, p_i, (size_t)i + 1, lse_bh[i]);
+                    for (int32_t c = i + 1; c < i1; c++)
+                        p_i[c] = 0.0f;
+                }
+                /* dP (rb, i1) = dO V^T; dV[0:i1] += P^T dO */
+                gemm_f32(0, 1, rb, i1, D, 1.0f, do_blk, hd, v_bg, kvd, 0.0f, ds, T);
+                gemm_f32(1, 0, i1, D, rb, 1.0f, p, T, do_blk, hd, 1.0f, dv_bg, kvd);
+                /* dS = P * (dP - rowsum(dO * O)): the row sum equals sum_j P dP */
+                for (int32_t i = i0; i < i1; i++) {
+                    const float *o_i = o_bh + (size_t)i * hd, *do_i = do_bh + (size_t)i * hd;
+                    float dot = 0.0f;
+                    for (int32_t d = 0; d < D; d++)
+                        dot += do_i[d] * o_i[d];
+                    float *ds_i = ds + (size_t)(i - i0) * T;
+                    const float *p_i = p + (size_t)(i - i0) * T;
+                    for (int32_t c = 0; c < i1; c++)
+                        ds_i[c] = p_i[c] * (ds_i[c] - dot);
+                }
+                /* S = scale Q K^T: dQ[i0:i1] = scale dS K[0:i1]; dK[0:i1] += scale dS^T Q */
+                gemm_f32(0, 0, rb, D, i1, scale, ds, T, k_bg, kvd, 0.0f, dq_bh + (size_t)i0 * hd,
+                         hd);
+                gemm_f32(1, 0, i1, D, rb, scale, ds, T, q_blk, hd, 1.0f, dk_bg, kvd);
             }
         }
     }
-    free(ds);
+    free(p);
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                        const float *q, const float *k, const float *v, int32_t B, int32_t T,
-                        int32_t H, int32_t KV, int32_t D)
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                        const float *lse, const float *q, const float *k, const float *v,
+                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D)
 {
-    struct attention_job job = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .att_in = att,
-                                .q = q, .k = k, .v = v, .T = T, .H = H, .KV = KV, .D = D};
+    struct attention_job job = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .out_in = out,
+                                .lse_in = lse, .q = q, .k = k, .v = v, .T = T, .H = H,
+                                .KV = KV, .D = D};
     parallel_for((size_t)B * KV, 1, attention_backward_units, &job);
 }
 

@@ -49,15 +49,17 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int32_t B,
 /* Rows per causal block: the products of a block of queries stop at the block's last key. */
 enum { ATTENTION_CAUSAL_BLOCK = 64 };
 
-/* Causal grouped-query attention with scale 1/sqrt(D).
- * q (n, H*D), k and v (n, KV*D) -> out (n, H*D); att (B, H, T, T) keeps the probabilities
- * (zero above the diagonal). */
-void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+/* Causal grouped-query attention with scale 1/sqrt(D), computed in tiles of
+ * ATTENTION_CAUSAL_BLOCK queries (no (T, T) block is kept).
+ * q (n, H*D), k and v (n, KV*D) -> out (n, H*D); lse (B, H, T) keeps each query's
+ * log-sum-exp of its scaled scores, for the backward. */
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
-/* dq (n, H*D), dk and dv (n, KV*D) are overwritten. */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                        const float *q, const float *k, const float *v, int32_t B, int32_t T,
-                        int32_t H, int32_t KV, int32_t D);
+/* From the forward's out and lse, the probabilities recomputed tile by tile.
+ * dq (n, H*D), dk and dv (n, KV*D) are overwritten. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                        const float *lse, const float *q, const float *k, const float *v,
+                        int32_t B, int32_t T, int32_t H, int32_t KV, int32_t D);
 
 /* out (len) = silu(gate) * up. */
 /* y (n, d) += bias (d) on every row. */

@@ -405,6 +405,8 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     char *before_json = NULL;
     int rc = -1, resumed = 0;
     struct model_acts *acts = model_acts_new();
+    /* training forwards: the head and the loss fused in chunks, no (rows, vocab) block */
+    model_acts_set_loss_chunk(acts, model_loss_chunk_rows(&env->model->cfg));
     struct batch b = {0};
     /* a step's examples: grad_accum micro-batches of batch_size, drawn at once as one batch */
     int64_t accum = s->grad_accum > 0 ? s->grad_accum : 1;

@@ -101,9 +101,12 @@ static void check_f64(struct rng *g)
 }
 
 /* The row-wise kernels on 1 and 2 threads. */
+/* Attention's length: three causal blocks, the last one partial. */
+enum { T_MAX = 2 * ATTENTION_CAUSAL_BLOCK + 22 };
+
 static void check_kernels(struct rng *g)
 {
-    int32_t n = 96, c = 40, V = 300, T = 48;
+    int32_t n = 96, c = 40, V = 300, T = T_MAX;
     float *x = random_floats(g, (size_t)n * c), *w = random_floats(g, (size_t)c);
     float *y1 = xalloc_floats((size_t)n * c), *y2 = xalloc_floats((size_t)n * c);
     float *r1 = xalloc_floats((size_t)n), *r2 = xalloc_floats((size_t)n);
@@ -129,35 +132,23 @@ static void check_kernels(struct rng *g)
     int32_t B = 2, H = 4, KV = 2, D = 8, rows = B * T;
     float *q = random_floats(g, (size_t)rows * H * D), *k = random_floats(g, (size_t)rows * KV * D);
     float *v = random_floats(g, (size_t)rows * KV * D), *dout = random_floats(g, (size_t)rows * H * D);
-    float *o[2], *att[2], *dq[2], *dk[2], *dv[2];
+    float *o[2], *lse[2], *dq[2], *dk[2], *dv[2];
     for (int s = 0; s < 2; s++) {
         parallel_set_threads(s + 1);
         o[s] = xalloc_floats((size_t)rows * H * D);
-        att[s] = xalloc_floats((size_t)B * H * T * T);
+        lse[s] = xalloc_floats((size_t)B * H * T);
         dq[s] = xalloc_floats((size_t)rows * H * D);
         dk[s] = xalloc_floats((size_t)rows * KV * D);
         dv[s] = xalloc_floats((size_t)rows * KV * D);
-        attention_forward(o[s], att[s], q, k, v, B, T, H, KV, D);
-        attention_backward(dq[s], dk[s], dv[s], dout, att[s], q, k, v, B, T, H, KV, D);
+        attention_forward(o[s], lse[s], q, k, v, B, T, H, KV, D);
+        attention_backward(dq[s], dk[s], dv[s], dout, o[s], lse[s], q, k, v, B, T, H, KV, D);
     }
     CHECK(memcmp(o[0], o[1], (size_t)rows * H * D * sizeof(float)) == 0 &&
               memcmp(dq[0], dq[1], (size_t)rows * H * D * sizeof(float)) == 0 &&
               memcmp(dk[0], dk[1], (size_t)rows * KV * D * sizeof(float)) == 0 &&
               memcmp(dv[0], dv[1], (size_t)rows * KV * D * sizeof(float)) == 0,
           "attention forward and backward: same bits on 1 and 2 threads");
-    /* every probability row sums to one over its causal prefix and is zero above it */
-    double worst = 0;
-    int upper_zero = 1;
-    for (int32_t bh = 0; bh < B * H; bh++)
-        for (int32_t i = 0; i < T; i++) {
-            const float *p = att[1] + ((size_t)bh * T + i) * T;
-            double s = 0;
-            for (int32_t j = 0; j <= i; j++) s += p[j];
-            for (int32_t j = i + 1; j < T; j++) upper_zero &= p[j] == 0.0f;
-            if (fabs(s - 1) > worst) worst = fabs(s - 1);
-        }
-    CHECK(worst < 1e-5 && upper_zero, "attention probabilities: rows sum to 1 (worst %.2g), zero above the diagonal", worst);
-    for (int s = 0; s < 2; s++) free(o[s]), free(att[s]), free(dq[s]), free(dk[s]), free(dv[s]);
+    for (int s = 0; s < 2; s++) free(o[s]), free(lse[s]), free(dq[s]), free(dk[s]), free(dv[s]);
     free(q), free(k), free(v), free(dout);
     free(x), free(w), free(y1), free(y2), free(r1), free(r2), free(logits), free(l1), free(l2), free(tg);
 }

@@ -507,6 +507,38 @@ static void test_bad_inputs(void)
     fixture_free(&f);
 }
 
+/* Loss-chunk mode (training forwards) against whole logits: the same loss and the same
+ * gradient of every tensor, with chunks of 3 rows over the 8 target rows (3, 3, 2), a loss
+ * scale, tied and untied heads; no logits are kept. */
+static void test_loss_chunk(int tied)
+{
+    struct fixture f;
+    fixture_init(&f, tied, 51 + (uint64_t)tied);
+    size_t np = f.m.n_params;
+    float *whole = xmalloc(np * sizeof *whole);
+    float loss[2];
+    for (int mode = 0; mode < 2; mode++) {
+        model_acts_set_loss_chunk(f.a, mode ? 3 : 0);
+        model_acts_set_loss_scale(f.a, 0.5f);
+        model_zero_grads(&f.m);
+        CHECK(model_forward(&f.m, f.a, f.tokens, f.targets, B, T, NULL, &loss[mode]) == 0, "%s", err_msg());
+        CHECK((model_logits(f.a) == NULL) == (mode == 1), "logits kept in mode %d", mode);
+        CHECK(model_backward(&f.m, f.a, NULL) == 0, "%s", err_msg());
+        if (mode == 0) memcpy(whole, f.m.grads, np * sizeof *whole);
+    }
+    double gmax = 0, err = 0;
+    for (size_t k = 0; k < np; k++) {
+        gmax = fmax(gmax, fabs(whole[k]));
+        err = fmax(err, fabs(whole[k] - f.m.grads[k]));
+    }
+    printf("loss chunks (%s): loss %.7f vs %.7f, max grad diff %.3g of max |grad| %.3g\n",
+           tied ? "tied" : "untied", loss[1], loss[0], err, gmax);
+    CHECK(fabsf(loss[1] - loss[0]) <= 1e-6f * fabsf(loss[0]), "loss %.8f vs %.8f", loss[1], loss[0]);
+    CHECK(gmax > 0 && err <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g)", err, gmax);
+    free(whole);
+    fixture_free(&f);
+}
+
 int main(void)
 {
     test_plain(0);
@@ -514,6 +546,8 @@ int main(void)
     test_hooks(0);
     test_hooks(1);
     test_targets();
+    test_loss_chunk(0);
+    test_loss_chunk(1);
     test_bad_inputs();
     return check_summary("OK", "failures");
 }
