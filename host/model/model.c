@@ -341,7 +341,6 @@ static float *grad_of(const struct model *m, int32_t i)
 
 struct layer_acts {
     float *resid; /* (n, C) input of the layer */
-    float *xn1;   /* (n, C) input_layernorm output: the x of q, k, v */
     float *rstd1; /* (n) */
     float *q;     /* (n, H*D) after RoPE */
     float *k;     /* (n, KV*D) after RoPE */
@@ -353,12 +352,14 @@ struct layer_acts {
     float *att_lse; /* (B, H, T) each query's log-sum-exp of its attention scores */
     float *yatt;  /* (n, H*D) attention output: the x of o_proj */
     float *h;     /* (n, C) residual stream after attention */
-    float *xn2;   /* (n, C) post_attention_layernorm output: the x of gate, up */
     float *rstd2; /* (n) */
     float *gate;  /* (n, F) */
     float *up;    /* (n, F) */
-    float *act;   /* (n, F) silu(gate) * up: the x of down_proj */
 };
+/* The norms' outputs (the x of q, k, v and of gate, up) and silu(gate) * up (the x of
+ * down_proj) are not kept per layer: the backward makes them again from resid, h, gate and
+ * up, bit for bit (the same kernels on the same inputs), into the model_acts buffers xn and
+ * act. That is 2 C + F floats per row and layer less, for two norms and one SwiGLU more. */
 
 struct model_acts {
     struct model_config cfg; /* the layout below is for this config and (B, T) */
@@ -389,6 +390,9 @@ struct model_acts {
     float *logits;           /* (n, V); NULL in loss_chunk mode */
     float *lse;              /* (n) log-sum-exp of each logits row */
     float *proj;             /* (n, C) output of o_proj / down_proj before the residual add */
+    float *xn;               /* (n, C) the current layer's norm output (forward and backward) */
+    float *act;              /* (n, F) the current layer's silu(gate) * up */
+    float *rstd_again;       /* (n) the norm's row factors when the backward remakes xn */
 
     float *d_resid;          /* (n, C) gradient of the residual stream */
     float *d_norm;           /* (n, C) gradient of a norm output (sum over its sites) */
@@ -460,7 +464,6 @@ static size_t layout_forward(struct model_acts *a, float *base)
     for (int32_t l = 0; l < c->n_layers; l++) {
         struct layer_acts la;
         la.resid = carve(base, &cur, n * C);
-        la.xn1 = carve(base, &cur, n * C);
         la.rstd1 = carve(base, &cur, n);
         la.q = carve(base, &cur, n * HD);
         la.k = carve(base, &cur, n * KVD);
@@ -473,11 +476,9 @@ static size_t layout_forward(struct model_acts *a, float *base)
         la.att_lse = carve(base, &cur, n * (size_t)c->n_heads);
         la.yatt = carve(base, &cur, n * HD);
         la.h = carve(base, &cur, n * C);
-        la.xn2 = carve(base, &cur, n * C);
         la.rstd2 = carve(base, &cur, n);
         la.gate = carve(base, &cur, n * F);
         la.up = carve(base, &cur, n * F);
-        la.act = carve(base, &cur, n * F);
         if (base)
             a->layers[l] = la;
     }
@@ -503,6 +504,9 @@ static size_t layout_forward(struct model_acts *a, float *base)
     }
     a->lse = carve(base, &cur, n);
     a->proj = carve(base, &cur, n * C);
+    a->xn = carve(base, &cur, n * C);
+    a->act = carve(base, &cur, n * (size_t)c->d_ff);
+    a->rstd_again = carve(base, &cur, n);
     return cur;
 }
 
@@ -675,11 +679,11 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
         float *out = l + 1 < c->n_layers ? a->layers[l + 1].resid : a->resid_final; /* (n, C) */
         int32_t s0 = l * SITE_KINDS;
 
-        rmsnorm_forward(la->xn1, la->rstd1, la->resid, lw->attn_norm, n, C, c->rms_eps);
+        rmsnorm_forward(a->xn, la->rstd1, la->resid, lw->attn_norm, n, C, c->rms_eps);
         float *q_out = c->qk_norm ? la->q_raw : la->q, *k_out = c->qk_norm ? la->k_raw : la->k;
-        if (model_site_forward(m, hooks, s0 + SITE_Q, la->xn1, q_out, n) != 0 ||
-            model_site_forward(m, hooks, s0 + SITE_K, la->xn1, k_out, n) != 0 ||
-            model_site_forward(m, hooks, s0 + SITE_V, la->xn1, la->v, n) != 0)
+        if (model_site_forward(m, hooks, s0 + SITE_Q, a->xn, q_out, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_K, a->xn, k_out, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_V, a->xn, la->v, n) != 0)
             return -1;
         if (c->qkv_bias) {
             add_bias(q_out, lw->bq, n, H * D);
@@ -697,12 +701,12 @@ int model_forward(struct model *m, struct model_acts *a, const int32_t *tokens,
             return -1;
         add_rows(la->h, la->resid, a->proj, nC);
 
-        rmsnorm_forward(la->xn2, la->rstd2, la->h, lw->mlp_norm, n, C, c->rms_eps);
-        if (model_site_forward(m, hooks, s0 + SITE_GATE, la->xn2, la->gate, n) != 0 ||
-            model_site_forward(m, hooks, s0 + SITE_UP, la->xn2, la->up, n) != 0)
+        rmsnorm_forward(a->xn, la->rstd2, la->h, lw->mlp_norm, n, C, c->rms_eps);
+        if (model_site_forward(m, hooks, s0 + SITE_GATE, a->xn, la->gate, n) != 0 ||
+            model_site_forward(m, hooks, s0 + SITE_UP, a->xn, la->up, n) != 0)
             return -1;
-        swiglu_forward(la->act, la->gate, la->up, (size_t)n * c->d_ff);
-        if (model_site_forward(m, hooks, s0 + SITE_DOWN, la->act, a->proj, n) != 0)
+        swiglu_forward(a->act, la->gate, la->up, (size_t)n * c->d_ff);
+        if (model_site_forward(m, hooks, s0 + SITE_DOWN, a->act, a->proj, n) != 0)
             return -1;
         add_rows(out, la->h, a->proj, nC);
     }
@@ -816,11 +820,13 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         int32_t s0 = l * SITE_KINDS;
 
         /* out = h + down(silu(gate(xn2)) * up(xn2)) */
-        if (site_backward(m, a, hooks, s0 + SITE_DOWN, la->act, a->d_resid, a->d_act, 1) != 0)
+        swiglu_forward(a->act, la->gate, la->up, (size_t)n * c->d_ff);
+        if (site_backward(m, a, hooks, s0 + SITE_DOWN, a->act, a->d_resid, a->d_act, 1) != 0)
             return -1;
         swiglu_backward(a->d_gate, a->d_up, a->d_act, la->gate, la->up, (size_t)n * c->d_ff);
-        if (site_backward(m, a, hooks, s0 + SITE_GATE, la->xn2, a->d_gate, a->d_norm, 1) != 0 ||
-            site_backward(m, a, hooks, s0 + SITE_UP, la->xn2, a->d_up, a->d_norm, 0) != 0)
+        rmsnorm_forward(a->xn, a->rstd_again, la->h, lw->mlp_norm, n, C, c->rms_eps);
+        if (site_backward(m, a, hooks, s0 + SITE_GATE, a->xn, a->d_gate, a->d_norm, 1) != 0 ||
+            site_backward(m, a, hooks, s0 + SITE_UP, a->xn, a->d_up, a->d_norm, 0) != 0)
             return -1;
         rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(c, l, SLOT_MLP_NORM)), a->d_norm,
                          la->h, lw->mlp_norm, la->rstd2, n, C);
@@ -848,9 +854,10 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
             bias_backward(grad_of(m, layer_tensor(c, l, SLOT_K_BIAS)), dk, n, KV * D);
             bias_backward(grad_of(m, layer_tensor(c, l, SLOT_V_BIAS)), a->d_v, n, KV * D);
         }
-        if (site_backward(m, a, hooks, s0 + SITE_Q, la->xn1, dq, a->d_norm, 1) != 0 ||
-            site_backward(m, a, hooks, s0 + SITE_K, la->xn1, dk, a->d_norm, 0) != 0 ||
-            site_backward(m, a, hooks, s0 + SITE_V, la->xn1, a->d_v, a->d_norm, 0) != 0)
+        rmsnorm_forward(a->xn, a->rstd_again, la->resid, lw->attn_norm, n, C, c->rms_eps);
+        if (site_backward(m, a, hooks, s0 + SITE_Q, a->xn, dq, a->d_norm, 1) != 0 ||
+            site_backward(m, a, hooks, s0 + SITE_K, a->xn, dk, a->d_norm, 0) != 0 ||
+            site_backward(m, a, hooks, s0 + SITE_V, a->xn, a->d_v, a->d_norm, 0) != 0)
             return -1;
         rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(c, l, SLOT_ATTN_NORM)), a->d_norm,
                          la->resid, lw->attn_norm, la->rstd1, n, C);
