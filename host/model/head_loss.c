@@ -27,8 +27,11 @@ double head_loss_fused(const struct model *m, int32_t head, const float *h, cons
     *n_valid = count;
     memset(d_h, 0, (size_t)n * C * sizeof *d_h);
     double total = 0.0;
-    for (int32_t r0 = 0; r0 < count; r0 += s->chunk) {
-        int32_t rb = count - r0 < s->chunk ? count - r0 : s->chunk;
+    /* chunks of even size (512 rows in chunks of at most 170: 4 x 128, not 3 x 170 + 2) */
+    int32_t n_chunks = count > 0 ? (count + s->chunk - 1) / s->chunk : 0;
+    int32_t per = n_chunks > 0 ? (count + n_chunks - 1) / n_chunks : 0;
+    for (int32_t r0 = 0; r0 < count; r0 += per) {
+        int32_t rb = count - r0 < per ? count - r0 : per;
         const int32_t *rows = s->rows + r0;
         for (int32_t r = 0; r < rb; r++)
             memcpy(s->hidden + (size_t)r * C, h + (size_t)rows[r] * C, (size_t)C * sizeof *h);
