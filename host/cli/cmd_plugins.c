@@ -99,6 +99,14 @@ static int show_method(struct plugin_registry *r, const char *id, FILE *out) {
         fprintf(out, "%s%s", i ? ", " : "", d->features[i]);
     fputc('\n', out);
     fprintf(out, "description  %.*s\n", first_line_len(d->description), d->description);
+    const peft_kv *defaults;
+    uint32_t n_defaults = method_stage_defaults(d, &defaults);
+    if (n_defaults) {
+        fprintf(out, "\nstage keys this method sets unless the stage does (see peft keys):\n ");
+        for (uint32_t i = 0; i < n_defaults; i++)
+            fprintf(out, " %s = %s%s", defaults[i].key, defaults[i].value,
+                    i + 1 < n_defaults ? "," : "\n");
+    }
 
     if (d->n_params == 0) {
         fprintf(out, "\nkeys: none besides the stage keys\n");

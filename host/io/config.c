@@ -78,6 +78,14 @@ static void add_entry(struct cfg *c, const char *section, const char *key, const
     e->value = xstrdup(value);
     e->line = line;
     e->used = 0;
+    e->origin = NULL;
+}
+
+void cfg_add_default(struct cfg *c, const char *section, const char *key, const char *value,
+                     const char *origin) {
+    if (cfg_find(c, section, key)) return;
+    add_entry(c, section, key, value, 0);
+    c->e[c->n - 1].origin = xstrdup(origin);
 }
 
 static int on_entry(void *user, const char *section, const char *name, const char *value) {
@@ -170,6 +178,7 @@ void cfg_free(struct cfg *c) {
         free(c->e[i].section);
         free(c->e[i].key);
         free(c->e[i].value);
+        free(c->e[i].origin);
     }
     for (int32_t i = 0; i < c->n_sections; i++) free(c->sections[i].name);
     free(c->e);
@@ -183,8 +192,10 @@ void cfg_copy(struct cfg *dst, const struct cfg *src) {
     memset(dst, 0, sizeof *dst);
     dst->path = xstrdup(src->path);
     for (int32_t i = 0; i < src->n_sections; i++) add_section(dst, src->sections[i].name, src->sections[i].line);
-    for (int32_t i = 0; i < src->n; i++)
+    for (int32_t i = 0; i < src->n; i++) {
         add_entry(dst, src->e[i].section, src->e[i].key, src->e[i].value, src->e[i].line);
+        if (src->e[i].origin) dst->e[dst->n - 1].origin = xstrdup(src->e[i].origin);
+    }
 }
 
 struct cfg_entry *cfg_find(struct cfg *c, const char *section, const char *key) {
@@ -202,6 +213,8 @@ int cfg_has_section(const struct cfg *c, const char *section) {
 const char *cfg_where(const struct cfg *c, const struct cfg_entry *e, char *buf, size_t cap) {
     if (e && e->line > 0)
         snprintf(buf, cap, "%s:%d", c->path, e->line);
+    else if (e && e->origin)
+        snprintf(buf, cap, "%s (the default of %s)", c->path, e->origin);
     else if (e)
         snprintf(buf, cap, "%s (--set)", c->path);
     else

@@ -16,8 +16,9 @@ struct cfg_entry {
     char *section;
     char *key;
     char *value;
-    int32_t line;     /* 0 for a --set override */
+    int32_t line;     /* 0 for a --set override or a default from elsewhere */
     int32_t used;     /* consumed by a checker; leftovers are unknown keys */
+    char *origin;     /* NULL, or where a default put in by cfg_add_default comes from */
 };
 
 struct cfg_section {
@@ -45,6 +46,10 @@ void cfg_free(struct cfg *c);
 void cfg_copy(struct cfg *dst, const struct cfg *src);
 
 struct cfg_entry *cfg_find(struct cfg *c, const char *section, const char *key);
+/* Set section.key to value unless the file or a --set gives it; error lines about it name
+ * `origin` ("method 'lota'") instead of a line. */
+void cfg_add_default(struct cfg *c, const char *section, const char *key, const char *value,
+                     const char *origin);
 int cfg_has_section(const struct cfg *c, const char *section);
 /* "FILE:LINE" (or "FILE (--set)") for an entry, into buf. */
 const char *cfg_where(const struct cfg *c, const struct cfg_entry *e, char *buf, size_t cap);

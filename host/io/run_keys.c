@@ -129,7 +129,11 @@ static const struct host_key keys[] = {
     {"stage", "schedule", "choice", "cosine", 0, 0, "cosine|linear|constant", TRAIN,
      "learning-rate decay after warmup"},
     {"stage", "seed", "int", "[run] seed + the stage's index", 0, 9.2e18, NULL, TRAIN | MERGE,
-     "seed of the stage's adapter initialisation, data order and dropout"},
+     "seed of the stage's data order, dropout and the method's own draws"},
+    {"stage", "init_seed", "int", "[run] seed", 0, 9.2e18, NULL, TRAIN,
+     "seed of the adapter's random initialisation, drawn per method: stages of one method "
+     "with one init_seed start from the same tensors (PEM's shared initialisation, which "
+     "factor-space merges need)"},
     {"stage", "save_model", "bool", "on for methods that write the base weights", 0, 0, NULL,
      TRAIN | MERGE, "also write the merged model as an HF checkpoint (STAGE/model)"},
     {"stage", "predictions", "bool", "true", 0, 0, NULL, TRAIN | MERGE,

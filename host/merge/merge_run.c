@@ -111,11 +111,30 @@ static int factor_merge(struct stage_env *env, struct stage *s, struct merge_sou
         return err_set("%s: %s keeps state outside its tensors, which factor space cannot "
                        "average; use space = delta",
                        m->where_inputs, pm->desc->id);
+    /* PEM's arithmetic adds modules trained from one initialisation; averaging factors
+     * drawn independently is another operation. 0 = unknown (an imported adapter). */
+    uint64_t fp0 = 0;
+    int32_t first = -1;
+    for (int32_t i = 0; i < m->n_in; i++) {
+        uint64_t fp = method_run_init_fingerprint(src[i].mr);
+        if (!fp) continue;
+        if (first < 0) {
+            fp0 = fp;
+            first = i;
+        } else if (fp != fp0) {
+            return err_set("%s: %s and %s were trained from different initialisations (init "
+                           "fingerprints %016llx and %016llx): factor space adds modules that "
+                           "share one; use space = delta, or train them with one init_seed",
+                           m->where_inputs, src[first].label, src[i].label,
+                           (unsigned long long)fp0, (unsigned long long)fp);
+        }
+    }
     double sum = 0;
     for (int32_t i = 0; i < m->n_in; i++) sum += fabs(m->in[i].weight);
     struct method_run *out;
     if (stage_method_create(env, m->where, s->name, s->seed, pm, src[0].kv.kv, src[0].kv.n, &out))
         return -1;
+    method_run_set_init_fingerprint(out, fp0);
     int rc = 0;
     /* One configuration registers the same tensors in the same order; make sure of it. */
     for (int32_t i = 0; i < m->n_in && rc == 0; i++) {

@@ -113,15 +113,22 @@ static int match_and_attach(struct method_run *mr, const peft_kv *cfg, uint32_t 
     return 0;
 }
 
+/* FNV-1a over bytes, continuing from h. */
+static uint64_t fnv1a_bytes(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
 static void init_tensor(struct peft_host *h, struct mtensor *t) {
     const peft_tensor_desc *d = &t->desc;
     float *x = t->data;
     switch (d->init) {
     case PEFT_INIT_UNIFORM:
-        for (uint64_t i = 0; i < t->numel; i++) x[i] = rng_uniform(&h->rng, d->init_a, d->init_b);
+        for (uint64_t i = 0; i < t->numel; i++) x[i] = rng_uniform(&h->init_rng, d->init_a, d->init_b);
         break;
     case PEFT_INIT_NORMAL:
-        for (uint64_t i = 0; i < t->numel; i++) x[i] = rng_normal(&h->rng, d->init_a, d->init_b);
+        for (uint64_t i = 0; i < t->numel; i++) x[i] = rng_normal(&h->init_rng, d->init_a, d->init_b);
         break;
     case PEFT_INIT_CONST:
         for (uint64_t i = 0; i < t->numel; i++) x[i] = d->init_a;
@@ -133,6 +140,8 @@ static void init_tensor(struct peft_host *h, struct mtensor *t) {
 
 static void allocate_tensors(struct peft_host *h) {
     struct model *m = h->m;
+    uint64_t fp = 1469598103934665603ULL; /* FNV-1a offset basis */
+    int drawn = 0;
     for (int32_t i = 0; i < h->n_tensors; i++) {
         struct mtensor *t = &h->tensors[i];
         if (t->model_tensor >= 0) {
@@ -150,9 +159,15 @@ static void allocate_tensors(struct peft_host *h) {
         } else {
             t->data = xalloc_floats(t->numel);
             init_tensor(h, t);
+            if (t->desc.init == PEFT_INIT_UNIFORM || t->desc.init == PEFT_INIT_NORMAL) {
+                fp = fnv1a_bytes(fp, t->name, strlen(t->name) + 1);
+                fp = fnv1a_bytes(fp, t->data, t->numel * sizeof(float));
+                drawn = 1;
+            }
         }
         bind_grad(h, t);
     }
+    h->init_fp = drawn ? (fp ? fp : 1) : 0;
     h->allocated = 1;
 }
 
@@ -169,6 +184,9 @@ int method_run_create(struct method_run **out, const struct plugin_method *pm, s
     h->env.stage = xstrdup(env->stage ? env->stage : "");
     char *label = xasprintf("method:%s", h->env.stage);
     rng_seed_label(&h->rng, env->seed, label);
+    free(label);
+    label = xasprintf("init:%s", pm->desc->id);
+    rng_seed_label(&h->init_rng, env->init_seed, label);
     free(label);
     h->site_names = xcalloc((size_t)m->n_sites, sizeof *h->site_names);
     for (int32_t s = 0; s < m->n_sites; s++)
@@ -267,6 +285,8 @@ int method_run_sees_batches(const struct method_run *mr) {
 }
 int32_t method_run_site(const struct method_run *mr, int32_t i) { return mr->sites[i]; }
 struct rng *method_run_rng(struct method_run *mr) { return &mr->h.rng; }
+uint64_t method_run_init_fingerprint(const struct method_run *mr) { return mr->h.init_fp; }
+void method_run_set_init_fingerprint(struct method_run *mr, uint64_t fp) { mr->h.init_fp = fp; }
 
 uint64_t method_run_trainable_count(const struct method_run *mr) {
     uint64_t n = 0;

@@ -44,6 +44,7 @@ struct mtensor {
 struct method_env {
     struct task_table *tasks;
     uint64_t seed;                 /* the stage's seed; the instance's stream derives from it */
+    uint64_t init_seed;            /* the seed of the tensors' random initialisation */
     const char *stage;             /* stage name */
     const char *where;             /* "FILE [stage.NAME]" prefix for error lines */
     /* Stage outputs for stage_tensor / stage_delta; NULL members answer "unknown stage". */
@@ -122,6 +123,12 @@ int method_run_negate(struct method_run *mr);
 
 /* The instance's random stream (dropout etc.), so checkpoints can save and restore it. */
 struct rng *method_run_rng(struct method_run *mr);
+/* A fingerprint of the adapter's random initialisation (its randomly initialised tensors'
+ * names and starting values), carried in saved adapters as peft.init_fingerprint: two runs
+ * trained from one initialisation have the same. 0 when none was drawn or it is unknown
+ * (an imported adapter). */
+uint64_t method_run_init_fingerprint(const struct method_run *mr);
+void method_run_set_init_fingerprint(struct method_run *mr, uint64_t fp);
 
 /* The host API table (one for the whole process). */
 const peft_host_api *host_api_table(void);

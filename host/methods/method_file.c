@@ -168,6 +168,9 @@ int method_run_save(struct method_run *mr, const char *path, const char *const *
     st_writer_meta(w, "peft.method", d->id);
     st_writer_meta(w, "peft.method_version", d->version);
     st_writer_meta(w, "peft.abi_version", abi);
+    char fp[24];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)h->init_fp);
+    if (h->init_fp) st_writer_meta(w, "peft.init_fingerprint", fp);
     for (int i = 0; meta_kv && meta_kv[i] && meta_kv[i + 1]; i += 2)
         st_writer_meta(w, meta_kv[i], meta_kv[i + 1]);
     int rc = st_writer_save(w, path);
@@ -320,6 +323,15 @@ int method_run_load(struct method_run *mr, const char *path) {
         if (rc == 0 && step0 && (parse_i64(step0, &v) != 0 || v < 0))
             rc = err_set("%s: metadata '%s' is not a step count: '%s'", path, key, step0);
         t->step0 = v;
+    }
+    /* the file's initialisation is the adapter's now (unknown when the file has none) */
+    const char *fp = st_meta(&f, "peft.init_fingerprint");
+    if (rc == 0) {
+        char *end = NULL;
+        unsigned long long v = fp ? strtoull(fp, &end, 16) : 0;
+        if (fp && (end == fp || *end != '\0'))
+            rc = err_set("%s: metadata 'peft.init_fingerprint' is not a hex number: '%s'", path, fp);
+        h->init_fp = (uint64_t)v;
     }
     const struct st_tensor *s = st_find(&f, "peft.state");
     if (rc == 0 && s) {

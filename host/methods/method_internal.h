@@ -28,6 +28,9 @@ struct peft_host {
     peft_instance *inst;
     struct method_env env;     /* copy; where/stage point at our own strings */
     struct rng rng;            /* the instance's stream: rng_seed_label(seed, "method:STAGE") */
+    struct rng init_rng;       /* the tensors' random initialisation: rng_seed_label(init_seed,
+                                  "init:METHOD"), so stages of one method share it */
+    uint64_t init_fp;          /* fingerprint of that initialisation (0: none drawn, unknown) */
     struct mtensor *tensors;
     uint8_t *prev_need_grad;   /* per tensor: the model's need_grad before we aliased it */
     int32_t n_tensors, cap_tensors;

@@ -9,6 +9,7 @@
 #include "plugin_loader.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -292,10 +293,12 @@ static int check_params(const char *path, const peft_method_desc *d) {
 
 static int check_desc(const char *path, uint32_t index, const peft_method_desc *d) {
     if (!d) return err_set("%s: method #%" PRIu32 ": descriptor is NULL", path, index);
-    if (d->struct_size < sizeof *d)
+    /* stage_defaults came later: a descriptor that stops before them is whole */
+    size_t least = offsetof(peft_method_desc, stage_defaults);
+    if (d->struct_size < least)
         return err_set("%s: method #%" PRIu32 ": descriptor struct_size %" PRIu32
                        " is smaller than %zu",
-                       path, index, d->struct_size, sizeof *d);
+                       path, index, d->struct_size, least);
     if (!d->id) return err_set("%s: method #%" PRIu32 ": id is missing", path, index);
     if (!id_is_valid(d->id))
         return err_set("%s: method id '%s' is not of the form [a-z0-9][a-z0-9_.-]*", path,
@@ -312,7 +315,26 @@ static int check_desc(const char *path, uint32_t index, const peft_method_desc *
     if (missing)
         return err_set("%s: method '%s': required function '%s' is missing", path, d->id,
                        missing);
-    return check_params(path, d);
+    if (check_params(path, d) != 0) return -1;
+    uint32_t n_def = method_stage_defaults(d, NULL);
+    const peft_kv *def = n_def ? d->stage_defaults : NULL;
+    for (uint32_t i = 0; i < n_def; i++) {
+        if (!def[i].key || !def[i].value)
+            return err_set("%s: method '%s': stage_defaults #%" PRIu32 " has no key or value",
+                           path, d->id, i);
+        const struct host_key *k = host_key_find("stage", def[i].key);
+        if (!k || !(k->flags & HOST_KEY_TRAIN) || strcmp(def[i].key, "method") == 0)
+            return err_set("%s: method '%s': stage_defaults: '%s' is not a stage key of the "
+                           "host (see peft keys)",
+                           path, d->id, def[i].key);
+    }
+    return 0;
+}
+
+uint32_t method_stage_defaults(const peft_method_desc *d, const peft_kv **out) {
+    int has = PEFT_HAS_FIELD(d, peft_method_desc, n_stage_defaults) && d->stage_defaults;
+    if (out) *out = has ? d->stage_defaults : NULL;
+    return has ? d->n_stage_defaults : 0;
 }
 
 // ---------------------------------------------------------------------------------------

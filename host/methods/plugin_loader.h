@@ -56,6 +56,9 @@ void registry_scan(struct plugin_registry *r, void (*on_refused)(void *ctx, cons
 char *registry_dirs_text(const struct plugin_registry *r);
 /* Does pm's descriptor list the feature tag (PEFT_FEATURE_*)? */
 int plugin_has_feature(const struct plugin_method *pm, const char *tag);
+/* The method's recommended values of host stage keys (none for a descriptor older than the
+ * field): their count, and the array into *out when out is not NULL. */
+uint32_t method_stage_defaults(const peft_method_desc *d, const peft_kv **out);
 /* Human name of a PEFT_PARAM_* type ("int", "float", ...). */
 const char *param_type_name(int32_t type);
 /* Check value text against a key's type. -1 with "expected ..., got '...'" (no place). */

@@ -96,7 +96,7 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
         if (strcmp(e->section, "compare") == 0 || is_arm_section(e->section)) continue;
         if (strcmp(e->section, "run") == 0 && strcmp(e->key, "out") == 0) continue;
         ac->e = xrealloc(ac->e, sizeof *ac->e * (size_t)(ac->n + 1));
-        ac->e[ac->n++] = (struct cfg_entry){xstrdup(e->section), xstrdup(e->key), xstrdup(e->value), e->line, 0};
+        ac->e[ac->n++] = (struct cfg_entry){xstrdup(e->section), xstrdup(e->key), xstrdup(e->value), e->line, 0, NULL};
     }
     struct strbuf ov = {0};
     sb_printf(&ov, "%s", "");
@@ -131,7 +131,7 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
                 old->line = e->line;
             } else {
                 ac->e = xrealloc(ac->e, sizeof *ac->e * (size_t)(ac->n + 1));
-                ac->e[ac->n++] = (struct cfg_entry){xstrdup(section), xstrdup(key), xstrdup(e->value), e->line, 0};
+                ac->e[ac->n++] = (struct cfg_entry){xstrdup(section), xstrdup(key), xstrdup(e->value), e->line, 0, NULL};
             }
             sb_printf(&ov, "%s%s=%s", ov.len ? ", " : "", e->key, e->value);
         }
@@ -143,7 +143,7 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
     }
     a->overrides = ov.s;
     ac->e = xrealloc(ac->e, sizeof *ac->e * (size_t)(ac->n + 1));
-    ac->e[ac->n++] = (struct cfg_entry){xstrdup("run"), xstrdup("out"), xstrdup(a->dir), 0, 0};
+    ac->e[ac->n++] = (struct cfg_entry){xstrdup("run"), xstrdup("out"), xstrdup(a->dir), 0, 0, NULL};
     if (!cfg_has_section(ac, "run")) {
         ac->sections = xrealloc(ac->sections, sizeof *ac->sections * (size_t)(ac->n_sections + 1));
         ac->sections[ac->n_sections++] = (struct cfg_section){xstrdup("run"), 0};

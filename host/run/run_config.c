@@ -651,6 +651,13 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
         struct cfg_entry *e = cfg_find(c, section, "method");
         return err_prefix("%s: [%s] method", cfg_where(c, e, where, sizeof where), section);
     }
+    /* The method's recommended host keys (its paper's optimizer, ...) where the stage is silent */
+    const peft_kv *defaults;
+    uint32_t n_defaults = method_stage_defaults(s->pm->desc, &defaults);
+    char *origin = xasprintf("method '%s'", s->pm->desc->id);
+    for (uint32_t i = 0; i < n_defaults; i++)
+        cfg_add_default(c, section, defaults[i].key, defaults[i].value, origin);
+    free(origin);
     if (cfg_str(c, section, "from", NULL, &from) ||
         stage_from(r, s, from, r->n_stages >= 2 ? r->n_stages - 2 : -1, line)) /* default: the previous stage */
         return -1;
@@ -738,6 +745,9 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
     NOTE(cfg_key_float(c, section, "rmsprop_alpha", &o->alpha));
     NOTE(cfg_key_float(c, section, "momentum", &o->momentum));
     NOTE(cfg_key_int_def(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), &seed));
+    int64_t init_seed = 0;
+    NOTE(cfg_key_int_def(c, section, "init_seed", (int64_t)r->seed, &init_seed));
+    s->init_seed = (uint64_t)init_seed;
     struct cfg_entry *sm = cfg_find(c, section, "save_model");
     if (sm) {
         NOTE(cfg_key_bool(c, section, "save_model", &save_model));
@@ -819,6 +829,7 @@ static int load_merge_stage(struct run *r, struct data_settings *ds, const char 
     NOTE(cfg_key_int_def(c, section, "seed", (int64_t)(r->seed + (uint64_t)r->n_stages), &seed));
     NOTE(cfg_key_bool(c, section, "save_model", &save_model));
     s->seed = (uint64_t)seed;
+    s->init_seed = r->seed;
     s->save_model = save_model;
     s->merge->save_model = save_model;
     note_unknown(c, section, HOST_KEY_MERGE);

@@ -117,13 +117,14 @@ int stage_method_create(struct stage_env *env, const char *where, const char *st
                         uint64_t seed, const struct plugin_method *pm, const peft_kv *kv,
                         uint32_t n_kv, struct method_run **out) {
     struct method_env menv = {
-        .tasks = env->tasks, .seed = seed, .stage = stage, .where = where,
+        .tasks = env->tasks, .seed = seed, .init_seed = env->seed, .stage = stage, .where = where,
         .run_ctx = env, .stage_tensor = env_stage_tensor, .stage_delta = env_stage_delta,
         .run_pass = env_run_pass, .stage_file = env_stage_file, .stage_value = env_stage_value};
     for (int32_t i = 0; i < env->n_stages; i++)
         if (strcmp(env->stages[i].name, stage) == 0) {
             menv.train_tasks = env->stages[i].train_tasks;
             menv.n_train_tasks = env->stages[i].n_train_tasks;
+            menv.init_seed = env->stages[i].init_seed;
         }
     return method_run_create(out, pm, env->model, &menv, kv, n_kv);
 }

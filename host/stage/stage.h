@@ -58,6 +58,7 @@ struct stage {
     int32_t eval_labels;
     struct optim_params opt;
     uint64_t seed;
+    uint64_t init_seed;         /* the adapter's random initialisation (default: the run's seed) */
     int32_t save_model;
     int32_t predictions;        /* write predictions-TASK.jsonl after the final evaluation */
     peft_kv *kv;                /* method keys, every schema key (defaults filled) + "stage" */

@@ -554,6 +554,14 @@ static const peft_method_vtable lota_vt = {
 static const char *const lota_features[] = {PEFT_FEATURE_WRITES_BASE, PEFT_FEATURE_MERGEABLE,
                                             NULL};
 
+/* The official trainer's optimizer: MaskedRMSprop (torch RMSprop: alpha 0.99, eps 1e-8, no
+ * momentum, no weight decay), each tensor's gradient clipped on its own, constant learning
+ * rate (no warmup, no decay). */
+static const peft_kv lota_stage_defaults[] = {
+    {"optimizer", "rmsprop"}, {"rmsprop_alpha", "0.99"}, {"momentum", "0"}, {"eps", "1e-8"},
+    {"weight_decay", "0"},    {"clip_scope", "tensor"},  {"schedule", "constant"},
+};
+
 static const peft_method_desc lota_desc = {
     .struct_size = sizeof(peft_method_desc),
     .id = "lota",
@@ -565,6 +573,8 @@ static const peft_method_desc lota_desc = {
     .params = lota_params,
     .n_params = sizeof lota_params / sizeof lota_params[0],
     .vt = &lota_vt,
+    .stage_defaults = lota_stage_defaults,
+    .n_stage_defaults = sizeof lota_stage_defaults / sizeof lota_stage_defaults[0],
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &lota_desc);

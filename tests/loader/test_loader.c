@@ -138,6 +138,12 @@ static void test_refusals(void) {
     snprintf(want, sizeof want, "%s: init failed with status -3 (PEFT_E_CONFIG)",
              plugin("init_fails"));
     expect_refused(&r, "init_fails", want);
+
+    snprintf(want, sizeof want,
+             "%s: method 'test.bad_stage_default': stage_defaults: 'nosuch' is not a stage key "
+             "of the host (see peft keys)",
+             plugin("bad_stage_default"));
+    expect_refused(&r, "bad_stage_default", want);
     CHECK(env_count("DEINIT", "init_fails") == 0, "init_fails: deinit after a failed init");
 
     /* Not a shared object at all, and no file at all. */
@@ -165,7 +171,8 @@ static void test_refusals(void) {
           (int)r.n_files, (int)r.n_methods);
     const char *refused_ids[] = {"test.bad_abi", "test.no_entry",    "test.bad_size",
                                  "test.no_attach", "test.bad_vt_size", "test.reserved_key",
-                                 "test.bad_default", "test.dup_key",  "test.init_fails"};
+                                 "test.bad_default", "test.dup_key",  "test.init_fails",
+                                 "test.bad_stage_default"};
     for (size_t i = 0; i < sizeof refused_ids / sizeof refused_ids[0]; i++)
         CHECK(!has_method(&r, refused_ids[i]), "%s is registered", refused_ids[i]);
 
@@ -203,7 +210,8 @@ static void test_find(void) {
 
     /* Unknown id: the line lists the methods found, then the searched directories (only
      * existing ones). */
-    char *want = xasprintf("unknown method 'test.nosuch' (methods found: test.good, test.other; "
+    char *want = xasprintf("unknown method 'test.nosuch' (methods found: test.good, test.old_desc, test.other, "
+                           "test.stage_defaults; "
                            "searched: %s", good_dir);
     CHECK(registry_find(&r, "test.nosuch") == NULL, "found test.nosuch");
     CHECK(strncmp(err_msg(), want, strlen(want)) == 0 && !strstr(err_msg(), "/nonexistent") &&
@@ -221,7 +229,7 @@ static void test_find(void) {
     /* Records stay put while the registry grows (run code keeps these pointers). */
     const struct plugin_method *kept = registry_find(&r, "test.good");
     const struct plugin_method *other = registry_find(&r, "test.other");
-    CHECK(other && r.n_methods == 2, "find test.other: %s", err_msg());
+    CHECK(other && r.n_methods == 4, "find test.other: %s", err_msg());
     CHECK(kept && strcmp(kept->desc->id, "test.good") == 0 &&
               kept == registry_find(&r, "test.good"),
           "the record of test.good moved");
@@ -281,22 +289,46 @@ static void test_scan(void) {
     registry_init(&r, NULL);
     struct refusals c = {good_dir, 0, 0};
     registry_scan(&r, count_refusal, &c);
-    /* Every test plugin but the good one and test.other is refused. */
+    /* Every test plugin but the four good ones is refused. */
+    const char *good_ids[] = {"test.good", "test.other", "test.stage_defaults", "test.old_desc"};
+    int n_good = (int)(sizeof good_ids / sizeof good_ids[0]);
     int from_dir = 0;
     for (int32_t i = 0; i < r.n_methods; i++)
         if (strncmp(r.methods[i].file->path, good_dir, strlen(good_dir)) == 0) {
             from_dir++;
-            CHECK(strcmp(r.methods[i].desc->id, "test.good") == 0 ||
-                      strcmp(r.methods[i].desc->id, "test.other") == 0,
-                  "scan registered '%s'", r.methods[i].desc->id);
+            int known = 0;
+            for (int k = 0; k < n_good; k++) known |= strcmp(r.methods[i].desc->id, good_ids[k]) == 0;
+            CHECK(known, "scan registered '%s'", r.methods[i].desc->id);
         }
-    CHECK(from_dir == 2, "scan registered %d methods from the test dir", from_dir);
-    CHECK(c.n_in_dir == n_plugins - 2, "scan refused %d files of the test dir, want %d",
-          c.n_in_dir, n_plugins - 2);
+    CHECK(from_dir == n_good, "scan registered %d methods from the test dir", from_dir);
+    CHECK(c.n_in_dir == n_plugins - n_good, "scan refused %d files of the test dir, want %d",
+          c.n_in_dir, n_plugins - n_good);
     printf("scan: %d methods registered, %d refusals (%d from %s)\n", (int)r.n_methods, c.n,
            c.n_in_dir, good_dir);
     registry_free(&r);
     free(good_dir);
+}
+
+/* Stage defaults: declared ones are read back; a descriptor as large as before the field was
+ * appended loads, and what lies past its struct_size is not read. */
+static void test_stage_defaults(void) {
+    struct plugin_registry r;
+    registry_init(&r, NULL);
+    CHECK(registry_load_file(&r, plugin("stage_defaults")) == 0, "stage_defaults: %s", err_msg());
+    CHECK(registry_load_file(&r, plugin("old_desc")) == 0, "old_desc: %s", err_msg());
+    const struct plugin_method *with = registry_find(&r, "test.stage_defaults");
+    const struct plugin_method *old = registry_find(&r, "test.old_desc");
+    const peft_kv *kv = NULL;
+    uint32_t n = with ? method_stage_defaults(with->desc, &kv) : 0;
+    CHECK(n == 2 && strcmp(kv[0].key, "optimizer") == 0 && strcmp(kv[0].value, "rmsprop") == 0 &&
+              strcmp(kv[1].key, "weight_decay") == 0,
+          "stage_defaults: %u read back", (unsigned)n);
+    uint32_t n_old = old ? method_stage_defaults(old->desc, &kv) : 99;
+    CHECK(n_old == 0 && kv == NULL, "old_desc: %u stage defaults read past its struct_size",
+          (unsigned)n_old);
+    printf("stage defaults: %u declared and read; a descriptor of the older size: %u\n",
+           (unsigned)n, (unsigned)n_old);
+    registry_free(&r);
 }
 
 static void test_values(void) {
@@ -452,8 +484,8 @@ static void test_cmd(void) {
     free(want_row);
     int err_lines = 0;
     for (const char *p = etext; p && *p; p++) err_lines += *p == '\n';
-    CHECK(err_lines >= n_plugins - 2, "list printed %d refusal lines, want >= %d", err_lines,
-          n_plugins - 2);
+    CHECK(err_lines >= n_plugins - 4, "list printed %d refusal lines, want >= %d", err_lines,
+          n_plugins - 4); /* four of the test plugins are good */
     CHECK(etext && strstr(etext, "plugin ABI version 7"), "list err lacks the ABI refusal");
     printf("--- peft plugins\n%s--- (stderr: %d lines)\n", text ? text : "", err_lines);
     free(row);
@@ -482,6 +514,7 @@ int main(int argc, char **argv) {
     test_refusals();
     test_find();
     test_scan();
+    test_stage_defaults();
     test_values();
     test_cmd();
     for (int i = 0; i < n_plugins; i++) free(plugins[i].path);

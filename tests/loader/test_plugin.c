@@ -109,8 +109,18 @@ static const peft_param_spec test_params[] = {
 
 static const char *const test_features[] = {PEFT_FEATURE_MERGEABLE, NULL};
 
+#if defined(DEFECT_BAD_STAGE_DEFAULT)
+static const peft_kv test_stage_defaults[] = {{"optimizer", "rmsprop"}, {"nosuch", "1"}};
+#elif defined(STAGE_DEFAULTS)
+static const peft_kv test_stage_defaults[] = {{"optimizer", "rmsprop"}, {"weight_decay", "0"}};
+#endif
+
 static const peft_method_desc test_desc = {
+#if defined(OLD_DESC) /* a plugin built before stage_defaults were appended */
+    .struct_size = offsetof(peft_method_desc, stage_defaults),
+#else
     .struct_size = sizeof(peft_method_desc),
+#endif
     .id = METHOD_ID,
     .name = "Loader test method",
     .version = "1.2.3",
@@ -123,6 +133,13 @@ static const peft_method_desc test_desc = {
     .params = test_params,
     .n_params = sizeof test_params / sizeof test_params[0],
     .vt = &test_vt,
+#if defined(DEFECT_BAD_STAGE_DEFAULT) || defined(STAGE_DEFAULTS)
+    .stage_defaults = test_stage_defaults,
+    .n_stage_defaults = sizeof test_stage_defaults / sizeof test_stage_defaults[0],
+#endif
+#if defined(OLD_DESC) /* beyond its struct_size: the host must not read it */
+    .stage_defaults = (const peft_kv *)1, .n_stage_defaults = 99,
+#endif
 };
 
 #if defined(DEFECT_BAD_ABI) || defined(DEFECT_BAD_SIZE) || defined(DEFECT_NO_ENTRY)

@@ -184,6 +184,31 @@ check not_adapter "not_adapter.ini:26:" "[stage.m] inputs" "neither a peftkit ad
 { base | sed 's/^d_model = 16/d_model = 24/'; printf 'merge = add\ninputs = a %s/hf\n' "$TMP"; } >hf_shape.ini
 check hf_shape "hf_shape.ini:26:" "[stage.m] inputs" "has shape [4, 16], the model needs [4, 24]"
 
+# A factor-space merge of LoRAs trained from different initialisations (another init_seed)
+# is refused when it runs, with one line that says why and what to do instead; the same
+# inputs in delta space merge.
+mixed() { # SPACE
+    printf '[run]\nout = %s/mixed\nseed = 1\nthreads = 1\n' "$TMP"
+    model
+    printf '[stage.a]\nmethod = lora\ntasks = upper\nsteps = 2\nbatch_size = 2\n'
+    printf '[stage.b]\nmethod = lora\ntasks = reverse\nsteps = 2\nbatch_size = 2\ninit_seed = 5\n'
+    printf '[stage.m]\nmerge = add\nspace = %s\ninputs = a b\n' "$1"
+}
+mixed factor >mixed_factor.ini
+rm -rf "$TMP/mixed"
+"$PEFT" run mixed_factor.ini --quiet >mixed.out 2>mixed.err
+rc=$?
+if [ "$rc" -ne 0 ] && [ "$(wc -l <mixed.err)" -eq 1 ] && grep -q "different initialisations" mixed.err &&
+    grep -q "init_seed" mixed.err && grep -q "space = delta" mixed.err && [ ! -e mixed/m/adapter.safetensors ]; then
+    ok "mixed-init factor merge refused: $(cat mixed.err)"
+else
+    bad "mixed-init factor merge: exit $rc, stderr: $(cat mixed.err)"
+fi
+mixed delta >mixed_delta.ini
+rm -rf "$TMP/mixed"
+"$PEFT" run mixed_delta.ini --quiet >mixed.out 2>mixed.err &&
+    ok "the same inputs merge in delta space" || bad "delta merge of mixed inits: $(cat mixed.err)"
+
 # ---- 3. a standalone merge of saved adapters ----------------------------------------------
 {
     printf '[run]\nout = %s/saved\nthreads = 1\n' "$TMP"

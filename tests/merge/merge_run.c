@@ -18,7 +18,10 @@
  *   - HF PEFT: export writes exactly the config keys and tensor names HF PEFT writes for LoRA;
  *     import gives back the same tensors bit for bit and the same ΔW; bad folders are refused
  *     with one line naming the problem;
- *   - inspect prints the adapter's method, metadata and tensor lines.
+ *   - inspect prints the adapter's method, metadata and tensor lines;
+ *   - shared initialisation: two LoRA stages of one init_seed (other tasks, other stage
+ *     seeds) start from the same lora_A, bit for bit, and carry one init fingerprint; another
+ *     init_seed gives another A and another fingerprint.
  */
 #include <cJSON.h>
 #include <math.h>
@@ -59,7 +62,14 @@ static const char *ini_text =
     "calibration_steps = 2\nsparsity = 0.9\n"
     "[stage.lb]\nmethod = lota\nfrom = base\ntasks = swap\nsteps = 4\nbatch_size = 4\n"
     "calibration_steps = 2\nsparsity = 0.9\nexclude_stages = la\n"
-    "[stage.ladd]\nmerge = additive\ninputs = la lb\n";
+    "[stage.ladd]\nmerge = additive\ninputs = la lb\n"
+    /* learning rate 0: the adapters as they were initialised */
+    "[stage.i0]\nmethod = lora\nfrom = base\ntasks = reverse\nsteps = 1\nbatch_size = 4\nlr = 0\n"
+    "r = 4\ntarget_modules = all-linear\n"
+    "[stage.i1]\nmethod = lora\nfrom = base\ntasks = swap\nsteps = 1\nbatch_size = 4\nlr = 0\n"
+    "r = 4\ntarget_modules = all-linear\nseed = 77\n"
+    "[stage.i2]\nmethod = lora\nfrom = base\ntasks = reverse\nsteps = 1\nbatch_size = 4\nlr = 0\n"
+    "r = 4\ntarget_modules = all-linear\ninit_seed = 11\n";
 
 static int32_t stage_index(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
@@ -612,6 +622,46 @@ static void check_inspect(struct run *r) {
     free(p);
 }
 
+/* Each tensor named *lora_A* of two adapter files: all equal (want_same) or some differing;
+ * and their init fingerprints. */
+static void check_init(struct run *r) {
+    const char *stages[3] = {"i0", "i1", "i2"};
+    struct st_file f[3];
+    for (int i = 0; i < 3; i++) {
+        char *p = stage_path(r, stages[i], "adapter.safetensors");
+        REQUIRE(st_open(&f[i], p) == 0, "%s", err_msg());
+        free(p);
+    }
+    int n_a = 0, same01 = 1, same02 = 1;
+    for (int32_t k = 0; k < f[0].n_tensors; k++) {
+        const struct st_tensor *t = &f[0].tensors[k];
+        if (!strstr(t->name, "lora_A")) continue;
+        n_a++;
+        float *x[3];
+        for (int i = 0; i < 3; i++) {
+            const struct st_tensor *u = st_find(&f[i], t->name);
+            REQUIRE(u && u->numel == t->numel, "%s missing in stage %s", t->name, stages[i]);
+            x[i] = xalloc_floats(t->numel);
+            REQUIRE(st_read_f32(&f[i], u, x[i], t->numel) == 0, "%s", err_msg());
+        }
+        same01 &= memcmp(x[0], x[1], t->numel * sizeof(float)) == 0;
+        same02 &= memcmp(x[0], x[2], t->numel * sizeof(float)) == 0;
+        for (int i = 0; i < 3; i++) free(x[i]);
+    }
+    const char *fp[3];
+    for (int i = 0; i < 3; i++) fp[i] = st_meta(&f[i], "peft.init_fingerprint");
+    printf("init: %d lora_A tensors; one init_seed (other tasks and seeds): %s, fingerprints %s "
+           "%s; init_seed 11: %s, fingerprint %s\n", n_a, same01 ? "identical" : "different",
+           fp[0] ? fp[0] : "-", fp[1] ? fp[1] : "-", same02 ? "identical" : "different",
+           fp[2] ? fp[2] : "-");
+    CHECK(n_a == 14, "expected 14 lora_A tensors (2 layers x 7 sites), got %d", n_a);
+    CHECK(same01, "two stages of one init_seed start from different lora_A");
+    CHECK(!same02, "another init_seed gives the same lora_A");
+    CHECK(fp[0] && fp[1] && fp[2] && strcmp(fp[0], fp[1]) == 0 && strcmp(fp[0], fp[2]) != 0,
+          "fingerprints: one init_seed, one fingerprint; another, another");
+    for (int i = 0; i < 3; i++) st_close(&f[i]);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/peft_merge_XXXXXX");
     REQUIRE(mkdtemp(tmp), "mkdtemp");
@@ -631,6 +681,7 @@ int main(void) {
     check_sparse(&r);
     check_hf(&r, da);
     check_inspect(&r);
+    check_init(&r);
 
     /* The chain went on from a merge; a second run reuses everything, bit for bit. */
     int32_t ic = stage_index(&r, "chain"), isl = stage_index(&r, "sum_lora");

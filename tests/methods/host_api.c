@@ -76,17 +76,26 @@ static void check_sites_and_init(struct fix *f) {
     CHECK(fr->grad == NULL && fr->n_trainable == 0 && vec->grad && vec->n_trainable == 1024,
           "frozen / trainable");
 
-    /* The same seed and stage give the same numbers; another stage other numbers. */
+    /* The initialisation follows init_seed and the method, not the stage: another stage of
+     * the same init_seed starts from the same numbers, another init_seed from others. */
     struct method_run *same = create(f, kv);
     struct method_env env = mt_env(&f->tasks, 42);
     env.stage = "other";
+    struct method_run *sibling = create_env(f, &env, kv);
+    env.init_seed = 7;
     struct method_run *other = create_env(f, &env, kv);
-    REQUIRE(same && other, "create: %s", err_msg());
+    REQUIRE(same && sibling && other, "create: %s", err_msg());
     int rep = memcmp(mt_find_tensor(same, "probe.vec")->data, vec->data, 1024 * 4) == 0;
+    int shared = memcmp(mt_find_tensor(sibling, "probe.vec")->data, vec->data, 1024 * 4) == 0;
     int differs = memcmp(mt_find_tensor(other, "probe.vec")->data, vec->data, 1024 * 4) != 0;
-    printf("stream: same seed and stage repeat: %s; another stage differs: %s\n",
-           rep ? "yes" : "NO", differs ? "yes" : "NO");
-    CHECK(rep && differs, "instance stream");
+    int fp = method_run_init_fingerprint(mr) != 0 &&
+             method_run_init_fingerprint(sibling) == method_run_init_fingerprint(mr) &&
+             method_run_init_fingerprint(other) != method_run_init_fingerprint(mr);
+    printf("init: repeats: %s; another stage, one init_seed: %s; another init_seed differs: %s; "
+           "fingerprints follow: %s\n", rep ? "yes" : "NO", shared ? "same" : "DIFFERENT",
+           differs ? "yes" : "NO", fp ? "yes" : "NO");
+    CHECK(rep && shared && differs && fp, "initialisation stream");
+    method_run_free(sibling);
     method_run_free(same);
     method_run_free(other);
 

@@ -124,7 +124,8 @@ static inline void mt_cfg_free(struct mt_cfg *c) {
 
 static inline struct method_env mt_env(struct task_table *tasks, uint64_t seed) {
     struct method_env env = {
-        .tasks = tasks, .seed = seed, .stage = "test", .where = "test.ini [stage.test]",
+        .tasks = tasks, .seed = seed, .init_seed = seed, .stage = "test",
+        .where = "test.ini [stage.test]",
     };
     return env;
 }

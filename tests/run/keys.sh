@@ -60,4 +60,22 @@ check_known "[stage.m] (merge)" "$(listed stage M)" u.ini
 lora_keys=$("$PEFT" plugins lora | awk '/^keys/ {k=1; next} k && /^  [a-z_0-9]+ / {print $1}' | paste -sd, | sed 's/,/, /g')
 check_known "[stage.a] (trained, lora)" "$(listed stage T), $lora_keys" u.ini
 
+# A method's stage defaults (LoTA: the official trainer's RMSprop, no weight decay, per-tensor
+# clipping, constant learning rate) apply where the stage is silent and yield to the stage's
+# own keys; stage.json's config shows what the stage ran with.
+printf '[run]\nout = md\nthreads = 1\n[model]\nd_model = 16\nn_layers = 1\nn_heads = 2\n[data]\nn_train = 8\nn_eval = 2\n' >md.ini
+printf '[stage.a]\nmethod = lota\ntasks = upper\nsteps = 2\nbatch_size = 2\ncalibration_steps = 1\n' >>md.ini
+printf '[stage.b]\nmethod = lota\nfrom = a\ntasks = upper\nsteps = 2\nbatch_size = 2\ncalibration_steps = 1\noptimizer = adamw\n' >>md.ini
+if "$PEFT" run md.ini --quiet >md.out 2>md.err; then
+    has() { grep -Eq "\"$2\":[[:space:]]*\"$3\"" "md/$1/stage.json"; }
+    has a optimizer rmsprop && has a weight_decay 0 && has a clip_scope tensor && has a schedule constant &&
+        ok "lota's stage defaults apply where the stage is silent" || bad "lota a: $(grep -A12 config md/a/stage.json)"
+    has b optimizer adamw && has b clip_scope tensor &&
+        ok "a stage's own optimizer wins over the method's default" || bad "lota b: $(grep -A12 config md/b/stage.json)"
+else
+    bad "lota defaults run: $(cat md.err)"
+fi
+"$PEFT" plugins lota | grep -q "optimizer = rmsprop, .*clip_scope = tensor, schedule = constant" &&
+    ok "peft plugins lota lists its stage defaults" || bad "peft plugins lota: no stage defaults"
+
 finish

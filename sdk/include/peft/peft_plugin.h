@@ -441,6 +441,14 @@ typedef struct peft_method_desc {
     const peft_param_spec *params;
     uint32_t n_params;
     const peft_method_vtable *vt;
+    /* Appended (struct_size tells whether a plugin has them): the values this method
+     * recommends for the host's own stage keys (optimizer, weight_decay, clip_scope,
+     * schedule, lr, ...), as the method's paper or official code trains it. The host uses
+     * them in a trained stage of this method that leaves the key unset; `peft plugins ID`
+     * lists them. Static data, read at load; a key that is not a host stage key refuses the
+     * plugin, a bad value fails the stage that uses it with a line naming the method. */
+    const peft_kv *stage_defaults;
+    uint32_t n_stage_defaults;
 } peft_method_desc;
 
 /* The exported entry, a const object named peft_plugin_entry of this type. Static data, read
