@@ -26,6 +26,9 @@ static const char *const fixed_stage_keys[] = {"steps", "batch_size", "tasks", "
 
 struct arm {
     char *name;
+    char *label;                /* for messages: NAME, or "NAME (seed S)" */
+    int64_t seed;               /* the run's [run] seed when the comparison has seeds, else 0 */
+    int64_t run_seed;           /* the seed the run has (the base file's without seeds) */
     int32_t line;
     char *dir, *ini;            /* OUT/arms/NAME, OUT/arms/NAME/run.ini */
     struct cfg cfg;             /* the arm's complete run configuration */
@@ -47,6 +50,7 @@ struct arm {
 
 static void arm_free(struct arm *a) {
     free(a->name);
+    free(a->label);
     free(a->dir);
     free(a->ini);
     free(a->overrides);
@@ -144,6 +148,18 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
     a->overrides = ov.s;
     ac->e = xrealloc(ac->e, sizeof *ac->e * (size_t)(ac->n + 1));
     ac->e[ac->n++] = (struct cfg_entry){xstrdup("run"), xstrdup("out"), xstrdup(a->dir), 0, 0, NULL};
+    if (a->seed > 0) { /* one of [compare] seeds: the run's seed, for every arm alike */
+        char text[32];
+        snprintf(text, sizeof text, "%lld", (long long)a->seed);
+        struct cfg_entry *old = cfg_find(ac, "run", "seed");
+        if (old) {
+            free(old->value);
+            old->value = xstrdup(text);
+        } else {
+            ac->e = xrealloc(ac->e, sizeof *ac->e * (size_t)(ac->n + 1));
+            ac->e[ac->n++] = (struct cfg_entry){xstrdup("run"), xstrdup("seed"), xstrdup(text), 0, 0, NULL};
+        }
+    }
     if (!cfg_has_section(ac, "run")) {
         ac->sections = xrealloc(ac->sections, sizeof *ac->sections * (size_t)(ac->n_sections + 1));
         ac->sections[ac->n_sections++] = (struct cfg_section){xstrdup("run"), 0};
@@ -159,7 +175,7 @@ static int arm_check(struct arm *a, const char *plugin_path) {
     if (run_load_cfg(&r, &copy, plugin_path)) {
         cfg_free(&copy);
         run_free(&r);
-        return err_prefix("arm '%s'", a->name);
+        return err_prefix("arm '%s'", a->label);
     }
     a->n_stages = r.n_stages;
     a->stage_names = xcalloc((size_t)r.n_stages, sizeof *a->stage_names);
@@ -183,6 +199,7 @@ static int arm_check(struct arm *a, const char *plugin_path) {
         sb_free(&t);
     }
     a->model_params = r.model.n_params;
+    a->run_seed = (int64_t)r.seed;
     run_free(&r);
     return 0;
 }
@@ -316,7 +333,7 @@ static int arm_start(struct arm *a, int32_t resume, int32_t jobs, const char *pl
     pid_t pid = fork();
     if (pid < 0) {
         free(log);
-        return err_set("cannot start arm '%s': %s", a->name, strerror(errno));
+        return err_set("cannot start arm '%s': %s", a->label, strerror(errno));
     }
     if (pid == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -345,7 +362,7 @@ static int arm_start(struct arm *a, int32_t resume, int32_t jobs, const char *pl
     free(log);
     a->pid = pid;
     a->ran = 1;
-    printf("[compare] arm %s: started (log: %s/log.txt)\n", a->name, a->dir);
+    printf("[compare] arm %s: started (log: %s/log.txt)\n", a->label, a->dir);
     return 0;
 }
 
@@ -361,7 +378,7 @@ static int32_t arm_wait(struct arm *arms, int32_t n) {
         a->wall = now_seconds() - a->t0;
         a->rss_kb = ru.ru_maxrss;
         a->exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        printf("[compare] arm %s: %s in %.1f s\n", a->name, a->exit_status == 0 ? "done" : "FAILED",
+        printf("[compare] arm %s: %s in %.1f s\n", a->label, a->exit_status == 0 ? "done" : "FAILED",
                a->wall);
         return i;
     }
@@ -447,8 +464,10 @@ static void collect_curve(struct arm_result *res, const struct arm *a) {
     free(path);
 }
 
-static void collect_arm(struct compare_result *cr, struct arm_result *res, const struct arm *a) {
+static void collect_arm(struct compare_result *cr, struct arm_result *res, const struct arm *a,
+                        const char *out) {
     res->name = xstrdup(a->name);
+    res->seed = a->run_seed;
     res->overrides = xstrdup(a->overrides);
     res->wall_seconds = a->wall;
     res->peak_rss_kb = a->rss_kb;
@@ -459,7 +478,8 @@ static void collect_arm(struct compare_result *cr, struct arm_result *res, const
         struct arm_stage *st = &res->stages[s];
         st->name = xstrdup(a->stage_names[s]);
         st->method = xstrdup(a->stage_methods[s]);
-        st->dir = xasprintf("arms/%s/%s", a->name, a->stage_names[s]);
+        /* relative to the comparison's folder: the arm's folder without OUT/ */
+        st->dir = xasprintf("%s/%s", a->dir + strlen(out) + 1, a->stage_names[s]);
         st->steps = a->stage_steps[s];
         st->trained = xcalloc((size_t)a->stage_trained[s].n + 1, sizeof *st->trained);
         for (int k = 0; k < a->stage_trained[s].n; k++)
@@ -512,7 +532,7 @@ static int write_plots(const struct compare_result *cr, const char *out, char **
     free(path);
     (*plots)[(*n)++] = xstrdup("accuracy-vs-params.svg");
     for (int32_t i = 0; i < cr->n_arms && rc == 0; i++) {
-        char *name = xasprintf("accuracy-%s.svg", cr->arms[i].name);
+        char *name = xasprintf("accuracy-%s.svg", compare_run(cr, i, 0)->name);
         path = path_join(out, name);
         rc = svg_accuracy_heatmap(cr, i, path);
         free(path);
@@ -523,37 +543,99 @@ static int write_plots(const struct compare_result *cr, const char *out, char **
 
 /* ---- the command ---------------------------------------------------------------------- */
 
+/* Parse [compare] seeds ("1 2 3": distinct positive integers) into *seeds. */
+static int parse_seeds(struct cfg *c, int64_t **seeds, int32_t *n) {
+    const char *text;
+    *seeds = NULL;
+    *n = 0;
+    if (cfg_str(c, "compare", "seeds", NULL, &text)) return -1;
+    if (!text) return 0;
+    char where[512];
+    cfg_where(c, cfg_find(c, "compare", "seeds"), where, sizeof where);
+    struct words w;
+    words_split(&w, text);
+    int rc = 0;
+    *seeds = xcalloc((size_t)w.n + 1, sizeof **seeds);
+    for (int i = 0; i < w.n && rc == 0; i++) {
+        int64_t v;
+        if (parse_i64(w.v[i], &v) || v < 1)
+            rc = err_set("%s: [compare] seeds: '%s' is not a positive integer", where, w.v[i]);
+        for (int32_t k = 0; k < *n && rc == 0; k++)
+            if ((*seeds)[k] == v) rc = err_set("%s: [compare] seeds: %lld is given twice", where, (long long)v);
+        if (rc == 0) (*seeds)[(*n)++] = v;
+    }
+    if (rc == 0 && *n == 0) rc = err_set("%s: [compare] seeds: empty", where);
+    words_free(&w);
+    return rc;
+}
+
+/* Run arms[idx[0..n)]: the first alone (its shared stages seed the others), then the rest,
+ * jobs at a time. */
+static int run_group(struct arm *arms, int32_t n_all, const int32_t *idx, int32_t n, int32_t resume,
+                     int32_t jobs, const char *plugin_path) {
+    int32_t next = 0, running = 0;
+    struct arm *first = &arms[idx[0]];
+    while (next < n || running > 0) {
+        while (next < n && running < (next == 0 ? 1 : jobs) && !(next == 1 && running > 0)) {
+            struct arm *a = &arms[idx[next++]];
+            if (next > 1 && first->exit_status == 0 && seed_shared_stages(first, a)) return -1;
+            if (arm_complete(a)) {
+                printf("[compare] arm %s: complete, not run again\n", a->label);
+                continue;
+            }
+            if (arm_start(a, resume, jobs, plugin_path)) return -1;
+            running++;
+        }
+        if (running > 0 && arm_wait(arms, n_all) >= 0) running--;
+    }
+    return 0;
+}
+
 int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plugin_path) {
     struct cfg c;
     if (cfg_load(&c, file)) return fprintf(stderr, "peft: %s\n", err_msg()), 2;
     struct arm *arms = NULL;
-    int32_t n_arms = 0, code = 2;
+    int32_t n_arms = 0, n_runs = 0, n_seeds = 0, baseline = 0, code = 2;
+    int64_t *seeds = NULL;
     int lock_fd = -1;
-    const char *out_text;
+    const char *out_text, *baseline_name;
     int64_t jobs_file;
+    double alpha;
     char *out = NULL;
     if (cfg_str(&c, "compare", "out", NULL, &out_text) ||
         cfg_int(&c, "compare", "jobs", 1, 1, 64, &jobs_file) ||
-        cfg_check_unused(&c, "compare", "out, jobs"))
+        cfg_str(&c, "compare", "baseline", NULL, &baseline_name) ||
+        cfg_float(&c, "compare", "alpha", 0.05, 1e-6, 0.5, &alpha) ||
+        parse_seeds(&c, &seeds, &n_seeds) ||
+        cfg_check_unused(&c, "compare", "out, jobs, seeds, baseline, alpha"))
         goto done;
     out = out_text ? xstrdup(out_text) : default_out(file);
     if (jobs <= 0) jobs = (int32_t)jobs_file;
+    int32_t per_arm = n_seeds > 0 ? n_seeds : 1;
 
+    /* One run per arm and seed, arm-major (the report's layout). */
     for (int32_t i = 0; i < c.n_sections; i++) {
         if (!is_arm_section(c.sections[i].name)) continue;
-        arms = xrealloc(arms, sizeof *arms * (size_t)(n_arms + 1));
-        struct arm *a = &arms[n_arms];
-        memset(a, 0, sizeof *a);
-        a->name = xstrdup(c.sections[i].name + 4);
-        a->line = c.sections[i].line;
-        n_arms++;
-        if (!a->name[0] || strchr(a->name, '/')) {
-            err_set("%s:%d: [%s]: an arm needs a name without '/'", c.path, a->line, c.sections[i].name);
+        const char *name = c.sections[i].name + 4;
+        if (!name[0] || strchr(name, '/')) {
+            err_set("%s:%d: [%s]: an arm needs a name without '/'", c.path, c.sections[i].line,
+                    c.sections[i].name);
             goto done;
         }
-        a->dir = xasprintf("%s/arms/%s", out, a->name);
-        a->ini = path_join(a->dir, "run.ini");
-        if (arm_build_cfg(&c, a, c.sections[i].name)) goto done;
+        n_arms++;
+        for (int32_t k = 0; k < per_arm; k++) {
+            arms = xrealloc(arms, sizeof *arms * (size_t)(n_runs + 1));
+            struct arm *a = &arms[n_runs++];
+            memset(a, 0, sizeof *a);
+            a->name = xstrdup(name);
+            a->line = c.sections[i].line;
+            a->seed = n_seeds > 0 ? seeds[k] : 0;
+            a->label = n_seeds > 0 ? xasprintf("%s (seed %lld)", name, (long long)a->seed) : xstrdup(name);
+            a->dir = n_seeds > 0 ? xasprintf("%s/arms/%s/seed-%lld", out, name, (long long)a->seed)
+                                 : xasprintf("%s/arms/%s", out, name);
+            a->ini = path_join(a->dir, "run.ini");
+            if (arm_build_cfg(&c, a, c.sections[i].name)) goto done;
+        }
     }
     if (n_arms < 2) {
         if (n_arms == 0)
@@ -563,73 +645,86 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
                     arms[0].line, arms[0].name);
         goto done;
     }
-    /* Check every arm completely before anything is written or run. */
-    printf("[compare] %s: %d arms, checking\n", file, n_arms);
-    for (int32_t i = 0; i < n_arms; i++)
+    if (baseline_name) {
+        baseline = -1;
+        for (int32_t i = 0; i < n_arms; i++)
+            if (strcmp(arms[i * per_arm].name, baseline_name) == 0) baseline = i;
+        if (baseline < 0) {
+            char where[512];
+            err_set("%s: [compare] baseline: no arm '%s'",
+                    cfg_where(&c, cfg_find(&c, "compare", "baseline"), where, sizeof where), baseline_name);
+            goto done;
+        }
+    }
+    /* Check every run completely before anything is written or run. */
+    if (n_seeds > 0)
+        printf("[compare] %s: %d arms x %d seeds, checking\n", file, n_arms, n_seeds);
+    else
+        printf("[compare] %s: %d arms, checking\n", file, n_arms);
+    for (int32_t i = 0; i < n_runs; i++)
         if (arm_check(&arms[i], plugin_path)) goto done;
     /* One comparison at a time in its folder (each arm's run locks its own folder too). */
     if (mkdir_p(out) || (lock_fd = dir_lock(out)) < 0) goto done;
-    for (int32_t i = 0; i < n_arms; i++)
+    for (int32_t i = 0; i < n_runs; i++)
         if (write_arm_ini(&arms[i])) goto done;
 
-    /* The first arm alone (its shared stages seed the others), then the rest, jobs at a time. */
-    int32_t next = 0, running = 0;
-    while (next < n_arms || running > 0) {
-        while (next < n_arms && running < (next == 0 ? 1 : jobs) && !(next == 1 && running > 0)) {
-            struct arm *a = &arms[next++];
-            if (next > 1 && arms[0].exit_status == 0 && seed_shared_stages(&arms[0], a)) goto done;
-            if (arm_complete(a)) {
-                printf("[compare] arm %s: complete, not run again\n", a->name);
-                continue;
-            }
-            if (arm_start(a, resume, jobs, plugin_path)) goto done;
-            running++;
+    /* Seed by seed: the arms of one seed share their identical stages. */
+    int32_t *idx = xcalloc((size_t)n_arms, sizeof *idx);
+    for (int32_t k = 0; k < per_arm; k++) {
+        for (int32_t i = 0; i < n_arms; i++) idx[i] = i * per_arm + k;
+        if (run_group(arms, n_runs, idx, n_arms, resume, jobs, plugin_path)) {
+            free(idx);
+            goto done;
         }
-        if (running > 0 && arm_wait(arms, n_arms) >= 0) running--;
     }
+    free(idx);
 
     struct compare_result cr = {0};
     cr.title = xstrdup(file);
     cr.model_params = arms[0].model_params;
     cr.n_arms = n_arms;
-    cr.arms = xcalloc((size_t)n_arms, sizeof *cr.arms);
-    collect_tasks(&cr, arms, n_arms);
-    for (int32_t i = 0; i < n_arms; i++) collect_arm(&cr, &cr.arms[i], &arms[i]);
-    /* A stage with the same name and hash in every arm is shared (trained once). */
-    for (int32_t i = 0; i < n_arms; i++)
+    cr.n_seeds = per_arm;
+    cr.baseline = baseline;
+    cr.alpha = alpha;
+    cr.arms = xcalloc((size_t)n_runs, sizeof *cr.arms);
+    collect_tasks(&cr, arms, n_runs);
+    for (int32_t i = 0; i < n_runs; i++) collect_arm(&cr, &cr.arms[i], &arms[i], out);
+    /* A stage with the same name and hash in every arm of its seed is shared (trained once). */
+    for (int32_t i = 0; i < n_runs; i++)
         for (int32_t s = 0; s < arms[i].n_stages; s++) {
             int shared = 1;
-            for (int32_t k = 0; k < n_arms && shared; k++)
+            for (int32_t k = i % per_arm; k < n_runs && shared; k += per_arm)
                 shared = s < arms[k].n_stages && arms[k].stage_hash[s] == arms[i].stage_hash[s] &&
                          strcmp(arms[k].stage_names[s], arms[i].stage_names[s]) == 0;
             cr.arms[i].stages[s].shared = shared;
         }
     char **plots = NULL;
     int32_t n_plots = 0;
-    int failed_arms = 0;
-    for (int32_t i = 0; i < n_arms; i++) failed_arms += !cr.arms[i].ok;
+    int failed_runs = 0;
+    for (int32_t i = 0; i < n_runs; i++) failed_runs += !cr.arms[i].ok;
     if (write_plots(&cr, out, &plots, &n_plots) || report_write(&cr, out, (const char *const *)plots, n_plots)) {
         code = 2;
     } else {
         char *report = path_join(out, "report.md");
         printf("[compare] report: %s (results.csv and %d plots beside it)\n", report, n_plots);
         free(report);
-        for (int32_t i = 0; i < n_arms; i++)
+        for (int32_t i = 0; i < n_runs; i++)
             if (!cr.arms[i].ok)
-                fprintf(stderr, "peft: arm '%s' %s: %s\n", cr.arms[i].name,
+                fprintf(stderr, "peft: arm '%s' %s: %s\n", arms[i].label,
                         cr.arms[i].diverged ? "diverged" : "failed", cr.arms[i].error);
-        code = failed_arms ? 1 : 0;
+        code = failed_runs ? 1 : 0;
     }
     for (int32_t i = 0; i < n_plots; i++) free(plots[i]);
     free(plots);
     compare_result_free(&cr);
 done:
     if (code == 2) fprintf(stderr, "peft: %s\n", err_msg());
-    for (int32_t i = 0; i < n_arms; i++) {
+    for (int32_t i = 0; i < n_runs; i++) {
         if (arms[i].pid > 0) kill(arms[i].pid, SIGTERM);
         arm_free(&arms[i]);
     }
     free(arms);
+    free(seeds);
     free(out);
     if (lock_fd >= 0) close(lock_fd);
     cfg_free(&c);

@@ -13,6 +13,7 @@
 #ifndef PEFT_REPORT_H
 #define PEFT_REPORT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct arm_stage {
@@ -32,6 +33,7 @@ struct arm_stage {
 
 struct arm_result {
     char *name;
+    int64_t seed;               /* the run's [run] seed */
     char *overrides;            /* "stage.adapt.method=lora, ..." */
     int32_t ok;                 /* every stage complete */
     char *error;                /* the arm's last error line when it failed */
@@ -49,10 +51,30 @@ struct compare_result {
     char *title;                /* the compare file */
     char **tasks;
     int32_t n_tasks;
-    struct arm_result *arms;
+    struct arm_result *arms;    /* (n_arms x n_seeds), arm-major: use compare_run */
     int32_t n_arms;
+    int32_t n_seeds;            /* 1: one run per arm, no statistics across seeds */
+    int32_t baseline;           /* the arm the paired tests compare against */
+    double alpha;               /* the tests' significance level */
     uint64_t model_params;
 };
+
+/* Arm i's run with the seed_index-th seed. */
+static inline const struct arm_result *compare_run(const struct compare_result *cr, int32_t arm,
+                                                   int32_t seed_index) {
+    return &cr->arms[(size_t)arm * (size_t)(cr->n_seeds > 0 ? cr->n_seeds : 1) + (size_t)seed_index];
+}
+/* Every run of the arm finished. */
+int report_arm_ok(const struct compare_result *cr, int32_t arm);
+
+/* The paired comparison of an arm with the baseline over seeds: d = arm - baseline per task
+ * evaluated after the last stage and per seed (accuracy, percentage points). */
+struct paired {
+    int32_t n;                  /* pairs */
+    double mean_diff;           /* mean of d (pp) */
+    double p_t, p_sign;         /* paired t-test and sign-flip test, two-sided; NAN if n < 2 */
+};
+struct paired report_paired(const struct compare_result *cr, int32_t arm);
 
 double report_final_average(const struct arm_result *a, int32_t n_tasks);
 /* NAN when the task was not evaluated both before and after the last stage. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "stats.h"
 
 /* A colour per arm (colour-blind-safe palette), cycled. */
 static const char *const palette[] = {"#0072b2", "#d55e00", "#009e73", "#cc79a7",
@@ -111,13 +112,14 @@ static void legend(struct strbuf *b, const struct compare_result *cr, double x, 
     for (int32_t i = 0; i < cr->n_arms; i++) {
         sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"4\" fill=\"%s\"/>\n", x,
                   y + 18.0 * i - 4, palette[i % PALETTE_N]);
-        svg_text(b, x + 20, y + 18.0 * i, "start", NULL, cr->arms[i].name);
+        svg_text(b, x + 20, y + 18.0 * i, "start", NULL, compare_run(cr, i, 0)->name);
     }
 }
 
 int svg_loss_curves(const struct compare_result *cr, const char *path) {
     struct frame f = {70, 40, 560, 320, INFINITY, -INFINITY, INFINITY, -INFINITY, 0};
-    for (int32_t i = 0; i < cr->n_arms; i++)
+    int32_t runs = cr->n_arms * cr->n_seeds;
+    for (int32_t i = 0; i < runs; i++)
         for (int32_t k = 0; k < cr->arms[i].n_curve; k++) {
             double x = (double)cr->arms[i].curve_step[k], y = cr->arms[i].curve_loss[k];
             if (!isfinite(y)) continue;
@@ -128,13 +130,28 @@ int svg_loss_curves(const struct compare_result *cr, const char *path) {
     f.ymin = fmin(0, f.ymin);
     f.ymax *= 1.05;
     struct strbuf b = {0};
-    svg_begin(&b, 800, 420, "Training loss of every arm");
+    svg_begin(&b, 800, 420, cr->n_seeds > 1 ? "Training loss of every arm (one line per seed)"
+                                            : "Training loss of every arm");
     axes(&b, &f, "step (over the whole chain)", "training loss");
-    for (int32_t i = 0; i < cr->n_arms; i++) {
+    /* Stage boundaries of the chain (the first arm's stages: every arm has the same steps). */
+    const struct arm_result *a0 = compare_run(cr, 0, 0);
+    int64_t end = 0;
+    for (int32_t s = 0; s < a0->n_stages; s++) {
+        int64_t start = end;
+        end += a0->stages[s].steps;
+        if (end <= f.xmin || start >= f.xmax) continue;
+        double xs = fx(&f, fmax(f.xmin, (double)start));
+        if (s > 0)
+            sb_printf(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
+                          "stroke-dasharray=\"4 3\"/>\n", xs, f.y0, xs, f.y0 + f.h);
+        svg_text(&b, xs + 4, f.y0 + 14, "start", " fill=\"#666\"", a0->stages[s].name);
+    }
+    for (int32_t i = 0; i < runs; i++) {
         const struct arm_result *a = &cr->arms[i];
         if (!a->n_curve) continue;
-        sb_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" points=\"",
-                  palette[i % PALETTE_N]);
+        sb_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"%s\"%s points=\"",
+                  palette[(i / cr->n_seeds) % PALETTE_N], cr->n_seeds > 1 ? "1.1" : "1.6",
+                  cr->n_seeds > 1 ? " stroke-opacity=\"0.7\"" : "");
         for (int32_t k = 0; k < a->n_curve; k++)
             if (isfinite(a->curve_loss[k]))
                 sb_printf(&b, "%.1f,%.1f ", fx(&f, (double)a->curve_step[k]), fy(&f, a->curve_loss[k]));
@@ -155,14 +172,26 @@ static void heat_colour(double v, char *out, size_t cap) {
     snprintf(out, cap, "#%02x%02x%02x", r, g, bl);
 }
 
+/* The mean over the arm's seeds of R[stage][task] (NAN unless every seed has it). */
+static double mean_acc(const struct compare_result *cr, int32_t arm, int32_t s, int32_t t) {
+    double sum = 0;
+    for (int32_t k = 0; k < cr->n_seeds; k++) {
+        const struct arm_result *a = compare_run(cr, arm, k);
+        if (s >= a->n_stages || !a->stages[s].complete) return NAN;
+        sum += a->stages[s].acc[t];
+    }
+    return sum / cr->n_seeds;
+}
+
 int svg_accuracy_heatmap(const struct compare_result *cr, int32_t arm, const char *path) {
-    const struct arm_result *a = &cr->arms[arm];
+    const struct arm_result *a = compare_run(cr, arm, 0);
     const double cw = 70, ch = 30, left = 160, top = 90;
     int w = (int)(left + cw * cr->n_tasks + 40), h = (int)(top + ch * a->n_stages + 40);
     if (w < 420) w = 420;
     struct strbuf b = {0};
     char title[256];
-    snprintf(title, sizeof title, "Accuracy (%%) after each stage: %s", a->name);
+    snprintf(title, sizeof title, "Accuracy (%%) after each stage: %s%s", a->name,
+             cr->n_seeds > 1 ? " (mean over the seeds)" : "");
     svg_begin(&b, w, h, title);
     for (int32_t t = 0; t < cr->n_tasks; t++) {
         char rot[96];
@@ -176,7 +205,7 @@ int svg_accuracy_heatmap(const struct compare_result *cr, int32_t arm, const cha
         snprintf(label, sizeof label, "after %s", st->name);
         svg_text(&b, left - 8, top + ch * s + ch / 2 + 4, "end", NULL, label);
         for (int32_t t = 0; t < cr->n_tasks; t++) {
-            double v = st->complete ? st->acc[t] : NAN;
+            double v = mean_acc(cr, arm, s, t);
             char colour[16], cell[16];
             heat_colour(v, colour, sizeof colour);
             sb_printf(&b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" "
@@ -193,23 +222,34 @@ int svg_accuracy_heatmap(const struct compare_result *cr, int32_t arm, const cha
 int svg_accuracy_vs_params(const struct compare_result *cr, const char *path) {
     struct frame f = {80, 40, 520, 320, INFINITY, -INFINITY, 0, 100, 1};
     for (int32_t i = 0; i < cr->n_arms; i++) {
-        double p = (double)report_trainable(&cr->arms[i]);
-        if (!cr->arms[i].ok || p <= 0) continue;
+        double p = (double)report_trainable(compare_run(cr, i, 0));
+        if (!report_arm_ok(cr, i) || p <= 0) continue;
         f.xmin = fmin(f.xmin, p), f.xmax = fmax(f.xmax, p);
     }
     if (!isfinite(f.xmin)) f.xmin = 1, f.xmax = 10;
     f.xmin /= 2;
     f.xmax *= 2;
     struct strbuf b = {0};
-    svg_begin(&b, 800, 420, "Final average accuracy against trainable parameters");
+    svg_begin(&b, 800, 420, cr->n_seeds > 1 ? "Final average accuracy (mean ± sd over the seeds) "
+                                              "against trainable parameters"
+                                            : "Final average accuracy against trainable parameters");
     axes(&b, &f, "trainable parameters (log scale)", "final average accuracy (%)");
     for (int32_t i = 0; i < cr->n_arms; i++) {
-        const struct arm_result *a = &cr->arms[i];
-        double p = (double)report_trainable(a), acc = 100 * report_final_average(a, cr->n_tasks);
-        if (!a->ok || p <= 0 || isnan(acc)) continue;
+        const struct arm_result *a = compare_run(cr, i, 0);
+        double acc[256];
+        int32_t n = cr->n_seeds < 256 ? cr->n_seeds : 256;
+        for (int32_t k = 0; k < n; k++) acc[k] = 100 * report_final_average(compare_run(cr, i, k), cr->n_tasks);
+        double mean, sd;
+        stats_mean_sd(acc, n, &mean, &sd, NULL);
+        double p = (double)report_trainable(a);
+        if (!report_arm_ok(cr, i) || p <= 0 || isnan(mean)) continue;
+        if (!isnan(sd) && sd > 0) /* error bar: mean ± sd */
+            sb_printf(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
+                          "stroke-width=\"1.5\"/>\n", fx(&f, p), fy(&f, fmin(100, mean + sd)), fx(&f, p),
+                      fy(&f, fmax(0, mean - sd)), palette[i % PALETTE_N]);
         sb_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"6\" fill=\"%s\"/>\n", fx(&f, p),
-                  fy(&f, acc), palette[i % PALETTE_N]);
-        svg_text(&b, fx(&f, p) + 9, fy(&f, acc) - 6, "start", NULL, a->name);
+                  fy(&f, mean), palette[i % PALETTE_N]);
+        svg_text(&b, fx(&f, p) + 9, fy(&f, mean) - 6, "start", NULL, a->name);
     }
     legend(&b, cr, 640, 60);
     return svg_end(&b, path);

@@ -167,5 +167,38 @@ refuse bad_value "bad_value.ini:35:" "[stage.a] r" "expected an integer"
 { base | sed 's/^out = cmp/out = bad-out\ncolour = red/'; printf '[arm.x]\nstage.a.r = 2\n[arm.y]\nstage.a.r = 3\n'; } >compare_key.ini
 refuse compare_key "compare_key.ini:3:" "[compare] colour" "unknown key"
 
+# Seeds: every arm runs once per seed (its own folder); the report gives mean ± sd and the
+# paired tests against the baseline arm; the CSV keeps each seed's figures.
+{ base | sed 's/^out = cmp/out = cmpseeds\nseeds = 1 2\nbaseline = r2/'; cat <<'INI'
+[arm.r2]
+stage.a.r = 2
+stage.b.r = 2
+[arm.r4]
+stage.a.r = 4
+stage.b.r = 4
+INI
+} >seeds.ini
+if "$PEFT" compare seeds.ini --jobs 2 >seeds.log 2>&1; then
+    ok "compare with seeds ran"
+    [ -f cmpseeds/arms/r4/seed-1/b/stage.json ] && [ -f cmpseeds/arms/r4/seed-2/b/stage.json ] &&
+        ok "one folder per arm and seed" || bad "seed folders: $(ls -R cmpseeds/arms | head -20)"
+    grep -q 'Each arm ran with 2 seeds (1, 2' cmpseeds/report.md && grep -q '| r2 | ok | [0-9.]* ± [0-9.]* |' cmpseeds/report.md &&
+        grep -q 'Δ accuracy vs r2 (pp) | p (paired t) | p (sign-flip)' cmpseeds/report.md &&
+        grep -Eq '^\| r4 \| ok \|.*\| (\*\*)?[-+][0-9.]+(\*\* ★)? \| ([0-9.]+|< 0.001|-) \| ([0-9.]+|-) \|$' cmpseeds/report.md &&
+        ok "report: means ± sd, Δ and p-values against the named baseline" || bad "seeded report: $(head -20 cmpseeds/report.md)"
+    [ "$(grep -c '^r4,1,b,' cmpseeds/results.csv)" -ge 2 ] && [ "$(grep -c '^r4,2,b,' cmpseeds/results.csv)" -ge 2 ] &&
+        grep -q '^r4,,,,p_sign_flip,' cmpseeds/results.csv && grep -q '^r4,,,,final_average_accuracy_pct_sd,' cmpseeds/results.csv &&
+        ok "CSV: each seed's rows and the aggregates" || bad "seeded CSV: $(head -5 cmpseeds/results.csv)"
+    # seed 1 of this comparison is the one-seed comparison run with [run] seed = 1
+    grep -q '^seed = 1$' cmpseeds/arms/r2/seed-1/run.ini && grep -q '^seed = 2$' cmpseeds/arms/r2/seed-2/run.ini &&
+        ok "each run's file carries its seed" || bad "run.ini seeds"
+else
+    bad "compare with seeds failed: $(cat seeds.log)"
+fi
+{ base | sed 's/^out = cmp/out = bad-out\nseeds = 1 x/'; printf '[arm.x]\nstage.a.r = 2\n[arm.y]\nstage.a.r = 3\n'; } >bad_seed.ini
+refuse bad_seed "bad_seed.ini:3:" "[compare] seeds" "'x' is not a positive integer"
+{ base | sed 's/^out = cmp/out = bad-out\nbaseline = z/'; printf '[arm.x]\nstage.a.r = 2\n[arm.y]\nstage.a.r = 3\n'; } >bad_baseline.ini
+refuse bad_baseline "bad_baseline.ini:3:" "[compare] baseline" "no arm 'z'"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
