@@ -302,7 +302,7 @@ static void json_float(struct strbuf *b, double x) {
     sb_printf(b, "%s%s", buf, strpbrk(buf, ".eEn") ? "" : ".0");
 }
 
-static void json_string(struct strbuf *b, const char *s) {
+void hf_json_string(struct strbuf *b, const char *s) {
     cJSON *j = cJSON_CreateString(s);
     char *t = cJSON_PrintUnformatted(j);
     sb_printf(b, "%s", t);
@@ -310,12 +310,28 @@ static void json_string(struct strbuf *b, const char *s) {
     cJSON_Delete(j);
 }
 
+void hf_json_targets(struct strbuf *b, const char *target_modules) {
+    struct words w;
+    words_split(&w, target_modules ? target_modules : "");
+    if (w.n == 1 && strcmp(w.v[0], "all-linear") == 0) {
+        sb_printf(b, "\"all-linear\""); /* PEFT's special value is a string, not a list */
+    } else {
+        sb_printf(b, "[");
+        for (int i = 0; i < w.n; i++) {
+            sb_printf(b, "%s\n    ", i ? "," : "");
+            hf_json_string(b, w.v[i]);
+        }
+        sb_printf(b, "\n  ]");
+    }
+    words_free(&w);
+}
+
 int hf_lora_write(const char *dir, const struct hf_lora *a) {
     if (mkdir_p(dir)) return -1;
     struct strbuf b = {0};
     sb_printf(&b, "{\n  \"alpha_pattern\": {},\n  \"base_model_name_or_path\": ");
     if (a->base_model)
-        json_string(&b, a->base_model);
+        hf_json_string(&b, a->base_model);
     else
         sb_printf(&b, "null");
     sb_printf(&b, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
@@ -331,19 +347,7 @@ int hf_lora_write(const char *dir, const struct hf_lora *a) {
               ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
               "  \"rank_pattern\": {},\n  \"target_modules\": ",
               (long long)a->r);
-    struct words w;
-    words_split(&w, a->target_modules ? a->target_modules : "");
-    if (w.n == 1 && strcmp(w.v[0], "all-linear") == 0) {
-        sb_printf(&b, "\"all-linear\""); /* PEFT's special value is a string, not a list */
-    } else {
-        sb_printf(&b, "[");
-        for (int i = 0; i < w.n; i++) {
-            sb_printf(&b, "%s\n    ", i ? "," : "");
-            json_string(&b, w.v[i]);
-        }
-        sb_printf(&b, "\n  ]");
-    }
-    words_free(&w);
+    hf_json_targets(&b, a->target_modules);
     sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_rslora\": %s\n}\n",
               a->use_rslora ? "true" : "false");
     char *cfg = path_join(dir, "adapter_config.json");
@@ -445,6 +449,8 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
         rc = err_set("%s: not a peftkit adapter (no peft.method in __metadata__)", f.path);
     } else if (!pm) {
         rc = err_prefix("%s", f.path);
+    } else if (hf && has_key(pm, "n_skills") && has_key(pm, "n_splits")) { /* PEFT's Poly */
+        rc = adapter_file_kv(&f, pm, &kv) || hf_poly_export(&f, &kv, out_dir, base_model);
     } else if (!hf || !has_key(pm, "r") || !has_key(pm, "lora_alpha")) {
         rc = err_set("%s: method '%s' does not keep a LoRA in HF PEFT's layout; only LoRA-shaped "
                      "adapters are exported",

@@ -60,8 +60,23 @@ int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm, s
 struct method_run;
 int hf_lora_fill(struct method_run *mr, const struct hf_lora *a, const char *dir);
 
+/* JSON text as PEFT's config files have it: a string; target_modules as a list, or the
+ * string "all-linear". */
+struct strbuf;
+void hf_json_string(struct strbuf *b, const char *s);
+void hf_json_targets(struct strbuf *b, const char *target_modules);
+
+/* A Poly adapter file (the `poly` method's variants poly, mhr, mhr-z; kv its keys) as an HF
+ * PEFT POLY folder: adapter_config.json (peft_type "POLY", poly_type "poly", r, n_skills,
+ * n_splits, n_tasks, target_modules, task_type "CAUSAL_LM", inference_mode, init_weights,
+ * modules_to_save, base_model_name_or_path) and adapter_model.safetensors with PEFT's names
+ * and shapes (peft_hf_poly.c). -1 with one line naming the file. */
+struct st_file;
+int hf_poly_export(const struct st_file *f, const struct kv_list *kv, const char *out_dir,
+                   const char *base_model);
+
 /* peft export SRC OUT_DIR: SRC is an adapter file (or a stage folder holding
- * adapter.safetensors) of a LoRA-shaped method. base_model may be NULL. */
+ * adapter.safetensors) of a LoRA-shaped method, or of Poly. base_model may be NULL. */
 int peft_export(struct plugin_registry *reg, const char *src, const char *out_dir,
                 const char *base_model);
 /* peft import HF_DIR OUT.safetensors: an adapter file of the `lora` method. */

@@ -11,15 +11,15 @@
  * With init_from, poly and mhr start from that stage's skills and routing and train the skills
  * and the rows of tasks new to the chain (tasks init_from did not train; only the stage's own
  * tasks get gradients, and the other rows stay bit-identical); without it, everything starts
- * fresh. Choices (README "Poly, MHR, Poly-μ, MHR-z"): PEFT's per-block A bound; sum normalisation; lora_alpha 4
- * by default (s = 1 at r = 4, the scale of the lora plugin's defaults; mttl's is 1/r).
+ * fresh. Choices (README "Poly, MHR, Poly-μ, MHR-z"): PEFT's per-block A bound; sum normalisation; lora_alpha 1
+ * by default (s = 1/r, as PEFT's Poly and mttl).
  * This file holds the keys, creation and the chaining of stages; the routing maths (gate,
  * mixing, site hooks, ΔW) are in poly_route.c.
  *
  * Tensors per matched site (W: (d_out, d_in)), in HF PEFT's Poly layout:
  *   A "base_model.model.<site>.poly_lora_A"  (h, K, d_in/h, r)  U(+-1/sqrt(d_in/h)), per block
  *   B "base_model.model.<site>.poly_lora_B"  (h, K, r, d_out/h) zero, flagged NEGATE
- *   Z "base_model.model.<site>.poly_router.module_logits" (n_tasks, h, K)  U(+-1e-3), its own
+ *   Z "base_model.model.<site>.poly_router.module_logits" (n_tasks, h K)  U(+-1e-3), its own
  *     learning rate (routing_lr, lr group "routing"), no weight decay; one row per task of the
  *     run (api->task_count). With init_from, Z is masked to the rows of tasks new to the chain.
  * poly-mu registers LoRA's tensors instead: lora_A.weight (r, d_in), lora_B.weight (d_out, r).
@@ -228,7 +228,7 @@ static peft_status poly_create(const peft_host_api *api, peft_host *h, const pef
         if (strcmp(v, variant_names[i]) == 0) variant = i;
     int64_t K = peft_kv_int(cfg, n_cfg, "n_skills", 8), r = peft_kv_int(cfg, n_cfg, "r", 4);
     int64_t n_splits = peft_kv_int(cfg, n_cfg, "n_splits", 0);
-    double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", 4.0);
+    double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", 1.0);
     double tau = peft_kv_float(cfg, n_cfg, "temperature", 1.0);
     double routing_lr = peft_kv_float(cfg, n_cfg, "routing_lr", 0.1);
     const char *from = peft_kv_get(cfg, n_cfg, "init_from");
@@ -354,7 +354,8 @@ static peft_status poly_attach(peft_instance *self, uint32_t site) {
     } else {
         uint32_t skills = self->variant == MHR_Z ? 0u : PEFT_TENSOR_TRAINABLE;
         const uint64_t sa[4] = {hd, K, si.d_in / hd, r}, sb[4] = {hd, K, r, si.d_out / hd};
-        const uint64_t sz[3] = {self->n_tasks, hd, K};
+        /* PEFT's PolyRouter: module_logits (n_tasks, n_splits * n_skills), head-major */
+        const uint64_t sz[2] = {self->n_tasks, (uint64_t)hd * K};
         /* kaiming_uniform(a = sqrt 5) on each (r, d_in/h) block, as PEFT's Poly */
         float bound = 1.0f / sqrtf((float)(si.d_in / hd));
         st = register_site(self, ps, si.name, "poly_lora_A", &ps->a, sa, 4, PEFT_INIT_UNIFORM,
@@ -367,8 +368,8 @@ static peft_status poly_attach(peft_instance *self, uint32_t site) {
             snprintf(name, sizeof name, "base_model.model.%s.poly_router.module_logits",
                      si.name);
             peft_tensor_desc d = {
-                .struct_size = sizeof d, .name = name, .site = (int32_t)site, .ndim = 3,
-                .shape = {sz[0], sz[1], sz[2], 0}, .init = PEFT_INIT_UNIFORM,
+                .struct_size = sizeof d, .name = name, .site = (int32_t)site, .ndim = 2,
+                .shape = {sz[0], sz[1], 0, 0}, .init = PEFT_INIT_UNIFORM,
                 .init_a = -1e-3f, .init_b = 1e-3f,
                 /* no decay: rows of tasks absent from a stage stay exactly as they are */
                 .flags = PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NO_DECAY,
@@ -511,8 +512,8 @@ static const peft_param_spec poly_params[] = {
     {"n_splits", PEFT_PARAM_INT, "0", NULL,
      "heads h, each routed on its own; 0: 1 for poly, 4 for mhr, init_from's when it is set"},
     {"r", PEFT_PARAM_INT, "4", NULL, "rank of every skill"},
-    {"lora_alpha", PEFT_PARAM_FLOAT, "4", NULL,
-     "scale numerator: s = lora_alpha / r (4 with r = 4: s = 1 as the lora defaults; mttl: 1)"},
+    {"lora_alpha", PEFT_PARAM_FLOAT, "1", NULL,
+     "scale numerator: s = lora_alpha / r (1: PEFT's Poly and mttl, which divide by r)"},
     {"target_modules", PEFT_PARAM_LIST, "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
      NULL, "sites to adapt: kinds (q_proj ...), name suffixes, or all-linear"},
     {"gumbel", PEFT_PARAM_BOOL, "true", NULL,
@@ -538,7 +539,8 @@ static const peft_method_vtable poly_vt = {
     .delta_weight = poly_delta_weight,
 };
 
-static const char *const poly_features[] = {PEFT_FEATURE_TASK_ROUTED, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
+static const char *const poly_features[] = {PEFT_FEATURE_TASK_ROUTED, PEFT_FEATURE_HF_PEFT,
+                                           PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
 
 static const peft_method_desc poly_desc = {
     .struct_size = sizeof(peft_method_desc),

@@ -19,6 +19,11 @@
  *     import gives back the same tensors bit for bit and the same ΔW; bad folders are refused
  *     with one line naming the problem;
  *   - inspect prints the adapter's method, metadata and tensor lines;
+ *   - HF PEFT's Poly: an MHR adapter exported as a POLY folder has exactly the config keys and
+ *     the tensors (names, shapes) of PEFT's Poly (tuners/poly: poly_lora_A (n_splits, n_skills,
+ *     in / n_splits, r), poly_lora_B (n_splits, n_skills, r, out / n_splits),
+ *     poly_router.module_logits (n_tasks, n_splits * n_skills)), A and the routing bit for bit
+ *     and B times lora_alpha (PEFT divides by r alone);
  *   - shared initialisation: two LoRA stages of one init_seed (other tasks, other stage
  *     seeds) start from the same lora_A, bit for bit, and carry one init fingerprint; another
  *     init_seed gives another A and another fingerprint.
@@ -69,7 +74,10 @@ static const char *ini_text =
     "[stage.i1]\nmethod = lora\nfrom = base\ntasks = swap\nsteps = 1\nbatch_size = 4\nlr = 0\n"
     "r = 4\ntarget_modules = all-linear\nseed = 77\n"
     "[stage.i2]\nmethod = lora\nfrom = base\ntasks = reverse\nsteps = 1\nbatch_size = 4\nlr = 0\n"
-    "r = 4\ntarget_modules = all-linear\ninit_seed = 11\n";
+    "r = 4\ntarget_modules = all-linear\ninit_seed = 11\n"
+    "[stage.p]\nmethod = poly\nfrom = base\ntasks = reverse swap\nsteps = 2\nbatch_size = 4\n"
+    "variant = mhr\nn_splits = 2\nn_skills = 3\nr = 2\nlora_alpha = 2\n"
+    "target_modules = q_proj v_proj down_proj\n";
 
 static int32_t stage_index(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
@@ -622,6 +630,81 @@ static void check_inspect(struct run *r) {
     free(p);
 }
 
+/* PEFT's Poly, key by key (peft/tuners/poly: PolyConfig's fields, PolyLayer's parameters). */
+static void check_poly_export(struct run *r) {
+    char *src = stage_path(r, "p", "adapter.safetensors"), *hf = path_join(tmp, "hf_poly");
+    REQUIRE(peft_export(&r->reg, src, hf, "tiny/llama") == 0, "%s", err_msg());
+    char *cfgp = path_join(hf, "adapter_config.json"), *text;
+    size_t len;
+    REQUIRE(file_read_all(cfgp, &text, &len) == 0, "%s", err_msg());
+    cJSON *j = cJSON_Parse(text);
+    REQUIRE(cJSON_IsObject(j), "adapter_config.json is not JSON");
+    static const char *const keys[] = {"base_model_name_or_path", "inference_mode", "init_weights",
+                                       "modules_to_save", "n_skills", "n_splits", "n_tasks",
+                                       "peft_type", "poly_type", "r", "target_modules", "task_type"};
+    int n = 0, in_order = 1;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, j) {
+        in_order &= n < 12 && strcmp(it->string, keys[n]) == 0;
+        n++;
+    }
+    CHECK(n == 12 && in_order, "POLY config keys: %d, in order %d:\n%s", n, in_order, text);
+    int32_t n_tasks = r->tasks.n;
+    CHECK(JSTR("peft_type", "POLY") && JSTR("poly_type", "poly") && JSTR("task_type", "CAUSAL_LM") &&
+              JSTR("base_model_name_or_path", "tiny/llama"),
+          "POLY config strings");
+    CHECK(JNUM("r") == 2 && JNUM("n_skills") == 3 && JNUM("n_splits") == 2 && JNUM("n_tasks") == n_tasks,
+          "POLY config numbers: r %g n_skills %g n_splits %g n_tasks %g (want %d)", JNUM("r"),
+          JNUM("n_skills"), JNUM("n_splits"), JNUM("n_tasks"), (int)n_tasks);
+    const cJSON *tm = cJSON_GetObjectItem(j, "target_modules");
+    CHECK(cJSON_GetArraySize(tm) == 3 && strcmp(cJSON_GetArrayItem(tm, 0)->valuestring, "q_proj") == 0 &&
+              strcmp(cJSON_GetArrayItem(tm, 2)->valuestring, "down_proj") == 0,
+          "POLY target_modules");
+    cJSON_Delete(j);
+    free(text);
+    free(cfgp);
+
+    /* tensors: per layer and module, PEFT's three names with PEFT's shapes, nothing else */
+    char *model = path_join(hf, "adapter_model.safetensors");
+    struct st_file out, in;
+    REQUIRE(st_open(&out, model) == 0 && st_open(&in, src) == 0, "%s", err_msg());
+    static const char *const mods[3] = {"self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"};
+    int found = 0, shapes = 1, values = 1;
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m < 3; m++) {
+            int32_t d_in = m == 2 ? 32 : 16, d_out = 16;
+            const int64_t want[3][4] = {{2, 3, d_in / 2, 2}, {2, 3, 2, d_out / 2}, {n_tasks, 6, 0, 0}};
+            static const char *const part[3] = {"poly_lora_A", "poly_lora_B", "poly_router.module_logits"};
+            for (int k = 0; k < 3; k++) {
+                char name[256];
+                snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s", l, mods[m], part[k]);
+                const struct st_tensor *t = st_find(&out, name), *u = st_find(&in, name);
+                if (!t || !u) continue;
+                found++;
+                int nd = k == 2 ? 2 : 4;
+                shapes &= t->ndim == nd && t->dtype == ST_F32;
+                for (int d = 0; d < nd; d++) shapes &= t->shape[d] == want[k][d];
+                float *x = xalloc_floats(t->numel), *y = xalloc_floats(u->numel);
+                REQUIRE(t->numel == u->numel && st_read_f32(&out, t, x, t->numel) == 0 &&
+                            st_read_f32(&in, u, y, u->numel) == 0,
+                        "%s", err_msg());
+                for (uint64_t e = 0; e < t->numel; e++) values &= x[e] == (k == 1 ? 2.0f * y[e] : y[e]);
+                free(x);
+                free(y);
+            }
+        }
+    printf("poly export: %d of 18 PEFT tensors, %d in the file; shapes %s; A and routing equal, B "
+           "x lora_alpha: %s\n", found, (int)out.n_tensors, shapes ? "PEFT's" : "WRONG",
+           values ? "yes" : "NO");
+    CHECK(found == 18 && out.n_tensors == 18, "POLY tensors: %d found, %d in the file", found, (int)out.n_tensors);
+    CHECK(shapes && values, "POLY tensors' shapes or values");
+    st_close(&out);
+    st_close(&in);
+    free(model);
+    free(src);
+    free(hf);
+}
+
 /* Each tensor named *lora_A* of two adapter files: all equal (want_same) or some differing;
  * and their init fingerprints. */
 static void check_init(struct run *r) {
@@ -682,6 +765,7 @@ int main(void) {
     check_hf(&r, da);
     check_inspect(&r);
     check_init(&r);
+    check_poly_export(&r);
 
     /* The chain went on from a merge; a second run reuses everything, bit for bit. */
     int32_t ic = stage_index(&r, "chain"), isl = stage_index(&r, "sum_lora");

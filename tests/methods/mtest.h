@@ -108,6 +108,13 @@ static inline void mt_cfg_set(struct mt_cfg *c, const char *key, const char *val
     c->n++;
 }
 
+/* The value of key, or NULL. */
+static inline const char *mt_cfg_get(const struct mt_cfg *c, const char *key) {
+    for (uint32_t i = 0; i < c->n; i++)
+        if (strcmp(c->kv[i].key, key) == 0) return c->val[i];
+    return NULL;
+}
+
 static inline void mt_cfg_defaults(struct mt_cfg *c, const peft_method_desc *d) {
     memset(c, 0, sizeof *c);
     for (uint32_t i = 0; i < d->n_params; i++) {

@@ -5,7 +5,8 @@
  * with the real loader, and every method in it is checked in two runs:
  *   defaults: the schema's defaults (target_modules = all-linear where the key exists), on a
  *             model with an untied head;
- *   variant:  every bool key true and every "*dropout" key 0.25, on a tied model.
+ *   variant:  every bool key true, every "*dropout" key 0.25 and lora_alpha = r, on a tied
+ *             model.
  * A CHOICE key listed in switch_keys (a switch between forward/backward paths that needs no
  * other key, e.g. loratrf's `filter`) gets both runs again for each of its other values.
  * In each run:
@@ -470,6 +471,14 @@ static void check_method(const struct plugin_method *pm, int variant, const char
             if (p->type == PEFT_PARAM_BOOL) mt_cfg_set(&cfg, p->name, "true");
             if (p->type == PEFT_PARAM_FLOAT && ln >= 7 && strcmp(p->name + ln - 7, "dropout") == 0)
                 mt_cfg_set(&cfg, p->name, "0.25");
+        }
+        /* and the LoRA scale s = lora_alpha / r at 1: the adapter's path as strong as the
+         * base's, so that its gradients stand above the fp32 differences' noise */
+        const char *r_value = mt_cfg_get(&cfg, "r");
+        if (r_value && mt_has_key(d, "lora_alpha")) {
+            char *alpha = xstrdup(r_value);
+            mt_cfg_set(&cfg, "lora_alpha", alpha);
+            free(alpha);
         }
     }
     char label[160];

@@ -161,8 +161,8 @@ static void check_layout(struct fix *f) {
                      A->desc.shape[2] == 24 / h && A->desc.shape[3] == 4 &&
                      Bt->desc.ndim == 4 && Bt->desc.shape[0] == h && Bt->desc.shape[1] == 8 &&
                      Bt->desc.shape[2] == 4 && Bt->desc.shape[3] == 16 / h &&
-                     Z->desc.ndim == 3 && Z->desc.shape[0] == NT && Z->desc.shape[1] == h &&
-                     Z->desc.shape[2] == 8;
+                     /* PEFT's PolyRouter.module_logits: (n_tasks, n_splits * n_skills) */
+                     Z->desc.ndim == 2 && Z->desc.shape[0] == NT && Z->desc.shape[1] == h * 8;
         int flags = (A->desc.flags & PEFT_TENSOR_TRAINABLE) &&
                     (Bt->desc.flags & PEFT_TENSOR_NEGATE) &&
                     (Z->desc.flags & PEFT_TENSOR_NO_DECAY) && Z->desc.lr == 0.1f &&
@@ -482,7 +482,7 @@ static void check_poly_mu(struct fix *f) {
     for (int h2 = 0; h2 < 2; h2++) {
         const char *from = h2 ? "multi_mhr" : "multi";
         const char *kv[] = {"variant", "poly-mu", "init_from", from, NULL};
-        const char *lkv[] = {"r", "4", "lora_alpha", "4", "target_modules",
+        const char *lkv[] = {"r", "4", "lora_alpha", "1", "target_modules",
                              "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj", NULL};
         struct method_run *mu = create(f, f->poly, kv), *lora = create(f, f->lora, lkv);
         REQUIRE(mu && lora, "create: %s", err_msg());
