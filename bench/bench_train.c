@@ -16,6 +16,7 @@
 
 #include "bench_cost.h"
 #include "bench_report.h"
+#include "bench_shape.h"
 #include "data.h"
 #include "method.h"
 #include "model.h"
@@ -23,7 +24,6 @@
 #include "plugin_loader.h"
 #include "core.h"
 
-#define BYTE_VOCAB 259 /* 256 bytes + BOS, EOS, PAD */
 #define MAX_SIZES 16
 #define MAX_METHODS 3
 
@@ -39,19 +39,6 @@ struct options {
     double lr, gemm_seconds;
     const char *plugin_path, *json;
     int gemms;           /* print every sgemm shape's measured rate */
-};
-
-/* The shapes of the models the benchmark is named after (their config.json files are in
- * tests/fixtures/configs/): llama layouts with these sizes (Qwen2.5's q/k/v biases, a few
- * thousand entries, are left out of the timing model). */
-struct preset {
-    const char *name, *size; /* size: "CxL" */
-    int64_t head_dim, kv_heads, d_ff, vocab;
-};
-static const struct preset presets[] = {
-    {"smollm2-135m", "576x30", 64, 3, 1536, 49152},
-    {"qwen2.5-0.5b", "896x24", 64, 2, 4864, 151936},
-    {"llama-3.2-1b", "2048x16", 64, 8, 8192, 128256},
 };
 
 static void usage(FILE *f) {
@@ -126,9 +113,7 @@ static int parse_args(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--d-ff") == 0) rc = want_int(a, v, 1, &o->d_ff);
         else if (strcmp(a, "--vocab") == 0) rc = want_int(a, v, BYTE_VOCAB, &o->vocab);
         else if (strcmp(a, "--preset") == 0) {
-            const struct preset *p = NULL;
-            for (size_t k = 0; v && k < sizeof presets / sizeof presets[0]; k++)
-                if (strcmp(v, presets[k].name) == 0) p = &presets[k];
+            const struct preset *p = bench_preset(v);
             if (!p) {
                 rc = err_set("--preset: expected smollm2-135m, qwen2.5-0.5b or llama-3.2-1b, got '%s'",
                              v ? v : "");
@@ -176,38 +161,8 @@ static int parse_args(int argc, char **argv, struct options *o) {
     return 0;
 }
 
-/* "CxL" -> a llama config: heads = C / head_dim, kv heads = heads / 2, d_ff = 8/3 C rounded
- * to a multiple of 8, tied head, the byte tokenizer's vocabulary; --kv-heads, --d-ff and
- * --vocab replace those. */
 static int size_config(const char *size, const struct options *o, struct model_config *c) {
-    const char *x = strchr(size, 'x');
-    int64_t C, L;
-    char left[32];
-    if (!x || (size_t)(x - size) >= sizeof left)
-        return err_set("--size '%s': expected D_MODELxN_LAYERS, e.g. 256x4", size);
-    memcpy(left, size, (size_t)(x - size));
-    left[x - size] = '\0';
-    if (parse_i64(left, &C) || parse_i64(x + 1, &L) || C <= 0 || L <= 0 || C > 65536 ||
-        L > 1024)
-        return err_set("--size '%s': expected D_MODELxN_LAYERS, e.g. 256x4", size);
-    if (C % o->head_dim != 0)
-        return err_set("--size '%s': d_model %lld is not a multiple of the head dim %lld",
-                       size, (long long)C, (long long)o->head_dim);
-    int32_t H = (int32_t)(C / o->head_dim);
-    *c = (struct model_config){
-        .vocab = o->vocab > 0 ? (int32_t)o->vocab : BYTE_VOCAB,
-        .d_model = (int32_t)C,
-        .n_layers = (int32_t)L,
-        .n_heads = H,
-        .n_kv_heads = o->kv_heads > 0 ? (int32_t)o->kv_heads : H >= 2 ? H / 2 : 1,
-        .head_dim = (int32_t)o->head_dim,
-        .d_ff = o->d_ff > 0 ? (int32_t)o->d_ff : (int32_t)((C + 1) / 3 * 8),
-        .max_seq = (int32_t)o->T,
-        .rms_eps = 1e-5f,
-        .rope_theta = 10000.0f,
-        .tied = 1,
-    };
-    return model_config_check(c);
+    return bench_shape_config(size, o->head_dim, o->kv_heads, o->d_ff, o->vocab, (int32_t)o->T, c);
 }
 
 /* Every schema key of the method at its default, with the benchmark's overrides. */

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch reference for bench_train: the same llama model, methods and timed step.
+"""PyTorch reference for bench_train (and, with --generate, bench_generate): the same llama
+model, methods and timed step.
 
 Run with Debian's torch: /usr/bin/python3 bench/torch_ref.py --size 256x4 --threads 2
 
@@ -119,6 +120,30 @@ class Attention(nn.Module):
         y = (att @ v).transpose(1, 2).reshape(B, T, self.h * self.d)    # (B, T, H*D)
         return self.o_proj(y)
 
+    def decode(self, x, cos, sin, cache):
+        """x (1, n, C) at the positions after cache's; cache = [k, v] (1, KV, t, D) or
+        [None, None], extended in place."""
+        _, n, _ = x.shape
+        q = self.q_proj(x).view(1, n, self.h, self.d).transpose(1, 2)   # (1, H, n, D)
+        k = self.k_proj(x).view(1, n, self.kv, self.d).transpose(1, 2)  # (1, KV, n, D)
+        v = self.v_proj(x).view(1, n, self.kv, self.d).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache[0] is not None:
+            k = torch.cat((cache[0], k), dim=2)
+            v = torch.cat((cache[1], v), dim=2)
+        cache[0], cache[1] = k, v
+        group = self.h // self.kv
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)                       # (1, H, t+n, D)
+            v = v.repeat_interleave(group, dim=1)
+        t = k.shape[2]
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.d)             # (1, H, n, t+n)
+        causal = torch.ones(n, t, dtype=torch.bool).triu(t - n + 1)
+        att = att.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(1, n, self.h * self.d)
+        return self.o_proj(y)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -142,6 +167,10 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def decode(self, x, cos, sin, cache):
+        h = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -171,6 +200,16 @@ class Llama(nn.Module):
             x = layer(x, self.cos, self.sin, self.mask)
         logits = self.norm(x) @ self.embed_tokens.weight.t()            # (B, T, V) tied head
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    @torch.no_grad()
+    def decode(self, tokens, caches, pos):
+        """tokens (1, n) at positions pos.. with per-layer KV caches: the last logits (V)."""
+        n = tokens.shape[1]
+        cos, sin = self.cos[pos:pos + n], self.sin[pos:pos + n]
+        x = self.embed_tokens(tokens)
+        for layer, cache in zip(self.layers, caches):
+            x = layer.decode(x, cos, sin, cache)
+        return self.norm(x[:, -1]) @ self.embed_tokens.weight.t()       # (1, V) the last row
 
 
 def apply_method(model, method, r, alpha):
@@ -248,6 +287,36 @@ def bench_one(size, method, args):
                 loss_first=loss_first, loss_last=loss, peak_rss_mib=peak_mib, **cfg)
 
 
+def bench_generate(size, args):
+    """bench_generate's loop: a random prompt in one call, then greedy tokens one at a time
+    with the KV cache; prefill time and decode tokens/s, medians over repeats."""
+    cfg = size_config(size, args)
+    torch.manual_seed(args.seed)
+    model = Llama(cfg, args.prompt + args.generate).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, cfg["vocab"], (1, args.prompt), generator=gen)
+    prefill, rate = [], []
+    for r in range(args.repeats):
+        caches = [[None, None] for _ in model.layers]
+        t0 = time.perf_counter()
+        logits = model.decode(prompt, caches, 0)
+        t1 = time.perf_counter()
+        pos = args.prompt
+        for k in range(args.generate):
+            nxt = logits.argmax(dim=-1, keepdim=True)                   # (1, 1)
+            if k + 1 < args.generate:
+                logits = model.decode(nxt, caches, pos)
+                pos += 1
+        t2 = time.perf_counter()
+        prefill.append(t1 - t0)
+        rate.append((args.generate - 1) / (t2 - t1))
+        print(f"  repeat {r + 1}: prefill {1e3 * prefill[-1]:.1f} ms, decode {rate[-1]:.1f} "
+              f"tokens/s", flush=True)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"median: prefill {1e3 * statistics.median(prefill):.1f} ms, decode "
+          f"{statistics.median(rate):.1f} tokens/s, peak RSS {peak_mib:.0f} MiB")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", action="append", help="d_model x n_layers, e.g. 256x4")
@@ -268,6 +337,10 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="also write the figures as JSON")
+    ap.add_argument("--generate", type=int, default=0,
+                    help="instead of training: greedy generation of this many tokens with a "
+                         "KV cache after a random prompt (as bench_generate)")
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens with --generate")
     args = ap.parse_args()
     if args.preset:
         p = PRESETS[args.preset]
@@ -280,6 +353,11 @@ def main():
     methods = args.method or ["full", "lora"]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.generate > 0:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: {sizes[0]}, prompt "
+              f"{args.prompt}, {args.generate} new tokens, greedy, KV cache")
+        bench_generate(sizes[0], args)
+        return 0
     core, blas_threads = openblas_info()
     print("torch reference of the training-step benchmark")
     print(f"torch {torch.__version__}  intra-op threads: {torch.get_num_threads()}  "
