@@ -127,7 +127,16 @@ static int arm_build_cfg(const struct cfg *c, struct arm *a, const char *arm_sec
                     rc = err_set("%s: [%s] %s: every arm has the same data, order and step "
                                  "budget, so '%s' may not differ", where, arm_section, e->key, key);
         }
-        if (rc == 0) {
+        if (rc == 0 && strcmp(e->value, "!unset") == 0) { /* back to the default */
+            struct cfg_entry *old = cfg_find(ac, section, key);
+            if (old) {
+                int32_t at = (int32_t)(old - ac->e);
+                free(old->section), free(old->key), free(old->value), free(old->origin);
+                memmove(&ac->e[at], &ac->e[at + 1], sizeof *ac->e * (size_t)(ac->n - at - 1));
+                ac->n--;
+            }
+            sb_printf(&ov, "%s%s unset", ov.len ? ", " : "", e->key);
+        } else if (rc == 0) {
             struct cfg_entry *old = cfg_find(ac, section, key);
             if (old) {
                 free(old->value);
@@ -534,7 +543,9 @@ static int write_plots(const struct compare_result *cr, const char *out, char **
     for (int32_t i = 0; i < cr->n_arms && rc == 0; i++) {
         char *name = xasprintf("accuracy-%s.svg", compare_run(cr, i, 0)->name);
         path = path_join(out, name);
-        rc = svg_accuracy_heatmap(cr, i, path);
+        /* one stage: a bar per task; a chain: the heat map of R[stage][task] */
+        rc = compare_run(cr, i, 0)->n_stages == 1 ? svg_accuracy_bars(cr, i, path)
+                                                  : svg_accuracy_heatmap(cr, i, path);
         free(path);
         (*plots)[(*n)++] = name;
     }

@@ -219,6 +219,52 @@ int svg_accuracy_heatmap(const struct compare_result *cr, int32_t arm, const cha
     return svg_end(&b, path);
 }
 
+int svg_accuracy_bars(const struct compare_result *cr, int32_t arm, const char *path) {
+    const struct arm_result *a = compare_run(cr, arm, 0);
+    int32_t last = a->n_stages - 1, n = 0;
+    int32_t *tasks = xcalloc((size_t)cr->n_tasks + 1, sizeof *tasks);
+    for (int32_t t = 0; t < cr->n_tasks && last >= 0; t++)
+        if (!isnan(mean_acc(cr, arm, last, t))) tasks[n++] = t;
+    const double bw = 60, gap = 24;
+    struct frame f = {70, 50, n * (bw + gap) + gap, 260, 0, 1, 0, 100, 0};
+    int w = (int)(f.x0 + f.w + 40);
+    struct strbuf b = {0};
+    char title[256];
+    snprintf(title, sizeof title, "Accuracy (%%) after %s: %s%s", last >= 0 ? a->stages[last].name : "-",
+             a->name, cr->n_seeds > 1 ? " (mean ± sd over the seeds)" : "");
+    svg_begin(&b, w < 420 ? 420 : w, 380, title);
+    sb_printf(&b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+                  "stroke=\"#444\"/>\n", f.x0, f.y0, f.w, f.h);
+    for (int y = 0; y <= 100; y += 20) {
+        char label[16];
+        snprintf(label, sizeof label, "%d", y);
+        sb_printf(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n",
+                  f.x0, fy(&f, y), f.x0 + f.w, fy(&f, y));
+        svg_text(&b, f.x0 - 6, fy(&f, y) + 4, "end", NULL, label);
+    }
+    double v[256];
+    int32_t ns = cr->n_seeds < 256 ? cr->n_seeds : 256;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t t = tasks[i];
+        for (int32_t k = 0; k < ns; k++) v[k] = 100 * compare_run(cr, arm, k)->stages[last].acc[t];
+        double mean, sd;
+        stats_mean_sd(v, ns, &mean, &sd, NULL);
+        double x = f.x0 + gap + i * (bw + gap);
+        sb_printf(&b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", x,
+                  fy(&f, mean), bw, fy(&f, 0) - fy(&f, mean), palette[arm % PALETTE_N]);
+        if (!isnan(sd) && sd > 0)
+            sb_printf(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#222\" "
+                          "stroke-width=\"1.5\"/>\n", x + bw / 2, fy(&f, fmin(100, mean + sd)), x + bw / 2,
+                      fy(&f, fmax(0, mean - sd)));
+        char cell[32];
+        snprintf(cell, sizeof cell, "%.0f", mean);
+        svg_text(&b, x + bw / 2, fy(&f, mean) - 6, "middle", NULL, cell);
+        svg_text(&b, x + bw / 2, f.y0 + f.h + 16, "middle", NULL, cr->tasks[t]);
+    }
+    free(tasks);
+    return svg_end(&b, path);
+}
+
 int svg_accuracy_vs_params(const struct compare_result *cr, const char *path) {
     struct frame f = {80, 40, 520, 320, INFINITY, -INFINITY, 0, 100, 1};
     for (int32_t i = 0; i < cr->n_arms; i++) {

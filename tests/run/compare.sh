@@ -176,6 +176,7 @@ stage.b.r = 2
 [arm.r4]
 stage.a.r = 4
 stage.b.r = 4
+stage.a.lr = !unset
 INI
 } >seeds.ini
 if "$PEFT" compare seeds.ini --jobs 2 >seeds.log 2>&1; then
@@ -189,6 +190,11 @@ if "$PEFT" compare seeds.ini --jobs 2 >seeds.log 2>&1; then
     [ "$(grep -c '^r4,1,b,' cmpseeds/results.csv)" -ge 2 ] && [ "$(grep -c '^r4,2,b,' cmpseeds/results.csv)" -ge 2 ] &&
         grep -q '^r4,,,,p_sign_flip,' cmpseeds/results.csv && grep -q '^r4,,,,final_average_accuracy_pct_sd,' cmpseeds/results.csv &&
         ok "CSV: each seed's rows and the aggregates" || bad "seeded CSV: $(head -5 cmpseeds/results.csv)"
+    # "!unset" takes the key out: the arm's stage a runs at the default learning rate
+    sec_a() { sed -n '/^\[stage.a\]/,/^\[/p' "$1"; }
+    sec_a cmpseeds/arms/r2/seed-1/run.ini | grep -q '^lr = 0.01$' && ! sec_a cmpseeds/arms/r4/seed-1/run.ini | grep -q '^lr = ' &&
+        grep -q 'stage.a.lr unset' cmpseeds/report.md &&
+        ok "an arm's !unset removes the key (its default applies)" || bad "!unset: $(sec_a cmpseeds/arms/r4/seed-1/run.ini)"
     # seed 1 of this comparison is the one-seed comparison run with [run] seed = 1
     grep -q '^seed = 1$' cmpseeds/arms/r2/seed-1/run.ini && grep -q '^seed = 2$' cmpseeds/arms/r2/seed-2/run.ini &&
         ok "each run's file carries its seed" || bad "run.ini seeds"

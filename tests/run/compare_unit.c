@@ -257,6 +257,15 @@ static void check_seeds(const char *dir) {
         CHECK(strstr(csv, "b,,,,final_average_accuracy_pct_sd,10.4083\n") != NULL, "sd row");
         CHECK(strstr(csv, "b,,,,p_sign_flip,0.03125\n") != NULL, "sign-flip row");
     }
+    /* One stage: a bar per task (b: 63.3 and 83.3) with its spread, well-formed */
+    char *bars = path_join(sub, "accuracy-b.svg");
+    CHECK(svg_accuracy_bars(&cr, 1, bars) == 0, "bars: %s", err_msg());
+    char *svg = read_text(sub, "accuracy-b.svg"), why[160] = "";
+    CHECK(svg && xml_well_formed(svg, why, sizeof why) && strstr(svg, ">63<") && strstr(svg, ">83<") &&
+              strstr(svg, ">task_b<") && strstr(svg, "stroke=\"#222\""),
+          "bar chart: %s\n%s", why, svg ? svg : "");
+    free(svg);
+    free(bars);
     /* Not significant: b's second task swapped so the differences straddle 0. */
     cr.arms[4].stages[0].acc[1] = 0.3; /* seed 2: d = 10, -20 */
     cr.arms[5].stages[0].acc[0] = 0.5; /* seed 3: d = -10, 20 */
