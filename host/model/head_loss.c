@@ -7,17 +7,10 @@
 
 #include <string.h>
 
-static size_t padded(size_t n) { return (n + 15) & ~(size_t)15; }
-
-size_t head_loss_scratch_floats(const struct model_config *c, int32_t chunk, int32_t n)
-{
-    return padded((size_t)chunk * (size_t)c->vocab) + 2 * padded((size_t)chunk * c->d_model) +
-           2 * padded((size_t)chunk) + padded((size_t)n);
-}
-
-double head_loss_fused(const struct model *m, int32_t head, const float *h, const int32_t *targets, int32_t n,
-                       float scale, float *d_h, float *d_head, float *lse,
-                       const struct head_loss_scratch *s, int32_t *n_valid)
+double head_loss_fused(const struct model *m, int32_t head, const float *h,
+                       const int32_t *targets, int32_t n, float scale, float *d_h,
+                       float *d_head, float *lse, const struct head_loss_scratch *s,
+                       int32_t *n_valid)
 {
     int32_t C = m->cfg.d_model, V = m->cfg.vocab;
     int32_t count = 0;

@@ -17,19 +17,17 @@ struct head_loss_scratch {
     int32_t *rows;   /* (n): the indices of the rows with a target */
 };
 
-/* Floats head_loss_fused needs in its scratch for n rows, chunks of `chunk` (ints counted
- * as floats). */
-size_t head_loss_scratch_floats(const struct model_config *c, int32_t chunk, int32_t n);
-
-/* With head the head's tensor (the embedding when tied), over the rows i of h (n, C) with targets[i] >= 0, in row order:
+/* With head the head's tensor (the embedding when tied), over the rows i of h (n, C) with
+ * targets[i] >= 0, in row order:
  *   loss_i = lse_i - logits_i[targets[i]],  logits_i = h_i head^T,
  *   d_logits_i = scale (softmax(logits_i) - onehot(targets[i])),
  * d_h (n, C) = d_logits head (zero on rows without a target), d_head (V, C) += d_logits^T h
  * when d_head is not NULL; lse (n) for the target rows. Returns the sum of the loss_i (in
- * double, in row order) and sets *n_valid. scale must be known before: 1 / n_valid times
- * the caller's loss scale, so the caller counts the rows first. */
-double head_loss_fused(const struct model *m, int32_t head, const float *h, const int32_t *targets, int32_t n,
-                       float scale, float *d_h, float *d_head, float *lse,
-                       const struct head_loss_scratch *s, int32_t *n_valid);
+ * double, chunk by chunk in row order) and sets *n_valid. scale must be known before
+ * (1 / n_valid times the caller's loss scale), so the caller counts the rows first. */
+double head_loss_fused(const struct model *m, int32_t head, const float *h,
+                       const int32_t *targets, int32_t n, float scale, float *d_h,
+                       float *d_head, float *lse, const struct head_loss_scratch *s,
+                       int32_t *n_valid);
 
 #endif
