@@ -576,6 +576,8 @@ static int parse_seeds(struct cfg *c, int64_t **seeds, int32_t *n) {
         if (rc == 0) (*seeds)[(*n)++] = v;
     }
     if (rc == 0 && *n == 0) rc = err_set("%s: [compare] seeds: empty", where);
+    if (rc == 0 && *n > COMPARE_MAX_SEEDS)
+        rc = err_set("%s: [compare] seeds: %d seeds, at most %d", where, (int)*n, COMPARE_MAX_SEEDS);
     words_free(&w);
     return rc;
 }

@@ -184,8 +184,8 @@ static const char *arm_status(const struct compare_result *cr, int32_t arm) {
 /* Mean and standard deviation of a column over the arm's seeds (NAN when a run failed). */
 static void column_stats(const struct compare_result *cr, const struct column *c, int32_t arm,
                          double *mean, double *sd) {
-    double v[256];
-    int32_t n = cr->n_seeds < 256 ? cr->n_seeds : 256;
+    double v[COMPARE_MAX_SEEDS];
+    int32_t n = cr->n_seeds < COMPARE_MAX_SEEDS ? cr->n_seeds : COMPARE_MAX_SEEDS;
     for (int32_t k = 0; k < n; k++) {
         const struct arm_result *a = compare_run(cr, arm, k);
         v[k] = a->ok ? c->value(cr, a) : NAN;
@@ -306,8 +306,8 @@ static void md_matrix(struct strbuf *md, const struct compare_result *cr, int32_
     sb_printf(md, "\n|---|");
     for (int32_t t = 0; t < cr->n_tasks; t++) sb_printf(md, "---:|");
     sb_printf(md, "\n");
-    double v[256];
-    int32_t n = cr->n_seeds < 256 ? cr->n_seeds : 256;
+    double v[COMPARE_MAX_SEEDS];
+    int32_t n = cr->n_seeds < COMPARE_MAX_SEEDS ? cr->n_seeds : COMPARE_MAX_SEEDS;
     for (int32_t s = 0; s < a0->n_stages; s++) {
         const struct arm_stage *st = &a0->stages[s];
         sb_printf(md, "| %s (%s%s) |", st->name, st->method, st->shared ? ", shared" : "");

@@ -59,6 +59,8 @@ struct compare_result {
     uint64_t model_params;
 };
 
+enum { COMPARE_MAX_SEEDS = 64 }; /* [compare] seeds: at most this many */
+
 /* Arm i's run with the seed_index-th seed. */
 static inline const struct arm_result *compare_run(const struct compare_result *cr, int32_t arm,
                                                    int32_t seed_index) {

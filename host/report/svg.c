@@ -242,8 +242,8 @@ int svg_accuracy_bars(const struct compare_result *cr, int32_t arm, const char *
                   f.x0, fy(&f, y), f.x0 + f.w, fy(&f, y));
         svg_text(&b, f.x0 - 6, fy(&f, y) + 4, "end", NULL, label);
     }
-    double v[256];
-    int32_t ns = cr->n_seeds < 256 ? cr->n_seeds : 256;
+    double v[COMPARE_MAX_SEEDS];
+    int32_t ns = cr->n_seeds < COMPARE_MAX_SEEDS ? cr->n_seeds : COMPARE_MAX_SEEDS;
     for (int32_t i = 0; i < n; i++) {
         int32_t t = tasks[i];
         for (int32_t k = 0; k < ns; k++) v[k] = 100 * compare_run(cr, arm, k)->stages[last].acc[t];
@@ -282,8 +282,8 @@ int svg_accuracy_vs_params(const struct compare_result *cr, const char *path) {
     axes(&b, &f, "trainable parameters (log scale)", "final average accuracy (%)");
     for (int32_t i = 0; i < cr->n_arms; i++) {
         const struct arm_result *a = compare_run(cr, i, 0);
-        double acc[256];
-        int32_t n = cr->n_seeds < 256 ? cr->n_seeds : 256;
+        double acc[COMPARE_MAX_SEEDS];
+        int32_t n = cr->n_seeds < COMPARE_MAX_SEEDS ? cr->n_seeds : COMPARE_MAX_SEEDS;
         for (int32_t k = 0; k < n; k++) acc[k] = 100 * report_final_average(compare_run(cr, i, k), cr->n_tasks);
         double mean, sd;
         stats_mean_sd(acc, n, &mean, &sd, NULL);
