@@ -24,7 +24,8 @@ struct command {
     int (*main)(int argc, char **argv); /* the arguments after NAME */
 };
 
-extern const struct command cmd_run, cmd_compare, cmd_plugins, cmd_keys, cmd_data, cmd_export,
+extern const struct command cmd_run, cmd_compare, cmd_plugins, cmd_check, cmd_keys, cmd_data,
+    cmd_export,
     cmd_import, cmd_inspect, cmd_tokenize, cmd_init_model, cmd_generate, cmd_eval, cmd_version;
 
 /* Every command, in the order `peft help` lists them; NULL-terminated. */

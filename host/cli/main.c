@@ -16,7 +16,7 @@ const struct command cmd_version = {
     "version", "", "Print the version of peft and of the plugin ABI it loads.",
     "options:\n  -h, --help  this help\n\nexample:\n  peft version\n", version_main};
 
-const struct command *const commands[] = {&cmd_run, &cmd_compare, &cmd_plugins, &cmd_keys,
+const struct command *const commands[] = {&cmd_run, &cmd_compare, &cmd_plugins, &cmd_check, &cmd_keys,
                                           &cmd_data, &cmd_tokenize, &cmd_init_model, &cmd_generate, &cmd_eval, &cmd_export, &cmd_import,
                                           &cmd_inspect, &cmd_version, NULL};
 

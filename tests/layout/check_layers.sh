@@ -5,7 +5,7 @@
 set -u
 root=${1:-${PEFT_SOURCE_ROOT:-$(dirname "$0")/../..}}
 cd "$root/host" || { echo "no host folder under $root"; exit 1; }
-layers=(core model io tokenizer data methods stage merge run report cli)
+layers=(core model io tokenizer data methods check stage merge run report cli)
 rank() { local i; for i in "${!layers[@]}"; do [ "${layers[$i]}" = "$1" ] && { echo "$i"; return; }; done; echo -1; }
 
 bad=0

@@ -7,6 +7,7 @@
 #    PKG_CONFIG_PATH pointing into the staging directory only: no path into this source tree
 #    may reach the compiler. Install it into the pc file's plugindir.
 # 3. Run the installed `peft`: `peft plugins com.example.bias` must describe the method, and
+#    `peft check` must pass every check on it, and
 #    `peft run` of a tiny INI whose stage uses it must exit 0 and write the adapter, which
 #    must hold the biases of the targeted sites only.
 set -eu
@@ -79,6 +80,12 @@ PEFT_PLUGIN_PATH=$tmp/tbuild "$peft" plugins com.example.bias >"$tmp/show.txt" 2
 cat "$tmp/show.txt"
 grep -q "com.example.bias" "$tmp/show.txt" || fail "peft plugins does not name the method"
 grep -q "init_std" "$tmp/show.txt" || fail "peft plugins does not list the key init_std"
+
+# the checks an author runs on their plugin: peft check, every line ok
+"$peft" check "$so" >"$tmp/check.txt" 2>&1 || { cat "$tmp/check.txt" >&2; fail "peft check of the template failed"; }
+tail -1 "$tmp/check.txt"
+grep -q "^ok   com.example.bias defaults: parameter gradients" "$tmp/check.txt" &&
+    grep -Eq '^[1-9][0-9]* passed, 0 failed$' "$tmp/check.txt" || fail "peft check: $(tail -3 "$tmp/check.txt")"
 
 cat >"$tmp/run.ini" <<EOF
 [run]

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "check/check.h"
 #include "data.h"
 #include "method.h"
 #include "model.h"
@@ -20,61 +21,23 @@
 
 /* ---- the model ------------------------------------------------------------------------- */
 
-/* 2 layers, C 16, 2 heads of 8 over 1 kv head (GQA), F 24, V 29: small enough for finite
- * differences over every adapter entry. */
+/* peft check's small model (check/check.h): 2 layers, C 16, GQA, F 24, V 29. */
 static inline void mt_model(struct model *m, int tied, uint64_t seed, float init_std) {
-    struct model_config c = {
-        .vocab = 29, .d_model = 16, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1,
-        .head_dim = 8, .d_ff = 24, .max_seq = 16, .rms_eps = 1e-5f, .rope_theta = 100.0f,
-        .tied = tied,
-    };
-    REQUIRE(model_init(m, &c) == 0, "model_init: %s", err_msg());
-    model_init_random(m, seed, init_std);
-    /* Norm weights away from 1, so their gradients are not special. */
-    struct rng r;
-    rng_seed(&r, seed ^ 0x5eed);
-    for (int32_t i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].ndim == 1)
-            for (size_t j = 0; j < m->tensors[i].numel; j++)
-                m->params[m->tensors[i].offset + j] = rng_uniform(&r, 0.7f, 1.3f);
+    REQUIRE(check_tiny_model(m, tied, seed, init_std) == 0, "model_init: %s", err_msg());
 }
 
 /* A second model with the same config and parameters. */
 static inline void mt_model_copy(struct model *dst, const struct model *src) {
-    REQUIRE(model_init(dst, &src->cfg) == 0, "model_init: %s", err_msg());
-    memcpy(dst->params, src->params, src->n_params * sizeof(float));
+    REQUIRE(check_model_copy(dst, src) == 0, "model_init: %s", err_msg());
 }
 
 /* ---- a batch mixing tasks 0 and 1 ------------------------------------------------------ */
 
 static inline void mt_batch(struct batch *b, int32_t B, int32_t T, int32_t vocab, uint64_t seed) {
-    struct rng r;
-    rng_seed(&r, seed);
-    memset(b, 0, sizeof *b);
-    b->B = B;
-    b->T = T;
-    b->tokens = xmalloc((size_t)B * T * sizeof(int32_t));
-    b->targets = xmalloc((size_t)B * T * sizeof(int32_t));
-    b->example_task = xmalloc((size_t)B * sizeof(int32_t));
-    b->prompt_len = xmalloc((size_t)B * sizeof(int32_t));
-    for (int32_t i = 0; i < B; i++) {
-        b->example_task[i] = i % 2;
-        b->prompt_len[i] = 2;
-        for (int32_t t = 0; t < T; t++) {
-            b->tokens[i * T + t] = (int32_t)rng_below(&r, (uint64_t)vocab);
-            b->targets[i * T + t] = t >= 1 ? (int32_t)rng_below(&r, (uint64_t)vocab) : -1;
-        }
-    }
-    b->cap_B = B;
-    b->cap_T = T;
+    check_mixed_batch(b, B, T, vocab, seed);
 }
 
-static inline void mt_batch_free(struct batch *b) {
-    free(b->tokens);
-    free(b->targets);
-    free(b->example_task);
-    free(b->prompt_len);
-}
+static inline void mt_batch_free(struct batch *b) { check_batch_free(b); }
 
 /* ---- method keys ----------------------------------------------------------------------- */
 
@@ -160,24 +123,10 @@ static inline struct mtensor *mt_find_tensor(struct method_run *mr, const char *
 
 /* ---- the loss, in double from the logits ----------------------------------------------- */
 
-/* Mean cross-entropy over rows with a target, from the logits of the last forward (the fp32
- * loss the model returns rounds away what finite differences need). */
+/* Mean cross-entropy over rows with a target, in double from the last forward's logits. */
 static inline double mt_loss_from_logits(const struct model *m, const struct model_acts *a,
                                          const struct batch *b) {
-    const float *lg = model_logits(a);
-    int32_t V = m->cfg.vocab;
-    double sum = 0.0;
-    int32_t n = 0;
-    for (int32_t i = 0; i < b->B * b->T; i++) {
-        if (b->targets[i] < 0) continue;
-        const float *row = lg + (size_t)i * V;
-        double mx = row[0], s = 0.0;
-        for (int32_t v = 1; v < V; v++) mx = fmax(mx, row[v]);
-        for (int32_t v = 0; v < V; v++) s += exp((double)row[v] - mx);
-        sum += mx + log(s) - row[b->targets[i]];
-        n++;
-    }
-    return n ? sum / n : 0.0;
+    return check_loss_from_logits(m, a, b);
 }
 
 /* Forward with hooks (NULL: the bare model); the precise loss. */
@@ -191,13 +140,7 @@ static inline double mt_forward(struct model *m, struct model_acts *a, const str
 
 /* Normalised mean squared error of got against want. */
 static inline double mt_nmse(const float *got, const float *want, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)got[i] - want[i];
-        num += d * d;
-        den += (double)want[i] * want[i];
-    }
-    return den > 0 ? num / den : num;
+    return check_nmse(got, want, n);
 }
 
 /* Load the plugin file at `path` and list its methods (pointers that stay valid). */

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `peft check` on every in-tree plugin (all checks pass), on a plugin whose backward is wrong
+# on purpose (caught: exit 1, the failing check and tensor named), and on a plugin that does
+# not exist (one line, exit 2).
+#
+# usage: plugin_check.sh PEFT BROKEN_PLUGIN PLUGIN...
+set -u
+BROKEN=$(realpath "$2")
+plugins=()
+for so in "${@:3}"; do plugins+=("$(realpath "$so")"); done
+# shellcheck source=../testlib.sh
+. "$(dirname "$0")/../testlib.sh"
+for so in "${plugins[@]}"; do
+    name=$(basename "$so" .so)
+    "$PEFT" check "$so" >"$name.out" 2>"$name.err"
+    rc=$?
+    summary=$(tail -1 "$name.out")
+    if [ $rc -eq 0 ] && [[ "$summary" =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]] && ! grep -q '^FAIL' "$name.out"; then
+        ok "$name: $summary"
+    else
+        bad "$name: exit $rc, $summary; $(grep '^FAIL' "$name.out" | head -3) $(cat "$name.err")"
+    fi
+done
+# every check named once per run: the gradients, dx, negate, save/load, merge
+lines=$(grep -c '^ok   lora defaults' peft-lora.out 2>/dev/null)
+for what in "parameter gradients against central differences" "input gradients (dx" "negate at" "save -> load" "merge:"; do
+    grep -q "^ok   lora defaults: $what" peft-lora.out && ok "lora: '$what' checked" || bad "lora: no '$what' line ($lines lines)"
+done
+
+"$PEFT" check "$BROKEN" >broken.out 2>broken.err
+rc=$?
+fail=$(grep '^FAIL' broken.out | head -1)
+if [ $rc -eq 1 ] && [[ "$fail" == *"parameter gradients against central differences"*".bias_delta"* ]] &&
+    [[ "$(tail -1 broken.out)" =~ [1-9][0-9]*\ failed$ ]]; then
+    ok "a wrong backward is caught: $fail"
+else
+    bad "broken plugin: exit $rc; $(cat broken.out broken.err | tail -5)"
+fi
+
+"$PEFT" check nosuch.method >missing.out 2>missing.err
+rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <missing.err)" -eq 1 ] && grep -q "unknown method 'nosuch.method'" missing.err &&
+    ok "a plugin that does not exist: $(cat missing.err)" || bad "missing plugin: exit $rc, $(cat missing.err)"
+finish
