@@ -19,6 +19,7 @@ declare -A flags=(
     [run]="--set --resume --restart --quiet --plugin-path --stop-after"
     [compare]="--jobs --resume --plugin-path"
     [plugins]="--plugin-path"
+    [check]="--plugin-path"
     [keys]=""
     [data]="--list --tasks --out --n --split --seed"
     [tokenize]="--no-special --ids --decode"
