@@ -43,7 +43,7 @@ const struct command cmd_compare = {
     "every arm are trained once. With\n"
     "seeds = 1 2 3 each arm runs once per seed, figures are mean +- sd, and each arm is\n"
     "tested against the baseline arm (paired t and sign-flip p-values; a star only where\n"
-    "significant at alpha). The exit status is 1 when an arm failed.\n"
+    "both are below alpha). The exit status is 1 when an arm failed.\n"
     "\n"
     "options:\n"
     "  --jobs N            arms run at once as child processes (1..64; default [compare] jobs)\n"

@@ -287,7 +287,9 @@ static void md_arms_table(struct strbuf *md, const struct compare_result *cr) {
                 char pt[32], ps[32];
                 format_p(pt, sizeof pt, p.p_t);
                 format_p(ps, sizeof ps, p.p_sign);
-                int sig = !isnan(p.p_t) && p.p_t < cr->alpha;
+                /* both tests: a t-test alone calls three equal differences certain */
+                int sig = !isnan(p.p_t) && p.p_t < cr->alpha && !isnan(p.p_sign) &&
+                          p.p_sign < cr->alpha;
                 if (p.n == 0)
                     sb_printf(md, " - | - | - |");
                 else
@@ -391,8 +393,8 @@ static void md_intro(struct strbuf *md, const struct compare_result *cr) {
                       "accuracy is the mean over seeds and tasks of the arm's accuracy after its "
                       "last stage minus %s's on the same seed and task; p is two-sided, from a "
                       "paired t-test and from a sign-flip permutation test on those "
-                      "differences. ★ marks a difference significant at the %g level (paired "
-                      "t); any other ordering of the accuracy columns may be noise.\n\n",
+                      "differences. ★ marks a difference significant at the %g level in both "
+                      "tests; any other ordering of the accuracy columns may be noise.\n\n",
                   compare_run(cr, cr->baseline, 0)->name, cr->alpha);
     } else {
         sb_printf(md, "One seed: the accuracy columns are single draws, and no difference "

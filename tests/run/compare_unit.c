@@ -275,6 +275,20 @@ static void check_seeds(const char *dir) {
     free(md);
     md = read_text(sub, "report.md");
     CHECK(md && !strstr(md, "★ | 0.") && strstr(md, "| +5.0 | 0.490 | 0.625 |"), "no ★ without significance:\n%s", md ? md : "");
+    /* Three equal differences: the t-test's p is 0, the sign-flip's 2 / 2^3 = 0.25; no ★
+     * unless both are below alpha. */
+    for (int k = 0; k < 3; k++) {
+        cr.arms[k].stages[0].acc[0] = 0.5, cr.arms[3 + k].stages[0].acc[0] = 0.6;
+        cr.arms[k].stages[0].acc[1] = cr.arms[3 + k].stages[0].acc[1] = NAN;
+    }
+    struct paired pe = report_paired(&cr, 1);
+    CHECK(pe.n == 3 && pe.p_t == 0.0 && fabs(pe.p_sign - 0.25) < 1e-15, "equal differences: p %g and %g",
+          pe.p_t, pe.p_sign);
+    CHECK(report_write(&cr, sub, NULL, 0) == 0, "report: %s", err_msg());
+    free(md);
+    md = read_text(sub, "report.md");
+    CHECK(md && strstr(md, "| +10.0 | < 0.001 | 0.250 |") && !strstr(md, "★ | <"),
+          "equal differences, t-test alone: no ★:\n%s", md ? md : "");
     free(md);
     free(csv);
     free(sub);
