@@ -10,7 +10,8 @@
  *      trainable entry (up to 2000 sampled per tensor) against fourth-order central
  *      differences of the loss, in a training pass over a batch that mixes two tasks;
  *   3. dL/d(embed_tokens) against central differences: the input gradient dx of every site
- *      reaches the embedding, so this checks the plugin's dx;
+ *      reaches the embedding, so this checks the plugin's dx; and in that training pass the
+ *      plugin left every site's x and dy as they were (it writes y, dx and its gradients);
  *   4. negate turns the method's change at every site into its negative (its delta_weight,
  *      or for a method without one, what its site hook adds);
  *   5. save, then load into a fresh instance on a fresh copy of the base: every tensor and

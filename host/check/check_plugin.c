@@ -164,6 +164,85 @@ static void randomize(struct run *r) {
     }
 }
 
+/* ---- the inputs a plugin must leave alone --------------------------------------------------- */
+
+/* Hooks around the method's: each site's x (forward) and x and dy (backward) are compared
+ * before and after the plugin's call; a plugin writes y, dx and its own gradients only. */
+struct guard {
+    const struct model_hooks *inner;
+    struct model_hooks hooks;
+    const struct model *m;
+    int64_t calls, touched;
+    int32_t first_site; /* the first site where an input changed, -1 */
+};
+
+static int guard_changed(const float *p, const float *copy, size_t n) {
+    return memcmp(p, copy, n * sizeof *p) != 0;
+}
+
+static int guard_forward(void *ctx, uint32_t pass, int32_t site, const float *x, float *y,
+                         int32_t n_rows) {
+    struct guard *g = ctx;
+    int32_t d_in, d_out;
+    model_site_dims(g->m, site, &d_in, &d_out);
+    size_t nx = (size_t)n_rows * d_in;
+    float *keep = xmalloc(nx * sizeof *keep);
+    memcpy(keep, x, nx * sizeof *keep);
+    int rc = g->inner->site_forward(g->inner->ctx, pass, site, x, y, n_rows);
+    g->calls++;
+    if (guard_changed(x, keep, nx)) {
+        g->touched++;
+        if (g->first_site < 0) g->first_site = site;
+    }
+    free(keep);
+    return rc;
+}
+
+static int guard_backward(void *ctx, uint32_t pass, int32_t site, const float *x,
+                          const float *dy, float *dx, int32_t n_rows) {
+    struct guard *g = ctx;
+    int32_t d_in, d_out;
+    model_site_dims(g->m, site, &d_in, &d_out);
+    size_t nx = (size_t)n_rows * d_in, ny = (size_t)n_rows * d_out;
+    float *keep = xmalloc((nx + ny) * sizeof *keep);
+    memcpy(keep, x, nx * sizeof *keep);
+    memcpy(keep + nx, dy, ny * sizeof *keep);
+    int rc = g->inner->site_backward(g->inner->ctx, pass, site, x, dy, dx, n_rows);
+    g->calls++;
+    if (guard_changed(x, keep, nx) || guard_changed(dy, keep + nx, ny)) {
+        g->touched++;
+        if (g->first_site < 0) g->first_site = site;
+    }
+    free(keep);
+    return rc;
+}
+
+/* The hidden-state hooks share the one ctx: passed through to the method's. */
+static int guard_hidden_forward(void *ctx, uint32_t pass, const float *h, int32_t n_rows,
+                                float *loss) {
+    struct guard *g = ctx;
+    return g->inner->hidden_forward(g->inner->ctx, pass, h, n_rows, loss);
+}
+
+static int guard_hidden_backward(void *ctx, uint32_t pass, const float *h, float *dh,
+                                 int32_t n_rows) {
+    struct guard *g = ctx;
+    return g->inner->hidden_backward(g->inner->ctx, pass, h, dh, n_rows);
+}
+
+static const struct model_hooks *guard_wrap(struct guard *g, const struct model *m,
+                                            const struct model_hooks *inner) {
+    *g = (struct guard){.inner = inner, .m = m, .first_site = -1};
+    g->hooks = *inner;
+    g->hooks.ctx = g;
+    g->hooks.site_forward = inner->site_forward ? guard_forward : NULL;
+    g->hooks.site_backward = inner->site_backward ? guard_backward : NULL;
+    g->hooks.hidden_forward = inner->hidden_forward ? guard_hidden_forward : NULL;
+    g->hooks.hidden_backward = inner->hidden_backward ? guard_hidden_backward : NULL;
+    if (!inner->site_forward && !inner->site_backward) return inner; /* no site hooks to watch */
+    return &g->hooks;
+}
+
 /* ---- 2 and 3: gradients against central differences ---------------------------------------- */
 
 static double loss_at(struct run *r) {
@@ -240,11 +319,18 @@ static int check_grads(struct checker *ck, struct run *r) {
     method_run_zero_grads(r->mr);
     model_zero_grads(&r->m);
     r->stream = *method_run_rng(r->mr);
-    r->hk = method_run_hooks(r->mr, 1);
+    struct guard watch;
+    r->hk = guard_wrap(&watch, &r->m, method_run_hooks(r->mr, 1));
     if (isnan(loss_at(r)) || model_backward(&r->m, r->a, r->hk) != 0) {
         verdict(ck, 0, "the training pass failed: %s", err_msg());
         return -1;
     }
+    char where[160] = "";
+    if (watch.first_site >= 0) model_site_name(&r->m, watch.first_site, where, sizeof where);
+    verdict(ck, watch.touched == 0, "inputs left alone: x in %lld site forwards and backwards, dy "
+            "in the backwards%s%s", (long long)watch.calls,
+            watch.touched ? "; changed first at " : "", where);
+    r->hk = method_run_hooks(r->mr, 1);
     method_run_collect_grads(r->mr);
     struct rng g;
     rng_seed(&g, 99);

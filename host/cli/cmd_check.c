@@ -37,7 +37,7 @@ const struct command cmd_check = {
     "choice key the method accepts alone:\n"
     "  a fresh instance leaves the logits bit-identical;\n"
     "  every trainable tensor's gradient and the input gradient (dx) against central\n"
-    "  differences of the loss, the worst tensor named;\n"
+    "  differences of the loss, the worst tensor named; the site inputs x and dy untouched;\n"
     "  negate turns the method's change at every site into its negative;\n"
     "  save then load gives the same tensors and logits, bit for bit;\n"
     "  merge gives the hooked model's logits, or is refused (and changes nothing) by a\n"
