@@ -99,6 +99,10 @@ static int show_method(struct plugin_registry *r, const char *id, FILE *out) {
         fprintf(out, "%s%s", i ? ", " : "", d->features[i]);
     fputc('\n', out);
     fprintf(out, "description  %.*s\n", first_line_len(d->description), d->description);
+    const char *license = PEFT_HAS_FIELD(d, peft_method_desc, license) ? d->license : NULL;
+    const char *url = PEFT_HAS_FIELD(d, peft_method_desc, url) ? d->url : NULL;
+    if (license) fprintf(out, "license      %.*s\n", first_line_len(license), license);
+    if (url) fprintf(out, "url          %.*s\n", first_line_len(url), url);
     const peft_kv *defaults;
     uint32_t n_defaults = method_stage_defaults(d, &defaults);
     if (n_defaults) {

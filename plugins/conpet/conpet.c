@@ -623,6 +623,8 @@ static const peft_method_desc cp_desc = {
     .params = cp_params,
     .n_params = sizeof cp_params / sizeof cp_params[0],
     .vt = &cp_vt,
+    .license = "MIT",
+    .url = "https://arxiv.org/abs/2309.14763",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &cp_desc);

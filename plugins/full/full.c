@@ -128,6 +128,7 @@ static const peft_method_desc full_desc = {
     .params = full_params,
     .n_params = sizeof full_params / sizeof full_params[0],
     .vt = &full_vt,
+    .license = "MIT",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &full_desc);

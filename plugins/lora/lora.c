@@ -258,6 +258,8 @@ static const peft_method_desc lora_desc = {
     .params = lora_params,
     .n_params = sizeof lora_params / sizeof lora_params[0],
     .vt = &lora_vt,
+    .license = "MIT",
+    .url = "https://arxiv.org/abs/2106.09685",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &lora_desc);

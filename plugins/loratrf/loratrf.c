@@ -426,6 +426,8 @@ static const peft_method_desc trf_desc = {
     .params = trf_params,
     .n_params = sizeof trf_params / sizeof trf_params[0],
     .vt = &trf_vt,
+    .license = "MIT",
+    .url = "https://arxiv.org/abs/2412.09827",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &trf_desc);

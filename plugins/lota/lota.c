@@ -575,6 +575,8 @@ static const peft_method_desc lota_desc = {
     .vt = &lota_vt,
     .stage_defaults = lota_stage_defaults,
     .n_stage_defaults = sizeof lota_stage_defaults / sizeof lota_stage_defaults[0],
+    .license = "MIT",
+    .url = "https://arxiv.org/abs/2406.16797",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &lota_desc);

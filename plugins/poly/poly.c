@@ -552,6 +552,8 @@ static const peft_method_desc poly_desc = {
     .params = poly_params,
     .n_params = sizeof poly_params / sizeof poly_params[0],
     .vt = &poly_vt,
+    .license = "MIT",
+    .url = "https://arxiv.org/abs/2202.13914",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &poly_desc);

@@ -189,6 +189,8 @@ static const peft_method_desc bias_desc = {
     .params = bias_params,
     .n_params = sizeof bias_params / sizeof bias_params[0],
     .vt = &bias_vt,
+    .license = "MIT",
+    .url = "https://example.com/bias",
 };
 
 PEFT_PLUGIN_DEFINE(NULL, NULL, &bias_desc);

@@ -80,6 +80,8 @@ PEFT_PLUGIN_PATH=$tmp/tbuild "$peft" plugins com.example.bias >"$tmp/show.txt" 2
 cat "$tmp/show.txt"
 grep -q "com.example.bias" "$tmp/show.txt" || fail "peft plugins does not name the method"
 grep -q "init_std" "$tmp/show.txt" || fail "peft plugins does not list the key init_std"
+grep -q "^license      MIT$" "$tmp/show.txt" && grep -q "^url          https://example.com/bias$" "$tmp/show.txt" ||
+    fail "peft plugins does not show the descriptor's license and url"
 
 # the checks an author runs on their plugin: peft check, every line ok
 "$peft" check "$so" >"$tmp/check.txt" 2>&1 || { cat "$tmp/check.txt" >&2; fail "peft check of the template failed"; }

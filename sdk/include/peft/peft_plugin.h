@@ -449,6 +449,10 @@ typedef struct peft_method_desc {
      * plugin, a bad value fails the stage that uses it with a line naming the method. */
     const peft_kv *stage_defaults;
     uint32_t n_stage_defaults;
+    /* Appended: where the method comes from, for `peft plugins ID` (NULL: not given). license
+     * is an SPDX expression ("Apache-2.0"), url the method's home (code or paper). */
+    const char *license;
+    const char *url;
 } peft_method_desc;
 
 /* The exported entry, a const object named peft_plugin_entry of this type. Static data, read
