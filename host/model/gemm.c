@@ -18,6 +18,9 @@ static void make_blas_single(void) { openblas_set_num_threads(1); }
  * over 1, 2, 4 or 8 threads. */
 enum { MAX_PANELS = 8, PANEL_MIN = 64, PANEL_ALIGN = 16 };
 static const double MIN_SPLIT_FLOPS = 2e6;
+/* A product of few rows (a decoded token, m = 1) is bound by reading its weight, not by its
+ * FLOPs: split it too when op(B) has this many entries (1 MiB), so both cores stream it. */
+static const double MIN_SPLIT_WEIGHTS = 256.0 * 1024.0;
 
 struct gemm_job {
     int trans_a, trans_b, split_rows, f64;
@@ -84,7 +87,9 @@ static void gemm_run(struct gemm_job *g)
     g->split_rows = g->m > g->n;
     int32_t side = g->split_rows ? g->m : g->n;
     g->panels = side / PANEL_MIN < MAX_PANELS ? side / PANEL_MIN : MAX_PANELS;
-    if (2.0 * g->m * g->n * g->k < MIN_SPLIT_FLOPS || g->panels < 2) g->panels = 1;
+    int worth = 2.0 * g->m * g->n * g->k >= MIN_SPLIT_FLOPS ||
+                (double)g->k * g->n >= MIN_SPLIT_WEIGHTS;
+    if (!worth || g->panels < 2) g->panels = 1;
     parallel_for((size_t)g->panels, 1, gemm_panels, g);
 }
 

@@ -208,7 +208,7 @@ static double column_best(const struct compare_result *cr, const struct column *
 }
 
 struct paired report_paired(const struct compare_result *cr, int32_t arm) {
-    struct paired p = {0, NAN, NAN, NAN};
+    struct paired p = {0, NAN, NAN, NAN, NAN, NAN};
     int32_t cap = cr->n_seeds * (cr->n_tasks > 0 ? cr->n_tasks : 1);
     double *d = xmalloc(((size_t)cap + 1) * sizeof *d);
     for (int32_t k = 0; k < cr->n_seeds; k++) {
@@ -221,6 +221,11 @@ struct paired report_paired(const struct compare_result *cr, int32_t arm) {
     if (p.n > 0) {
         double sd;
         stats_mean_sd(d, p.n, &p.mean_diff, &sd, NULL);
+        if (p.n >= 2) {
+            double half = stats_t_quantile(0.05, p.n - 1) * sd / sqrt((double)p.n);
+            p.ci_lo = p.mean_diff - half;
+            p.ci_hi = p.mean_diff + half;
+        }
         p.p_t = stats_paired_t_p(d, p.n, NULL);
         p.p_sign = p.n >= 2 ? stats_sign_flip_p(d, p.n) : NAN;
     }
@@ -251,7 +256,7 @@ static void md_arms_table(struct strbuf *md, const struct compare_result *cr) {
     sb_printf(md, "| arm | status |");
     for (int32_t k = 0; k < n_shown; k++) sb_printf(md, " %s |", columns[shown[k]].title);
     if (tests)
-        sb_printf(md, " Δ accuracy vs %s (pp) | p (paired t) | p (sign-flip) |",
+        sb_printf(md, " Δ accuracy vs %s (pp) [95%% CI] | p (paired t) | p (sign-flip) |",
                   compare_run(cr, cr->baseline, 0)->name);
     sb_printf(md, "\n|---|---|");
     for (int32_t k = 0; k < n_shown + (tests ? 3 : 0); k++) sb_printf(md, "---:|");
@@ -290,11 +295,13 @@ static void md_arms_table(struct strbuf *md, const struct compare_result *cr) {
                 /* both tests: a t-test alone calls three equal differences certain */
                 int sig = !isnan(p.p_t) && p.p_t < cr->alpha && !isnan(p.p_sign) &&
                           p.p_sign < cr->alpha;
+                char ci[64] = "";
+                if (!isnan(p.ci_lo)) snprintf(ci, sizeof ci, " [%+.1f, %+.1f]", p.ci_lo, p.ci_hi);
                 if (p.n == 0)
                     sb_printf(md, " - | - | - |");
                 else
-                    sb_printf(md, sig ? " **%+.1f** ★ | %s | %s |" : " %+.1f | %s | %s |",
-                              p.mean_diff, pt, ps);
+                    sb_printf(md, sig ? " **%+.1f**%s ★ | %s | %s |" : " %+.1f%s | %s | %s |",
+                              p.mean_diff, ci, pt, ps);
             }
         }
         sb_printf(md, "\n");
@@ -391,7 +398,8 @@ static void md_intro(struct strbuf *md, const struct compare_result *cr) {
         sb_printf(md, "; a seed sets the data, its order and every initialisation, the same for "
                       "every arm): figures are mean ± standard deviation over the seeds. Δ "
                       "accuracy is the mean over seeds and tasks of the arm's accuracy after its "
-                      "last stage minus %s's on the same seed and task; p is two-sided, from a "
+                      "last stage minus %s's on the same seed and task, with its 95%% confidence "
+                      "interval (Student's t); p is two-sided, from a "
                       "paired t-test and from a sign-flip permutation test on those "
                       "differences. ★ marks a difference significant at the %g level in both "
                       "tests; any other ordering of the accuracy columns may be noise.\n\n",
@@ -453,6 +461,10 @@ static void csv_rows(struct strbuf *csv, const struct compare_result *cr) {
         if (p.n == 0) continue;
         sb_printf(csv, "%s,,,,paired_pairs,%d\n", name, (int)p.n);
         sb_printf(csv, "%s,,,,paired_mean_accuracy_diff_pp,%.6g\n", name, p.mean_diff);
+        if (!isnan(p.ci_lo)) {
+            sb_printf(csv, "%s,,,,paired_diff_ci95_low_pp,%.6g\n", name, p.ci_lo);
+            sb_printf(csv, "%s,,,,paired_diff_ci95_high_pp,%.6g\n", name, p.ci_hi);
+        }
         if (!isnan(p.p_t)) sb_printf(csv, "%s,,,,p_paired_t,%.6g\n", name, p.p_t);
         if (!isnan(p.p_sign)) sb_printf(csv, "%s,,,,p_sign_flip,%.6g\n", name, p.p_sign);
     }

@@ -74,6 +74,7 @@ int report_arm_ok(const struct compare_result *cr, int32_t arm);
 struct paired {
     int32_t n;                  /* pairs */
     double mean_diff;           /* mean of d (pp) */
+    double ci_lo, ci_hi;        /* its 95% confidence interval (t, n - 1 df); NAN if n < 2 */
     double p_t, p_sign;         /* paired t-test and sign-flip test, two-sided; NAN if n < 2 */
 };
 struct paired report_paired(const struct compare_result *cr, int32_t arm);

@@ -71,6 +71,20 @@ double stats_t_two_sided_p(double t, double df)
     return incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
 }
 
+double stats_t_quantile(double p, double df)
+{
+    if (!(p > 0 && p < 1) || !(df > 0)) return NAN;
+    /* two-sided p falls as q grows: bisection on [0, hi] */
+    double lo = 0, hi = 1;
+    while (stats_t_two_sided_p(hi, df) > p && hi < 1e12) hi *= 2;
+    for (int i = 0; i < 200 && hi - lo > 1e-12 * hi; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (stats_t_two_sided_p(mid, df) > p) lo = mid;
+        else hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
 double stats_paired_t_p(const double *d, int32_t n, double *t_out)
 {
     double mean, sd;

@@ -22,6 +22,10 @@ double stats_t_two_sided_p(double t, double df);
  * when every d is 0; 0 when the d are equal and not 0 (no spread, a certain sign). */
 double stats_paired_t_p(const double *d, int32_t n, double *t_out);
 
+/* The t quantile q with P(|T| >= q) = p for df degrees of freedom (0 < p < 1): the
+ * half-width of a (1 - p) confidence interval is q sd / sqrt(n). */
+double stats_t_quantile(double p, double df);
+
 /* Sign-flip permutation test of d (n >= 1), two-sided. */
 double stats_sign_flip_p(const double *d, int32_t n);
 

@@ -186,10 +186,11 @@ int main(void)
     struct rng g;
     rng_seed(&g, 7);
     /* Shapes around the panel size (32) and the split threshold, split by rows (m > n) and
-     * by columns, rank-8 products as LoRA's, and k = 0. */
+     * by columns, rank-8 products as LoRA's, k = 0, and a decoded token's (one row, split for
+     * the size of its weight). */
     const int32_t shapes[][3] = {{512, 576, 8}, {512, 8, 576}, {8, 576, 512}, {576, 8, 512},
                                  {300, 200, 100}, {200, 301, 64}, {33, 1000, 70}, {1000, 33, 70},
-                                 {64, 64, 0}, {1, 1, 1}};
+                                 {64, 64, 0}, {1, 1, 1}, {1, 576, 576}, {2, 1536, 576}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)

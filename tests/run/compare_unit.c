@@ -186,6 +186,11 @@ static void check_stats(void) {
     CHECK(fabs(stats_t_two_sided_p(1.959963984540054, 1e7) - 0.05) < 1e-6, "large df: %.8f",
           stats_t_two_sided_p(1.959963984540054, 1e7));
     CHECK(stats_t_two_sided_p(0.0, 4) == 1.0, "t = 0: p = 1");
+    /* the quantile inverts it: 2 sqrt 3 at df 2, 1 at df 1 (p 0.5) */
+    CHECK(fabs(stats_t_quantile(1.0 - sqrt(12.0) / sqrt(14.0), 2) - sqrt(12.0)) < 1e-8 &&
+              fabs(stats_t_quantile(0.5, 1) - 1.0) < 1e-8,
+          "t quantiles %.10f %.10f", stats_t_quantile(1.0 - sqrt(12.0) / sqrt(14.0), 2),
+          stats_t_quantile(0.5, 1));
     /* sign flips of 1 2 3: sums 6 4 2 0 0 -2 -4 -6, |sum| >= 6 twice in 8 */
     CHECK(fabs(stats_sign_flip_p(x, 3) - 0.25) < 1e-15, "sign-flip of 1 2 3: %g", stats_sign_flip_p(x, 3));
     const double y[] = {1, -1};
@@ -249,7 +254,10 @@ static void check_seeds(const char *dir) {
         /* final averages: a 55 ± 10, b 73.3 ± 10.4 */
         CHECK(strstr(md, "| a | ok | 55.0 ± 10.0 |") != NULL, "a's row:\n%s", md);
         CHECK(strstr(md, "| b | ok | 73.3 ± 10.4 |") != NULL, "b's row:\n%s", md);
-        CHECK(strstr(md, "| **+18.3** ★ | 0.002 | 0.031 |") != NULL, "b's test cells:\n%s", md);
+        /* 95% interval: 18.33 -+ t(0.975, 5) 7.5277 / sqrt 6 = 18.33 -+ 7.90 */
+        CHECK(strstr(md, "| **+18.3** [+10.4, +26.2] ★ | 0.002 | 0.031 |") != NULL,
+              "b's test cells:\n%s", md);
+        CHECK(strstr(csv, "b,,,,paired_diff_ci95_low_pp,10.43") != NULL, "CSV interval row");
         CHECK(strstr(md, " baseline |") != NULL, "the baseline's row says so");
         CHECK(strstr(md, "| s1 (lora) | 50.0 ± 10.0 | 60.0 ± 10.0 |") != NULL, "a's matrix:\n%s", md);
         CHECK(strstr(csv, "b,2,s1,task_b,accuracy,0.800000\n") != NULL, "a per-seed CSV row");
@@ -274,7 +282,7 @@ static void check_seeds(const char *dir) {
     CHECK(report_write(&cr, sub, NULL, 0) == 0, "report: %s", err_msg());
     free(md);
     md = read_text(sub, "report.md");
-    CHECK(md && !strstr(md, "★ | 0.") && strstr(md, "| +5.0 | 0.490 | 0.625 |"), "no ★ without significance:\n%s", md ? md : "");
+    CHECK(md && !strstr(md, "★ | 0.") && strstr(md, "| +5.0 [-12.2, +22.2] | 0.490 | 0.625 |"), "no ★ without significance:\n%s", md ? md : "");
     /* Three equal differences: the t-test's p is 0, the sign-flip's 2 / 2^3 = 0.25; no ★
      * unless both are below alpha. */
     for (int k = 0; k < 3; k++) {
@@ -287,7 +295,7 @@ static void check_seeds(const char *dir) {
     CHECK(report_write(&cr, sub, NULL, 0) == 0, "report: %s", err_msg());
     free(md);
     md = read_text(sub, "report.md");
-    CHECK(md && strstr(md, "| +10.0 | < 0.001 | 0.250 |") && !strstr(md, "★ | <"),
+    CHECK(md && strstr(md, "| +10.0 [+10.0, +10.0] | < 0.001 | 0.250 |") && !strstr(md, "★ | <"),
           "equal differences, t-test alone: no ★:\n%s", md ? md : "");
     free(md);
     free(csv);
