@@ -184,8 +184,8 @@ if "$PEFT" compare seeds.ini --jobs 2 >seeds.log 2>&1; then
     [ -f cmpseeds/arms/r4/seed-1/b/stage.json ] && [ -f cmpseeds/arms/r4/seed-2/b/stage.json ] &&
         ok "one folder per arm and seed" || bad "seed folders: $(ls -R cmpseeds/arms | head -20)"
     grep -q 'Each arm ran with 2 seeds (1, 2' cmpseeds/report.md && grep -q '| r2 | ok | [0-9.]* ± [0-9.]* |' cmpseeds/report.md &&
-        grep -q 'Δ accuracy vs r2 (pp) | p (paired t) | p (sign-flip)' cmpseeds/report.md &&
-        grep -Eq '^\| r4 \| ok \|.*\| (\*\*)?[-+][0-9.]+(\*\* ★)? \| ([0-9.]+|< 0.001|-) \| ([0-9.]+|-) \|$' cmpseeds/report.md &&
+        grep -q 'Δ accuracy vs r2 (pp) \[95% CI\] | p (paired t) | p (sign-flip)' cmpseeds/report.md &&
+        grep -Eq '^\| r4 \| ok \|.*\| (\*\*)?[-+][0-9.]+(\*\*)? \[[-+][0-9.]+, [-+][0-9.]+\]( ★)? \| ([0-9.]+|< 0.001|-) \| ([0-9.]+|< 0.001|-) \|$' cmpseeds/report.md &&
         ok "report: means ± sd, Δ and p-values against the named baseline" || bad "seeded report: $(head -20 cmpseeds/report.md)"
     [ "$(grep -c '^r4,1,b,' cmpseeds/results.csv)" -ge 2 ] && [ "$(grep -c '^r4,2,b,' cmpseeds/results.csv)" -ge 2 ] &&
         grep -q '^r4,,,,p_sign_flip,' cmpseeds/results.csv && grep -q '^r4,,,,final_average_accuracy_pct_sd,' cmpseeds/results.csv &&
