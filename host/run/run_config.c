@@ -568,12 +568,19 @@ static uint64_t input_files_hash(struct cfg *c, uint64_t h) {
     return h;
 }
 
+/* What the host computes for one configuration: raised when a change of the host alters a
+ * stage's result for the same keys (2: adapters drawn per method from init_seed, attention in
+ * tiles, the loss in chunks), so that a finished stage of an older host is trained again
+ * instead of reused. */
+static const char *const host_results_version = "2";
+
 /* What a stage's result depends on besides its own inputs: the model, the data (and the files
  * they come from), the method and its version, the run's seed, the stage's section and the
- * stage it starts from. */
+ * stage it starts from, and the host's results version. */
 static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char *section) {
     struct cfg *c = &r->cfg;
     uint64_t h = section_hash(c, "model", 1469598103934665603ull);
+    h = fnv1a(h, host_results_version);
     h = section_hash(c, "data", h);
     h = input_files_hash(c, h);
     h = fnv1a(h, s->pm->desc->id);
