@@ -477,12 +477,53 @@ static void push(struct stack *s, int32_t pc, size_t pos) {
     s->v[s->n++] = (struct thread){pc, pos};
 }
 
+/* The (split, position) states a run has been through. The machine has no captures, so a
+ * state's continuations give the same answer however it is reached: the first visit decides
+ * it, and a second can be dropped. That bounds a run by (program x text) states, and ends the
+ * loop of a repetition whose body matches nothing (" ?*"), which would otherwise grow the
+ * stack without end. */
+struct visited {
+    uint64_t *key; /* 0 = empty; else (pc + 1) << 32 | (pos - pos0) */
+    size_t n, cap;
+    uint64_t local[64];
+};
+
+/* 1 if the state was seen before; else record it and return 0. */
+static int seen(struct visited *v, int32_t pc, size_t off) {
+    if (off >= UINT32_MAX) return 0; /* beyond what a key holds: not pruned */
+    uint64_t k = ((uint64_t)(uint32_t)pc + 1) << 32 | (uint64_t)off;
+    if (2 * (v->n + 1) > v->cap) { /* keep the table at most half full */
+        size_t cap = v->cap * 2;
+        uint64_t *old = v->key, *tab = xcalloc(cap, sizeof *tab);
+        for (size_t i = 0; i < v->cap; i++) {
+            if (!old[i]) continue;
+            size_t j = (size_t)(old[i] * 0x9E3779B97F4A7C15ull) & (cap - 1);
+            while (tab[j]) j = (j + 1) & (cap - 1);
+            tab[j] = old[i];
+        }
+        if (old != v->local) free(old);
+        v->key = tab;
+        v->cap = cap;
+    }
+    size_t j = (size_t)(k * 0x9E3779B97F4A7C15ull) & (v->cap - 1);
+    while (v->key[j]) {
+        if (v->key[j] == k) return 1;
+        j = (j + 1) & (v->cap - 1);
+    }
+    v->key[j] = k;
+    v->n++;
+    return 0;
+}
+
 /* Whether the program from pc matches at text[pos..]: 1 and *end, else 0. */
 static int run(const struct tok_regex *re, int32_t pc0, const uint32_t *text, size_t n,
                size_t pos0, size_t *end) {
     struct stack s = {0};
     s.v = s.local;
     s.cap = sizeof s.local / sizeof s.local[0];
+    struct visited vis = {0};
+    vis.key = vis.local;
+    vis.cap = sizeof vis.local / sizeof vis.local[0];
     push(&s, pc0, pos0);
     int found = 0;
     while (s.n > 0 && !found) {
@@ -497,6 +538,7 @@ static int run(const struct tok_regex *re, int32_t pc0, const uint32_t *text, si
                 }
                 break;
             } else if (in->op == I_SPLIT) {
+                if (seen(&vis, t.pc, t.pos - pos0)) break;
                 push(&s, in->y, t.pos);
                 t.pc = in->x;
             } else if (in->op == I_JMP) {
@@ -514,6 +556,7 @@ static int run(const struct tok_regex *re, int32_t pc0, const uint32_t *text, si
         }
     }
     if (s.v != s.local) free(s.v);
+    if (vis.key != vis.local) free(vis.key);
     return found;
 }
 

@@ -74,6 +74,34 @@ static void test_regex(void) {
     tok_regex_free(g);
     tok_regex_free(l);
 
+    /* A repetition whose body can match nothing ends (and matches as JavaScript does): the
+     * machine drops a state it has been in, instead of looping on it. */
+    static const char *empty_loops[][3] = {{" ?*x", "a  x b x", "  x| x"},
+                                           {"(a?)*b", "aab b", "aab|b"},
+                                           {"(a*)*b|c", "aaac", "c"}};
+    for (size_t i = 0; i < sizeof empty_loops / sizeof empty_loops[0]; i++) {
+        struct tok_regex *re = tok_regex_compile(empty_loops[i][0]);
+        char m[128] = "";
+        if (re) matches(re, empty_loops[i][1], m, sizeof m);
+        CHECK(re && strcmp(m, empty_loops[i][2]) == 0, "'%s' on '%s': '%s', want '%s' (%s)",
+              empty_loops[i][0], empty_loops[i][1], m, empty_loops[i][2], re ? "" : err_msg());
+        tok_regex_free(re);
+    }
+    /* and a nested repetition over a long text without a match: backtracking through every
+     * way of splitting 2000 'a' would not end; one visit per state does */
+    char *long_a = xmalloc(2001);
+    memset(long_a, 'a', 2000);
+    long_a[2000] = 0;
+    struct tok_regex *nested = tok_regex_compile("(a*)*b");
+    char m[64] = "";
+    double t0 = now_seconds();
+    if (nested) matches(nested, long_a, m, sizeof m);
+    CHECK(nested && m[0] == 0, "(a*)*b matched '%s' in a text without b", m);
+    printf("regex: empty repetitions end; (a*)*b over 2000 a: no match in %.2f s\n",
+           now_seconds() - t0);
+    tok_regex_free(nested);
+    free(long_a);
+
     static const char *refused[][2] = {{"(?<=a)b", "group kind"}, {"^a", "anchor"},
                                        {"a+?", "lazy"}, {"\\p{Lu}", "property"},
                                        {"(a", "unclosed"}, {"\\1", "escape"}};
