@@ -98,6 +98,12 @@ char *path_dirname(const char *path);
 /* ---- time ----------------------------------------------------------------------------- */
 double now_seconds(void); /* monotonic */
 
+/* ---- hashing --------------------------------------------------------------------------- */
+/* FNV-1a over n bytes, continuing from h (start from HASH_FNV1A_BASIS). Not mixed: a caller
+ * that takes low bits of it finalizes it itself. */
+#define HASH_FNV1A_BASIS 1469598103934665603ull
+uint64_t hash_fnv1a(uint64_t h, const void *p, size_t n);
+
 /* ---- the seeded random stream (xoshiro256**; state is plain data so checkpoints keep it) */
 struct rng {
     uint64_t s[4];

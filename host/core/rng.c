@@ -65,8 +65,14 @@ uint64_t rng_below(struct rng *r, uint64_t n) {
     return x % n;
 }
 
+uint64_t hash_fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
 void rng_seed_label(struct rng *r, uint64_t seed, const char *label) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a of the label, mixed with the seed */
-    for (const unsigned char *p = (const unsigned char *)label; *p; p++) h = (h ^ *p) * 1099511628211ull;
+    /* FNV-1a of the label, mixed with the seed */
+    uint64_t h = hash_fnv1a(HASH_FNV1A_BASIS, label, strlen(label));
     rng_seed(r, seed ^ (h * 0x9e3779b97f4a7c15ull));
 }

@@ -285,9 +285,7 @@ int32_t synth_find(const char *name) {
 
 /* The split a prompt belongs to: FNV-1a, then a murmur-style finalizer so the low bits mix. */
 static int32_t prompt_split(const char *prompt) {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)prompt; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
+    uint64_t h = hash_fnv1a(HASH_FNV1A_BASIS, prompt, strlen(prompt));
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;

@@ -36,12 +36,7 @@ static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser */
     return z ^ (z >> 31);
 }
 
-static uint64_t name_hash(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return h;
-}
+static uint64_t name_hash(const char *s) { return hash_fnv1a(HASH_FNV1A_BASIS, s, strlen(s)); }
 
 static int dare_keep_h(uint64_t base, uint64_t index, double density) {
     uint64_t h = mix64(base ^ mix64(index + 0x9e3779b97f4a7c15ull));

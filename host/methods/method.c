@@ -113,13 +113,6 @@ static int match_and_attach(struct method_run *mr, const peft_kv *cfg, uint32_t 
     return 0;
 }
 
-/* FNV-1a over bytes, continuing from h. */
-static uint64_t fnv1a_bytes(uint64_t h, const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
-    return h;
-}
-
 static void init_tensor(struct peft_host *h, struct mtensor *t) {
     const peft_tensor_desc *d = &t->desc;
     float *x = t->data;
@@ -140,7 +133,7 @@ static void init_tensor(struct peft_host *h, struct mtensor *t) {
 
 static void allocate_tensors(struct peft_host *h) {
     struct model *m = h->m;
-    uint64_t fp = 1469598103934665603ULL; /* FNV-1a offset basis */
+    uint64_t fp = HASH_FNV1A_BASIS;
     int drawn = 0;
     for (int32_t i = 0; i < h->n_tensors; i++) {
         struct mtensor *t = &h->tensors[i];
@@ -160,8 +153,8 @@ static void allocate_tensors(struct peft_host *h) {
             t->data = xalloc_floats(t->numel);
             init_tensor(h, t);
             if (t->desc.init == PEFT_INIT_UNIFORM || t->desc.init == PEFT_INIT_NORMAL) {
-                fp = fnv1a_bytes(fp, t->name, strlen(t->name) + 1);
-                fp = fnv1a_bytes(fp, t->data, t->numel * sizeof(float));
+                fp = hash_fnv1a(fp, t->name, strlen(t->name) + 1);
+                fp = hash_fnv1a(fp, t->data, t->numel * sizeof(float));
                 drawn = 1;
             }
         }

@@ -521,9 +521,9 @@ static void set_known_tasks(struct run *r, struct stage *s, const int32_t *extra
     }
 }
 
+/* FNV-1a of a string and a terminator, so that "ab"+"c" and "a"+"bc" differ. */
 static uint64_t fnv1a(uint64_t h, const char *s) {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 1099511628211ull;
-    return (h ^ 0xff) * 1099511628211ull;
+    return (hash_fnv1a(h, s, strlen(s)) ^ 0xff) * 1099511628211ull;
 }
 
 static uint64_t section_hash(struct cfg *c, const char *section, uint64_t h) {
@@ -532,7 +532,7 @@ static uint64_t section_hash(struct cfg *c, const char *section, uint64_t h) {
     uint64_t sum = 0;
     for (int32_t i = 0; i < c->n; i++)
         if (strcmp(c->e[i].section, section) == 0)
-            sum += fnv1a(fnv1a(1469598103934665603ull, c->e[i].key), c->e[i].value);
+            sum += fnv1a(fnv1a(HASH_FNV1A_BASIS, c->e[i].key), c->e[i].value);
     return fnv1a(h, section) ^ (sum * 0x9e3779b97f4a7c15ull);
 }
 
@@ -579,7 +579,7 @@ static const char *const host_results_version = "2";
  * stage it starts from, and the host's results version. */
 static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char *section) {
     struct cfg *c = &r->cfg;
-    uint64_t h = section_hash(c, "model", 1469598103934665603ull);
+    uint64_t h = section_hash(c, "model", HASH_FNV1A_BASIS);
     h = fnv1a(h, host_results_version);
     h = section_hash(c, "data", h);
     h = input_files_hash(c, h);

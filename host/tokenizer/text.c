@@ -156,10 +156,7 @@ void bstr_free(struct bstr *b) {
 
 uint64_t tok_hash(const void *p, size_t n) {
     /* FNV-1a, then a final mix so that the low bits (the slot) depend on every byte */
-    const unsigned char *s = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211ull;
+    uint64_t h = hash_fnv1a(HASH_FNV1A_BASIS, p, n);
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
