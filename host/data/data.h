@@ -118,6 +118,9 @@ struct batch {
     int32_t *targets;        /* (B, T) next ids on answer positions (incl. EOS), else -1 */
     int32_t *example_task;   /* (B) */
     int32_t *prompt_len;     /* (B) ids before the first answer id */
+    /* (B) in a label-scoring batch (stage/labels.c): the task of the label example b pairs
+     * with its prompt; NULL otherwise. Borrowed; batch_make leaves it alone. */
+    const int32_t *label_task;
     int32_t cap_B, cap_T;
 };
 /* Build a batch from examples idx[0..n). A sequence still longer than max_T (dataset_fit

@@ -147,6 +147,9 @@ static const struct host_key keys[] = {
      "examples kept per label of a replayed task (0 = all)"},
     {"stage", "eval_labels", "bool", "false", 0, 0, NULL, TRAIN,
      "accuracy = the best-scored label among all labels evaluated (class-incremental)"},
+    {"stage", "train_labels", "bool", "false", 0, 0, NULL, TRAIN,
+     "training loss = cross-entropy over the labels of tasks and replay_tasks, each scored by "
+     "its log-probability (label prediction), instead of the answer tokens' cross-entropy"},
 };
 
 int32_t host_key_count(void) { return (int32_t)(sizeof keys / sizeof keys[0]); }

@@ -260,6 +260,8 @@ void method_run_free(struct method_run *mr) {
     free(mr->tokens);
     free(mr->example_task);
     free(mr->prompt_len);
+    free(mr->label_task);
+    free(mr->label_masked);
     free(mr->row_task);
     free(mr);
 }
@@ -343,6 +345,13 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
         memcpy(mr->example_task, b->example_task, (size_t)b->B * sizeof(int32_t));
         memcpy(mr->prompt_len, b->prompt_len, (size_t)b->B * sizeof(int32_t));
     }
+    mr->has_labels = b->label_task != NULL;
+    if (mr->has_labels) {
+        mr->label_task = xrealloc(mr->label_task, ((size_t)b->B + 1) * sizeof(int32_t));
+        mr->label_masked = xrealloc(mr->label_masked, (size_t)b->B + 1);
+        if (b->B) memcpy(mr->label_task, b->label_task, (size_t)b->B * sizeof(int32_t));
+        memset(mr->label_masked, 0, (size_t)b->B + 1);
+    }
     mr->binfo = (peft_batch_info){
         .struct_size = (uint32_t)sizeof(peft_batch_info),
         .batch = (uint32_t)b->B,
@@ -352,6 +361,8 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
         .example_task = mr->example_task,
         .prompt_len = mr->prompt_len,
         .step = step,
+        .label_task = mr->has_labels ? mr->label_task : NULL,
+        .label_masked = mr->has_labels ? mr->label_masked : NULL,
     };
     mr->has_batch = 1;
     mr->row_task_n = -1;
@@ -361,6 +372,10 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
     if (!h->vt->batch_begin) return 0;
     int prev = call_begin(h, CALL_BATCH_BEGIN);
     return call_end(h, prev, h->vt->batch_begin(h->inst, &mr->binfo), "batch_begin");
+}
+
+const uint8_t *method_run_label_masked(const struct method_run *mr) {
+    return mr->has_batch && mr->has_labels ? mr->label_masked : NULL;
 }
 
 int method_run_step_end(struct method_run *mr, uint64_t step) {

@@ -64,6 +64,9 @@ struct method_run {
     int has_batch;
     peft_batch_info binfo;
     int32_t *tokens, *example_task, *prompt_len;
+    int32_t *label_task;       /* (B) a label-scoring batch's, else unused */
+    uint8_t *label_masked;     /* (B) what the plugin masked in batch_begin */
+    int has_labels;            /* the current batch is a label-scoring batch */
     int32_t cap_rows;
     int32_t *row_task;         /* (n_rows) example_task expanded per row */
     int32_t row_task_n;        /* rows row_task was built for */

@@ -34,7 +34,7 @@ double head_loss_fused(const struct model *m, int32_t head, const float *h,
         model_head_logits(m, s->hidden, s->logits, rb);
         int32_t valid;
         total += crossentropy_forward(s->lse, s->logits, s->targets, rb, V, &valid);
-        crossentropy_backward(s->logits, s->logits, s->lse, s->targets, rb, V, scale);
+        crossentropy_backward(s->logits, s->logits, s->lse, s->targets, NULL, rb, V, scale);
         /* d_hidden (rb, C) = d_logits head; d_head (V, C) += d_logits^T hidden */
         if (model_tensor_in_half(m, head))
             half_matmul_backward_dx(m, head, s->d_hidden, s->logits, rb, C, V, 0.0f);

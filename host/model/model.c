@@ -367,6 +367,7 @@ struct model_acts {
     int32_t ready;           /* a forward finished and no backward has run on it since */
     int32_t n_valid;         /* rows with a target */
     float loss_scale;        /* the backward pass's gradients are of loss_scale * loss (0: 1) */
+    const float *row_weight; /* (n) borrowed: the backward's per-row loss weights, or NULL */
     int32_t loss_chunk;      /* > 0: the loss and its gradient fused, in chunks of these rows */
     int32_t head_done;       /* the forward left d_hidden (loss_chunk mode) */
     struct head_loss_scratch head; /* loss_chunk mode's buffers, in the forward block */
@@ -418,6 +419,11 @@ struct model_acts *model_acts_new(void)
 void model_acts_set_loss_scale(struct model_acts *a, float scale)
 {
     a->loss_scale = scale;
+}
+
+void model_acts_set_row_weights(struct model_acts *a, const float *w)
+{
+    a->row_weight = w;
 }
 
 void model_acts_set_loss_chunk(struct model_acts *a, int32_t rows)
@@ -783,6 +789,8 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         return err_set("model_backward: no finished forward pass to go back through");
     if (memcmp(&a->cfg, c, sizeof *c) != 0)
         return err_set("model_backward: the forward pass ran on a model of another shape");
+    if (a->row_weight && a->head_done)
+        return err_set("model_backward: per-row loss weights with the fused chunked loss");
     acts_prepare_backward(a);
     int32_t B = a->B, T = a->T, n = B * T, C = c->d_model;
     int32_t H = c->n_heads, KV = c->n_kv_heads, D = c->head_dim;
@@ -796,7 +804,8 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         float scale = a->n_valid > 0 ? 1.0f / (float)a->n_valid : 0.0f;
         if (a->loss_scale > 0.0f) scale *= a->loss_scale;
         float *d_logits = a->logits;
-        crossentropy_backward(d_logits, a->logits, a->lse, a->targets, n, c->vocab, scale);
+        crossentropy_backward(d_logits, a->logits, a->lse, a->targets, a->row_weight, n, c->vocab,
+                              a->row_weight ? (a->loss_scale > 0.0f ? a->loss_scale : 1.0f) : scale);
         int32_t head = lm_head_tensor(c);
         if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
             half_matmul_backward_dx(m, head, a->d_hidden, d_logits, n, C, c->vocab, 0.0f);

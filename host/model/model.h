@@ -219,6 +219,12 @@ void model_acts_free(struct model_acts *a);
  * each micro-batch's share of the answer tokens of the whole step). 1 by default. */
 void model_acts_set_loss_scale(struct model_acts *a, float scale);
 
+/* The next backward passes take the loss as sum_i w[i] * loss_i over the rows i with a
+ * target (loss_i their cross-entropy), times the loss scale, instead of the mean: w (B*T) is
+ * borrowed until it is set again (NULL: the mean). A caller whose loss is a function of the
+ * rows' log-probabilities (label prediction) gives its derivative by each row's loss this
+ * way. Not with loss_chunk (its gradient is made in the forward): that backward fails. */
+void model_acts_set_row_weights(struct model_acts *a, const float *w);
 /* Training forwards (rows > 0): the head, the loss and the loss's gradient run together over
  * chunks of `rows` rows that have a target, so the (B*T, V) logits are never held whole and
  * rows without a target cost no head product. model_logits is then NULL, and the forward

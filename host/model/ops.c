@@ -482,6 +482,7 @@ struct ce_job {
     double *row_loss; /* (n): each counted row's -log p(target) in double, summed in order */
     const float *logits;
     const int32_t *targets;
+    const float *row_weight; /* backward: (n) or NULL */
     int32_t V;
     float scale;
 };
@@ -533,18 +534,20 @@ static void crossentropy_backward_rows(void *ctx, size_t begin, size_t end)
             memset(d_i, 0, (size_t)V * sizeof(float));
             continue;
         }
+        float scale_i = job->row_weight ? scale * job->row_weight[i] : scale;
         vexp_shifted(d_i, l_i, (size_t)V, job->lse_in[i]);
         for (int32_t j = 0; j < V; j++)
-            d_i[j] *= scale;
-        d_i[job->targets[i]] -= scale;
+            d_i[j] *= scale_i;
+        d_i[job->targets[i]] -= scale_i;
     }
 }
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
-                           const int32_t *targets, int32_t n, int32_t V, float scale)
+                           const int32_t *targets, const float *row_weight, int32_t n, int32_t V,
+                           float scale)
 {
     struct ce_job job = {.lse_in = lse, .dlogits = dlogits, .logits = logits,
-                         .targets = targets, .V = V, .scale = scale};
+                         .targets = targets, .row_weight = row_weight, .V = V, .scale = scale};
     parallel_for((size_t)n, 1, crossentropy_backward_rows, &job);
 }
 

@@ -81,9 +81,10 @@ void embedding_backward(float *dembed, const float *dout, const int32_t *tokens,
  * row's log-sum-exp; *n_valid counts the rows. targets may be NULL (no row counts). */
 double crossentropy_forward(float *lse, const float *logits, const int32_t *targets, int32_t n,
                             int32_t V, int32_t *n_valid);
-/* dlogits (n, V) = scale * (softmax - onehot) for rows with a target, 0 elsewhere; dlogits
- * may be logits (in place). */
+/* dlogits (n, V) = scale * w_i * (softmax - onehot) for rows with a target, 0 elsewhere,
+ * with w_i = row_weight[i] (row_weight NULL: 1); dlogits may be logits (in place). */
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
-                           const int32_t *targets, int32_t n, int32_t V, float scale);
+                           const int32_t *targets, const float *row_weight, int32_t n, int32_t V,
+                           float scale);
 
 #endif

@@ -691,12 +691,14 @@ static int load_stage(struct run *r, struct data_settings *ds, const char *secti
 
     /* The continual-learning sampler (replay.h) and label evaluation (eval.c). */
     const char *replay_tasks, *replay;
-    int eval_labels;
+    int eval_labels, train_labels;
     NOTE(cfg_str(c, section, "replay_tasks", NULL, &replay_tasks));
     NOTE(cfg_str(c, section, "replay", host_key_find(section, "replay")->def, &replay));
     NOTE(cfg_key_int(c, section, "memory_per_label", &s->memory_per_label));
     NOTE(cfg_key_bool(c, section, "eval_labels", &eval_labels));
     s->eval_labels = eval_labels;
+    NOTE(cfg_key_bool(c, section, "train_labels", &train_labels));
+    s->train_labels = train_labels;
     if (replay_tasks && resolve_task_list(r, ds, s, "replay_tasks", replay_tasks, &s->replay_tasks,
                                           &s->n_replay_tasks))
         return -1;

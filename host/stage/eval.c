@@ -9,8 +9,9 @@
  * With eval_labels (class-incremental evaluation) the accuracy is label prediction instead:
  * the candidates are every distinct completion of the stage's eval tasks (the labels seen so
  * far, from their train and eval examples), the score of a label is the log-probability of
- * its tokens and the EOS after the prompt, and an example is right when its own completion
- * scores highest (ties go to the label seen first). The loss stays the reference's. */
+ * its tokens and the EOS after the prompt (or the null score where the method masks it,
+ * labels.c), and an example is right when its own completion scores highest (ties go to the
+ * label seen first). The loss stays the reference's. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,95 +33,48 @@ double eval_row_nll(const float *logits, int32_t V, int32_t target) {
     return log(sum) + mx - logits[target];
 }
 
-/* ---- label prediction (eval_labels) --------------------------------------------------- */
-
-/* More candidates than this means the eval tasks are not classification tasks. */
-enum { MAX_LABELS = 64 };
-
-struct labels {
-    const char *v[MAX_LABELS]; /* borrowed from the datasets */
-    int32_t n;
-};
-
-static int labels_add_from(struct labels *L, const struct dataset *d, const struct stage *s) {
-    for (size_t i = 0; i < d->n; i++) {
-        int in_eval = 0;
-        for (int32_t k = 0; k < s->n_eval_tasks; k++) in_eval |= d->ex[i].task == s->eval_tasks[k];
-        if (!in_eval) continue;
-        int32_t j = 0;
-        while (j < L->n && strcmp(L->v[j], d->ex[i].completion) != 0) j++;
-        if (j < L->n) continue;
-        if (L->n == MAX_LABELS)
-            return err_set("[%s] eval_labels: more than %d distinct completions among the eval "
-                           "tasks (label prediction is for classification tasks)",
-                           s->section, MAX_LABELS);
-        L->v[L->n++] = d->ex[i].completion;
-    }
-    return 0;
-}
-
-/* Sum over a row block of the log-probabilities of its targets, and their count. */
-static double rows_logprob(const float *logits, const int32_t *targets, int32_t T, int32_t V,
-                           int64_t *n_tokens) {
-    double lp = 0;
-    for (int32_t t = 0; t < T; t++) {
-        if (targets[t] < 0) continue;
-        lp -= eval_row_nll(logits + (size_t)t * V, V, targets[t]);
-        (*n_tokens)++;
-    }
-    return lp;
-}
+/* ---- label prediction (eval_labels, labels.c) ----------------------------------------- */
 
 /* One task: examples idx[0..n) of env->eval scored against every label, as many examples per
  * batch as fit eval_batch_size rows (one row per example and label). */
 static int eval_task_labels(struct stage_env *env, struct stage *s, struct method_run *mr,
-                            const struct labels *L, const size_t *idx, size_t n,
-                            struct model_acts *acts, struct batch *b, struct eval_result *out) {
+                            const struct label_set *L, const size_t *idx, size_t n,
+                            struct model_acts *acts, struct label_batch *lb,
+                            struct eval_result *out) {
     const int32_t V = env->model->cfg.vocab;
     const struct model_hooks *hooks = method_run_hooks(mr, 0);
     size_t per_batch = (size_t)s->eval_batch_size / (size_t)L->n;
     if (per_batch == 0) per_batch = 1;
-    size_t *pair_idx = xmalloc(sizeof *pair_idx * per_batch * (size_t)L->n);
-    double *score = xmalloc(sizeof *score * (size_t)L->n);
+    double *score = xmalloc(sizeof *score * per_batch * (size_t)L->n);
+    int64_t *n_tok = xmalloc(sizeof *n_tok * per_batch * (size_t)L->n);
     double nll = 0;
     int64_t tokens = 0, correct = 0;
     int rc = 0;
     for (size_t at = 0; at < n && rc == 0; at += per_batch) {
         size_t ne = n - at < per_batch ? n - at : per_batch;
-        struct dataset pairs = {.enc = env->eval->enc}; /* example e, label l at row e * L->n + l */
-        for (size_t e = 0; e < ne; e++) {
-            const struct example *ex = &env->eval->ex[idx[at + e]];
-            for (int32_t l = 0; l < L->n; l++) dataset_add(&pairs, ex->task, ex->prompt, L->v[l]);
-        }
-        for (size_t i = 0; i < pairs.n; i++) pair_idx[i] = i;
-        batch_make(b, &pairs, pair_idx, (int32_t)pairs.n, env->model->cfg.max_seq);
+        label_batch_make(lb, env->eval, idx + at, ne, L, env->model->cfg.max_seq);
+        struct batch *b = &lb->b;
         float loss;
         stage_set_batch(env, mr, b, 0);
         rc = method_run_batch_begin(mr, b, 0, 0) ||
              model_forward(env->model, acts, b->tokens, b->targets, b->B, b->T, hooks, &loss);
         stage_set_batch(env, NULL, NULL, 0);
-        const float *logits = model_logits(acts); /* (B*T, V) */
-        for (size_t e = 0; e < ne && rc == 0; e++) {
-            const char *ref = env->eval->ex[idx[at + e]].completion;
-            int32_t best = 0, own = -1;
-            for (int32_t l = 0; l < L->n; l++) {
-                int32_t row = (int32_t)(e * (size_t)L->n) + l;
-                int64_t n_tok = 0;
-                score[l] = rows_logprob(logits + (size_t)row * b->T * V, b->targets + (size_t)row * b->T,
-                                        b->T, V, &n_tok);
-                if (score[l] > score[best]) best = l;
-                if (own < 0 && strcmp(L->v[l], ref) == 0) {
-                    own = l;
-                    nll -= score[l];
-                    tokens += n_tok;
-                }
-            }
+        if (rc) break;
+        label_scores(model_logits(acts), b, V, method_run_label_masked(mr), score, n_tok);
+        for (size_t e = 0; e < ne; e++) {
+            const double *se = score + e * (size_t)L->n;
+            int32_t own = label_set_find(L, env->eval->ex[idx[at + e]].completion);
+            /* the reference is among the labels: they were collected from these examples */
+            nll -= se[own];
+            tokens += n_tok[e * (size_t)L->n + (size_t)own];
+            int32_t best = 0;
+            for (int32_t l = 1; l < L->n; l++)
+                if (se[l] > se[best]) best = l; /* ties go to the label seen first */
             correct += best == own;
         }
-        dataset_free(&pairs);
     }
-    free(pair_idx);
     free(score);
+    free(n_tok);
     out->n = (int32_t)n;
     out->loss = tokens ? nll / (double)tokens : 0.0;
     out->accuracy = n ? (double)correct / (double)n : 0.0;
@@ -135,8 +89,11 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
     const struct model_hooks *hooks = method_run_hooks(mr, 0);
     int rc = 0;
     double t0 = now_seconds();
-    struct labels L = {.n = 0};
-    if (s->eval_labels && (labels_add_from(&L, env->train, s) || labels_add_from(&L, env->eval, s)))
+    struct label_set L = {.n = 0};
+    struct label_batch lb = {0};
+    if (s->eval_labels &&
+        (label_set_add(&L, env->train, s->eval_tasks, s->n_eval_tasks, s->section, "eval_labels") ||
+         label_set_add(&L, env->eval, s->eval_tasks, s->n_eval_tasks, s->section, "eval_labels")))
         rc = err_prefix("%s", env->run_path);
     for (int32_t k = 0; k < s->n_eval_tasks && rc == 0; k++) {
         int32_t task = s->eval_tasks[k];
@@ -145,7 +102,7 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
             if (env->eval->ex[i].task == task) idx[n++] = i;
         out[k].task = task;
         if (s->eval_labels) {
-            rc = eval_task_labels(env, s, mr, &L, idx, n, acts, &b, &out[k]);
+            rc = eval_task_labels(env, s, mr, &L, idx, n, acts, &lb, &out[k]);
             continue;
         }
         double nll = 0;
@@ -186,6 +143,7 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
     }
     free(idx);
     batch_free(&b);
+    label_batch_free(&lb);
     model_acts_free(acts);
     s->eval_seconds += now_seconds() - t0;
     return rc;

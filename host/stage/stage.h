@@ -56,6 +56,9 @@ struct stage {
     /* eval.c: accuracy = the label scored best among every label of the eval tasks (the
      * class-incremental evaluation) instead of greedy exact match. */
     int32_t eval_labels;
+    /* train.c: the training loss is label prediction's (labels.c) over the labels of the
+     * stage's tasks and replay_tasks, instead of the completion tokens' cross-entropy. */
+    int32_t train_labels;
     struct optim_params opt;
     uint64_t seed;
     uint64_t init_seed;         /* the adapter's random initialisation (default: the run's seed) */
@@ -165,6 +168,46 @@ int stage_write_predictions(struct stage_env *env, struct stage *s, struct metho
  * (eval_every) also as one line on stdout. */
 void stage_log_eval(struct stage_env *env, const struct stage *s, const char *point,
                     int64_t step, const struct eval_result *ev);
+
+/* ---- label prediction (labels.c): eval_labels and train_labels ------------------------ */
+/* More candidates than this means the tasks are not classification tasks. */
+enum { LABELS_MAX = 64 };
+struct label_set {
+    const char *text[LABELS_MAX]; /* borrowed from the datasets */
+    int32_t task[LABELS_MAX];     /* the task each label first appears in */
+    int32_t n;
+};
+/* Adds the distinct completions of d's examples of the given tasks, in order of appearance;
+ * more than LABELS_MAX is refused with one line naming [section] key. */
+int label_set_add(struct label_set *L, const struct dataset *d, const int32_t *tasks,
+                  int32_t n_tasks, const char *section, const char *key);
+/* The index of a label, or -1. */
+int32_t label_set_find(const struct label_set *L, const char *completion);
+/* A batch of (prompt, label) pairs: example e of idx with label l is pair e * L->n + l, and
+ * b.label_task (B) the label's task. Owns its arrays; made again by each call. */
+struct label_batch {
+    struct dataset pairs;
+    struct batch b;
+    size_t *pair_idx;
+    int32_t *label_task;
+};
+void label_batch_make(struct label_batch *lb, const struct dataset *d, const size_t *idx,
+                      size_t n, const struct label_set *L, int32_t max_T);
+void label_batch_free(struct label_batch *lb);
+/* score (B): each pair's log-probability of its targets (PEFT_LABEL_NULL_SCORE where masked,
+ * masked may be NULL) from its logits (B*T, V); n_tokens (B) its target count. */
+void label_scores(const float *logits, const struct batch *b, int32_t V, const uint8_t *masked,
+                  double *score, int64_t *n_tokens);
+/* -log softmax(score (n_labels))[own]; d_score (n_labels, may be NULL) = its derivative by
+ * each score, softmax - onehot(own). */
+double label_loss(const double *score, int32_t n_labels, int32_t own, double *d_score);
+/* One training micro-batch of label prediction: examples idx[0..n) of env->train paired with
+ * every label of L (each example's completion among them), forward, and the backward of the
+ * mean label loss times acts' loss scale; *loss = the mean label loss. acts must keep its
+ * logits (no loss_chunk). -1 with one line. */
+int label_train_batch(struct stage_env *env, struct method_run *mr, struct model_acts *acts,
+                      struct label_batch *lb, const struct label_set *L, const size_t *idx,
+                      size_t n, uint64_t step, float *loss);
 
 /* ---- the progress line (progress.c) --------------------------------------------------- */
 struct progress {

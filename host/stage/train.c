@@ -405,9 +405,12 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     char *before_json = NULL;
     int rc = -1, resumed = 0;
     struct model_acts *acts = model_acts_new();
-    /* training forwards: the head and the loss fused in chunks, no (rows, vocab) block */
-    model_acts_set_loss_chunk(acts, model_loss_chunk_rows(&env->model->cfg));
+    /* training forwards: the head and the loss fused in chunks, no (rows, vocab) block;
+     * label prediction reads the pairs' logits before its loss is known, so keeps them */
+    if (!s->train_labels) model_acts_set_loss_chunk(acts, model_loss_chunk_rows(&env->model->cfg));
     struct batch b = {0};
+    struct label_batch lb = {0};
+    struct label_set labels = {.n = 0};
     /* a step's examples: grad_accum micro-batches of batch_size, drawn at once as one batch */
     int64_t accum = s->grad_accum > 0 ? s->grad_accum : 1;
     size_t *idx = xmalloc(sizeof *idx * (size_t)(s->batch_size * accum));
@@ -417,6 +420,12 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
                                  s->n_train_tasks, (int32_t)s->batch_size);
     if (n_pool == 0 && s->batch_size > n_old) {
         err_set("%s: [%s] tasks: no training example", env->run_path, s->section);
+        goto out;
+    }
+    if (s->train_labels &&
+        (label_set_add(&labels, env->train, s->train_tasks, s->n_train_tasks, s->section, "train_labels") ||
+         label_set_add(&labels, env->train, s->replay_tasks, s->n_replay_tasks, s->section, "train_labels"))) {
+        err_prefix("%s", env->run_path);
         goto out;
     }
     if (n_old > 0) {
@@ -475,13 +484,22 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         /* (the run fitted every training example to the context, so its targets are its
          * scored ids after the first) */
         int64_t step_targets = 0;
-        for (int64_t i = 0; i < s->batch_size * accum && accum > 1; i++) {
+        for (int64_t i = 0; i < s->batch_size * accum && accum > 1 && !s->train_labels; i++) {
             const struct example *e = &env->train->ex[idx[i]];
             for (int32_t t = 1; t < e->n_ids; t++) step_targets += e->scored[t];
         }
         double step_loss = 0, step_tokens = 0;
         int failed = 0;
-        for (int64_t k = 0; k < accum && !failed; k++) {
+        for (int64_t k = 0; k < accum && !failed && s->train_labels; k++) {
+            /* label prediction: every micro-batch has batch_size examples, an equal share */
+            model_acts_set_loss_scale(acts, (float)(1.0 / (double)accum));
+            float loss = 0;
+            failed = label_train_batch(env, mr, acts, &lb, &labels, idx + k * s->batch_size,
+                                       (size_t)s->batch_size, (uint64_t)(step - 1), &loss);
+            step_loss += loss / (double)accum;
+            step_tokens += (double)lb.b.B * lb.b.T;
+        }
+        for (int64_t k = 0; k < accum && !failed && !s->train_labels; k++) {
             batch_make(&b, env->train, idx + k * s->batch_size, (int32_t)s->batch_size, env->model->cfg.max_seq);
             int64_t targets = 0;
             for (int32_t r = 0; r < b.B * b.T && accum > 1; r++) targets += b.targets[r] >= 0;
@@ -590,6 +608,7 @@ out:
     free(idx);
     free(pool);
     batch_free(&b);
+    label_batch_free(&lb);
     model_acts_free(acts);
     return rc;
 }

@@ -31,30 +31,38 @@
  * The selector's LoRA and head are frozen in a stage that knows a single task (no selector
  * pass runs then). Model-level: "conpet.selector.head.weight" (n_tasks, C) and ".bias"
  * (n_tasks), both U(+-1/sqrt(C)) as torch's nn.Linear (dynamic only); "conpet.config" (5) and
- * "conpet.experts" (n_tasks: 0 fresh, 1 trained by an earlier stage, 2 trained here), saved,
+ * "conpet.experts" (n_tasks: 0 fresh, 1 trained by an earlier stage, 2 trained here, 3 routed
+ * to by a selector stage, not trained yet), saved,
  * never trained: what a later stage's init_from checks and reads. All state is in tensors,
  * so the adapter file is the whole state and a chain can stop after any task and go on.
  *
- * Forward, s = lora_alpha / r. Static: y += s x A^T B^T. Dynamic, on the main pass: example b
- * uses the k experts route[b] (k = top_k, at most the number of known tasks) and its rows get
- *   y += (s / k) sum_{e in route[b]} x A_e^T B_e^T,
- * so with k = 1 the chosen expert alone defines the model for that example. On pass 1 (the
- * selector's auxiliary pass, run from batch_begin) every row gets the selector's LoRA instead,
- * and the final hidden state h of the last prompt token gives the logits z = W h + b over
- * task ids; the auxiliary loss is the mean over examples of -log softmax(z)[task], the softmax
- * over the known tasks (trained by an earlier stage or begun in this one). route[b] = the
- * top-k known tasks by z; in training with teacher_forcing, when the example's own task is
- * not among them it replaces the last. With one known task no selector pass is needed. A
+ * Forward, s = lora_alpha / r. Static: y += s x A^T B^T. Dynamic, on the main pass: the
+ * selector picks the k = top_k known tasks route[b] of example b (at most the number of known
+ * tasks), and one expert e runs on the example's rows, y += s x A_e^T B_e^T. As the published
+ * dynamic ConPET, each selected expert runs its own forward and scores only its own task's
+ * labels: under label prediction (the host's eval_labels and train_labels, where every example
+ * of a batch is a (prompt, label) pair) e is the task of the pair's label, and a pair whose
+ * task is not selected is masked (peft_batch_info.label_masked): it gets the null score
+ * (-100, the official code's null expert logit), so the prediction is the best label of the
+ * selected experts' tasks and the label loss normalises over those labels only. In any other
+ * batch (a completion's tokens, generation) e is the first selected task. On pass 1 (the
+ * selector's auxiliary pass, run from batch_begin) every row gets the selector's LoRA
+ * instead, and the final hidden state h of the last prompt token gives the logits z = W h + b
+ * over task ids; the auxiliary loss is the mean over examples of -log softmax(z)[task], the
+ * softmax over the known tasks (trained by an earlier stage or begun in this one). route[b] =
+ * the top-k known tasks by z; in training with teacher_forcing, when the example's own task
+ * is not among them it replaces the last. With one known task no selector pass is needed. A
  * host that offers no auxiliary passes gets routing by the batch's task ids (logged once).
  *
- * The classifier-head formulation of the paper gives the labels of unselected experts a
- * logit of -100. Here the tasks are label prediction by the language model and every label
- * is scored by the model as routed: the labels of an unselected expert are not masked but
- * scored by the selected experts, which never trained on them (the host's eval_labels picks
- * the best label among all labels seen so far).
+ * Phases (key phase): the official code trains a task's selector first, keeping its best
+ * validation checkpoint, then the task's expert with the selector frozen. phase = selector
+ * trains only the selector (the new task routable, its expert not trained yet), phase =
+ * experts then trains the new experts with the selector frozen (init_from the selector
+ * stage); the host's early_stopping keeps the selector stage's best evaluation. phase = joint
+ * (the default) trains both on every batch.
  *
  * Backward on each routed segment, with u = x A_e^T and g = dy B_e:
- *   dB_e += (s/k) dy^T u,  dA_e += (s/k) g^T x,  dx += (s/k) g A_e;
+ *   dB_e += s dy^T u,  dA_e += s g^T x,  dx += s g A_e;
  * of the head, p = softmax over the known tasks: dW += (p - onehot) h / n, db += (p - onehot)
  * / n, dh += (p - onehot) W / n. delta_weight: static s B A, exact; dynamic has none (each
  * example uses the experts its selector picks) and refuses.
@@ -162,22 +170,32 @@ static peft_status read_source(struct peft_instance *self) {
     return PEFT_OK;
 }
 
+/* Whether init_from trained task's expert (a selector stage's SELECTABLE ones it did not). */
 static int inherited(const struct peft_instance *self, uint32_t task) {
-    return self->src_experts && self->src_experts[task] != EXPERT_FRESH;
+    return self->src_experts && (self->src_experts[task] == EXPERT_INHERITED ||
+                                 self->src_experts[task] == EXPERT_TRAINED_HERE);
+}
+
+/* Whether init_from already routed to task (a selector stage's new task). */
+static int selectable(const struct peft_instance *self, uint32_t task) {
+    return self->src_experts && self->src_experts[task] == EXPERT_SELECTABLE;
 }
 
 /* Whether task's expert trains in this stage: not trained by an earlier stage, and one of the
  * stage's tasks (every such task when the host does not say which those are). */
 static int expert_trains(const struct peft_instance *self, uint32_t task) {
-    return !inherited(self, task) && (!self->stage_trains || self->stage_trains[task]);
+    return self->phase != CP_SELECTOR && !inherited(self, task) &&
+           (!self->stage_trains || self->stage_trains[task]);
 }
 
 /* Whether the selector trains: when the host says which tasks the stage trains, only if at
  * least two tasks are known in the stage (with one, no selector pass runs). */
 static int selector_trains(const struct peft_instance *self) {
+    if (self->phase == CP_EXPERTS) return 0;
     if (!self->stage_trains) return 1;
     uint32_t known = 0;
-    for (uint32_t t = 0; t < self->n_tasks; t++) known += inherited(self, t) || self->stage_trains[t];
+    for (uint32_t t = 0; t < self->n_tasks; t++)
+        known += inherited(self, t) || selectable(self, t) || self->stage_trains[t];
     return known >= 2;
 }
 
@@ -236,6 +254,7 @@ static void cp_destroy(peft_instance *self) {
     free(self->src_experts);
     free(self->stage_trains);
     free(self->route);
+    free(self->expert);
     free(self->sel_logits);
     free(self->scratch);
     free(self);
@@ -247,6 +266,7 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
     const char *from = peft_kv_get(cfg, n_cfg, "init_from");
     int64_t r = peft_kv_int(cfg, n_cfg, "r", 4), sel_r = peft_kv_int(cfg, n_cfg, "selector_r", 4);
     int64_t top_k = peft_kv_int(cfg, n_cfg, "top_k", 1);
+    const char *phase = peft_kv_get(cfg, n_cfg, "phase");
     double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", 1.0);
     const char *bad = NULL;
     if (!mode || (strcmp(mode, "static") != 0 && strcmp(mode, "dynamic") != 0))
@@ -254,6 +274,11 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
     else if (r <= 0 || r > 65536) bad = "r must be in 1..65536";
     else if (sel_r <= 0 || sel_r > 65536) bad = "selector_r must be in 1..65536";
     else if (top_k <= 0 || top_k > 64) bad = "top_k must be in 1..64";
+    else if (phase && strcmp(phase, "joint") != 0 && strcmp(phase, "selector") != 0 &&
+             strcmp(phase, "experts") != 0)
+        bad = "phase must be joint, selector or experts";
+    else if (phase && strcmp(phase, "joint") != 0 && strcmp(mode, "dynamic") != 0)
+        bad = "phase = selector or experts is for mode = dynamic";
     else if (!(alpha > 0.0 && alpha < 1e6)) bad = "lora_alpha must be positive";
     else if (!from) from = "";
     if (!bad && strlen(from) >= sizeof(((struct peft_instance *)0)->init_from))
@@ -274,6 +299,9 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
     self->sel_r = (uint32_t)sel_r;
     self->top_k = self->mode == CP_DYNAMIC ? (uint32_t)top_k : 1;
     self->teacher_forcing = peft_kv_bool(cfg, n_cfg, "teacher_forcing", 1);
+    self->phase = !phase || strcmp(phase, "joint") == 0 ? CP_JOINT
+                  : strcmp(phase, "selector") == 0      ? CP_SELECTOR
+                                                        : CP_EXPERTS;
     self->alpha = (float)alpha;
     self->s = (float)(alpha / (double)r);
     self->sel_s = (float)(alpha / (double)sel_r);
@@ -473,6 +501,10 @@ static peft_status cp_stage_begin(peft_instance *self) {
     if (st == PEFT_OK && self->mode == CP_DYNAMIC) st = copy_head(self);
     for (uint32_t t = 0; st == PEFT_OK && t < self->n_tasks; t++)
         experts.data[t] = inherited(self, t) ? EXPERT_INHERITED : EXPERT_FRESH;
+    /* An experts stage after a selector stage: the tasks it routed to stay selectable (their
+     * experts train here, from task_begin on; replayed ones are in the batches too). */
+    for (uint32_t t = 0; st == PEFT_OK && t < self->n_tasks; t++)
+        if (selectable(self, t)) experts.data[t] = EXPERT_SELECTABLE;
     return st;
 }
 
@@ -493,7 +525,8 @@ static peft_status cp_task_begin(peft_instance *self, int32_t task) {
                       "'%s', frozen", self->api->task_name(self->h, task), self->init_from);
         return PEFT_OK;
     }
-    if (self->mode == CP_DYNAMIC && !expert_trains(self, (uint32_t)task)) {
+    int in_stage = !self->stage_trains || self->stage_trains[task];
+    if (self->mode == CP_DYNAMIC && (!in_stage || inherited(self, (uint32_t)task))) {
         /* A replayed task that no earlier stage of the chain trained: nothing to route to. */
         peft_logf(self->api, self->h, PEFT_LOG_WARN, "task '%s' is in the batches, but neither "
                   "this stage nor init_from = '%s' trains it: its expert stays empty and the "
@@ -501,7 +534,8 @@ static peft_status cp_task_begin(peft_instance *self, int32_t task) {
                   self->init_from);
         return PEFT_OK;
     }
-    experts.data[task] = EXPERT_TRAINED_HERE;
+    /* A selector stage routes to the new task without training its expert yet. */
+    experts.data[task] = self->phase == CP_SELECTOR ? EXPERT_SELECTABLE : EXPERT_TRAINED_HERE;
     return PEFT_OK;
 }
 
@@ -591,6 +625,11 @@ static const peft_param_spec cp_params[] = {
      "dynamic, training: an example's own task replaces the last of its top_k experts when "
      "the selector missed it"},
     {"selector_r", PEFT_PARAM_INT, "4", NULL, "dynamic: rank of the selector's own LoRA"},
+    {"phase", PEFT_PARAM_CHOICE, "joint", "joint|selector|experts",
+     "dynamic: what the stage trains: the selector and the new experts together (joint), the "
+     "selector alone with every expert frozen (selector: the published first step of a task, "
+     "keep its best evaluation with early_stopping), or the new experts with the selector "
+     "frozen (experts: the second step, init_from the selector stage)"},
 };
 
 static const peft_method_vtable cp_vt = {

@@ -10,8 +10,13 @@
 
 enum conpet_mode { CP_STATIC = 0, CP_DYNAMIC = 1 };
 
-/* Values of the "conpet.experts" tensor, per task of the run. */
-enum { EXPERT_FRESH = 0, EXPERT_INHERITED = 1, EXPERT_TRAINED_HERE = 2 };
+/* What a dynamic stage trains (key phase): the selector and the new experts together, the
+ * selector alone (the published order's first part), or the new experts alone. */
+enum conpet_phase { CP_JOINT = 0, CP_SELECTOR = 1, CP_EXPERTS = 2 };
+
+/* Values of the "conpet.experts" tensor, per task of the run. SELECTABLE: a task a selector
+ * stage routes to, whose expert has not trained yet (the next stage trains it). */
+enum { EXPERT_FRESH = 0, EXPERT_INHERITED = 1, EXPERT_TRAINED_HERE = 2, EXPERT_SELECTABLE = 3 };
 
 /* "conpet.config": mode + 1 (never 0, so a loaded tensor is told from a fresh one), r,
  * lora_alpha, selector_r, the run's task count. */
@@ -31,6 +36,7 @@ struct peft_instance {
     const peft_host_api *api;
     peft_host *h;
     int mode;                  /* enum conpet_mode */
+    int phase;                 /* enum conpet_phase */
     uint32_t r, sel_r, top_k;
     int teacher_forcing;
     float alpha, s, sel_s;     /* s = lora_alpha / r, sel_s = lora_alpha / selector_r */
@@ -45,8 +51,10 @@ struct peft_instance {
     peft_tensor_id config_id, experts_id, head_w, head_b;
     /* The current batch's routing. */
     uint32_t batch, cap_batch;
-    uint32_t k_used;           /* experts per example in this batch */
-    int32_t *route;            /* (batch, top_k) task whose expert example b uses at slot j */
+    uint32_t k_used;           /* experts selected per example in this batch */
+    int32_t *route;            /* (batch, top_k) the tasks selected for example b */
+    int32_t *expert;           /* (batch) the one expert example b runs (-1: none): its label's
+                                  task in a label-scoring batch, else its first selected */
     float *sel_logits;         /* (batch, n_tasks) selector logits from pass 1 */
     int32_t have_scores;       /* sel_logits belong to the current batch */
     int32_t no_aux;            /* the host offers no auxiliary passes */

@@ -2,12 +2,17 @@
  * conpet_route.c: the selector (its auxiliary pass and head), the routing of each example to
  * its experts, and the site hooks of both modes (the contract is at the top of conpet.c).
  *
- * Routing is per example: route[b][j] is the task whose expert example b uses at slot j
- * (static: the one LoRA, "task" 0, for every example). The rows of consecutive examples that
- * use the same expert at a slot form a segment, which goes through sgemm at once.
+ * Routing is per example: route[b][0..k) are the tasks selected for example b, and expert[b]
+ * the one expert its rows run (static: the one LoRA, "task" 0, for every example). In a
+ * label-scoring batch every example is a (prompt, label) pair: it runs the expert of its
+ * label's task when that task is selected, and is masked (the host gives it the null score)
+ * when it is not, so each selected expert scores only its own task's labels, one forward per
+ * expert, as the published dynamic ConPET. In any other batch the first selected expert
+ * runs. The rows of consecutive examples that run the same expert form a segment, which goes
+ * through sgemm at once.
  *
- * Activation cache per site and pass: main pass, u = x A_e^T (n_rows, r) for each slot j in
- * turn (k_used slots); selector pass, u = x A_sel^T (n_rows, selector_r).
+ * Activation cache per site and pass: main pass, u = x A_e^T (n_rows, r); selector pass,
+ * u = x A_sel^T (n_rows, selector_r).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -52,6 +57,9 @@ static peft_status reserve_batch(peft_instance *self, uint32_t B) {
     int32_t *route = realloc(self->route, (size_t)B * self->top_k * sizeof *route);
     if (!route) return PEFT_E_NOMEM;
     self->route = route;
+    int32_t *expert = realloc(self->expert, (size_t)B * sizeof *expert + sizeof *expert);
+    if (!expert) return PEFT_E_NOMEM;
+    self->expert = expert;
     float *z = realloc(self->sel_logits, (size_t)B * self->n_tasks * sizeof *z + sizeof *z);
     if (!z) return PEFT_E_NOMEM;
     self->sel_logits = z;
@@ -113,6 +121,22 @@ static void route_examples(peft_instance *self, const peft_batch_info *b, const 
     }
 }
 
+/* expert[b] from the routes; in a label-scoring batch, the pairs of unselected tasks masked. */
+static void choose_experts(peft_instance *self, const peft_batch_info *b) {
+    const int32_t *label_task = PEFT_HAS_FIELD(b, peft_batch_info, label_masked) ? b->label_task : NULL;
+    for (uint32_t i = 0; i < b->batch; i++) {
+        const int32_t *rt = self->route + (size_t)i * self->top_k;
+        if (!label_task) {
+            self->expert[i] = rt[0];
+            continue;
+        }
+        int selected = 0;
+        for (uint32_t j = 0; j < self->k_used; j++) selected |= rt[j] == label_task[i];
+        self->expert[i] = selected ? label_task[i] : -1;
+        if (!selected) b->label_masked[i] = 1;
+    }
+}
+
 peft_status cp_batch_begin(peft_instance *self, const peft_batch_info *b) {
     peft_status st = reserve_batch(self, b->batch);
     if (st != PEFT_OK) return st;
@@ -120,7 +144,7 @@ peft_status cp_batch_begin(peft_instance *self, const peft_batch_info *b) {
     self->have_scores = 0;
     if (self->mode == CP_STATIC) {
         self->k_used = 1;
-        for (uint32_t i = 0; i < b->batch; i++) self->route[i] = 0;
+        for (uint32_t i = 0; i < b->batch; i++) self->route[i] = self->expert[i] = 0;
         return PEFT_OK;
     }
     uint8_t *known = malloc(self->n_tasks + 1);
@@ -131,7 +155,8 @@ peft_status cp_batch_begin(peft_instance *self, const peft_batch_info *b) {
     if (st == PEFT_OK && n_known >= 2 && !self->no_aux) {
         /* The selector's pass: its forward fills sel_logits (hidden_forward), and in training
          * its backward trains the selector from the auxiliary loss. */
-        st = self->api->run_pass(self->h, CP_PASS_SELECTOR, b->training);
+        st = self->api->run_pass(self->h, CP_PASS_SELECTOR,
+                                 b->training && self->phase != CP_EXPERTS);
         if (st == PEFT_E_UNSUPPORTED) {
             self->no_aux = 1;
             peft_logf(self->api, self->h, PEFT_LOG_WARN, "the host offers no auxiliary passes: "
@@ -139,7 +164,10 @@ peft_status cp_batch_begin(peft_instance *self, const peft_batch_info *b) {
             st = PEFT_OK;
         }
     }
-    if (st == PEFT_OK) route_examples(self, b, known, n_known, only);
+    if (st == PEFT_OK) {
+        route_examples(self, b, known, n_known, only);
+        choose_experts(self, b);
+    }
     free(known);
     return st;
 }
@@ -160,7 +188,7 @@ static peft_status site_of(peft_instance *self, uint32_t site, const struct cp_s
 
 uint64_t cp_act_floats(peft_instance *self, uint32_t site, uint32_t n_rows) {
     (void)site;
-    uint64_t main = (uint64_t)self->r * self->top_k;
+    uint64_t main = self->r;
     uint64_t sel = self->mode == CP_DYNAMIC ? self->sel_r : 0;
     return (uint64_t)n_rows * (main > sel ? main : sel);
 }
@@ -175,11 +203,10 @@ static peft_status check_rows(peft_instance *self, uint32_t n_rows, uint32_t seq
     return PEFT_OK;
 }
 
-/* The end (exclusive) of the segment of examples from b0 that use the same expert at slot j. */
-static uint32_t segment_end(const peft_instance *self, uint32_t b0, uint32_t j) {
-    int32_t e = self->route[(size_t)b0 * self->top_k + j];
+/* The end (exclusive) of the segment of examples from b0 that run the same expert. */
+static uint32_t segment_end(const peft_instance *self, uint32_t b0) {
     uint32_t b1 = b0 + 1;
-    while (b1 < self->batch && self->route[(size_t)b1 * self->top_k + j] == e) b1++;
+    while (b1 < self->batch && self->expert[b1] == self->expert[b0]) b1++;
     return b1;
 }
 
@@ -199,20 +226,16 @@ peft_status cp_forward(peft_instance *self, const peft_forward_io *io) {
     }
     if ((st = check_rows(self, n, io->seq)) != PEFT_OK) return st;
     uint32_t T = io->seq, r = self->r;
-    float scale = self->s / (float)self->k_used;
-    for (uint32_t j = 0; j < self->k_used; j++) {
-        float *u = io->acts + (uint64_t)j * n * r; /* (n, r) for slot j */
-        for (uint32_t b0 = 0, b1; b0 < self->batch; b0 = b1) {
-            b1 = segment_end(self, b0, j);
-            int32_t e = self->route[(size_t)b0 * self->top_k + j];
-            if (e < 0) continue;
-            const struct cp_lora *l = &cs->expert[self->mode == CP_DYNAMIC ? e : 0];
-            if ((st = cp_view(self, l->a, &A)) != PEFT_OK || (st = cp_view(self, l->b, &B)) != PEFT_OK)
-                return st;
-            uint64_t row0 = (uint64_t)b0 * T;
-            lora_rows_forward(self, A.data, B.data, r, scale, io->x + row0 * d_in,
-                              io->y + row0 * d_out, u + row0 * r, (b1 - b0) * T, d_in, d_out);
-        }
+    for (uint32_t b0 = 0, b1; b0 < self->batch; b0 = b1) {
+        b1 = segment_end(self, b0);
+        int32_t e = self->expert[b0];
+        if (e < 0) continue;
+        const struct cp_lora *l = &cs->expert[self->mode == CP_DYNAMIC ? e : 0];
+        if ((st = cp_view(self, l->a, &A)) != PEFT_OK || (st = cp_view(self, l->b, &B)) != PEFT_OK)
+            return st;
+        uint64_t row0 = (uint64_t)b0 * T;
+        lora_rows_forward(self, A.data, B.data, r, self->s, io->x + row0 * d_in,
+                          io->y + row0 * d_out, io->acts + row0 * r, (b1 - b0) * T, d_in, d_out);
     }
     return PEFT_OK;
 }
@@ -232,22 +255,18 @@ peft_status cp_backward(peft_instance *self, const peft_backward_io *io) {
     }
     if ((st = check_rows(self, n, io->seq)) != PEFT_OK) return st;
     uint32_t T = io->seq, r = self->r;
-    float scale = self->s / (float)self->k_used;
-    for (uint32_t j = 0; j < self->k_used; j++) {
-        const float *u = io->acts + (uint64_t)j * n * r;
-        for (uint32_t b0 = 0, b1; b0 < self->batch; b0 = b1) {
-            b1 = segment_end(self, b0, j);
-            int32_t e = self->route[(size_t)b0 * self->top_k + j];
-            if (e < 0) continue;
-            const struct cp_lora *l = &cs->expert[self->mode == CP_DYNAMIC ? e : 0];
-            if ((st = cp_view(self, l->a, &A)) != PEFT_OK || (st = cp_view(self, l->b, &B)) != PEFT_OK)
-                return st;
-            uint64_t row0 = (uint64_t)b0 * T;
-            st = lora_rows_backward(self, &A, &B, r, scale, io->x + row0 * d_in,
-                                    io->dy + row0 * d_out, io->dx ? io->dx + row0 * d_in : NULL,
-                                    u + row0 * r, (b1 - b0) * T, d_in, d_out);
-            if (st != PEFT_OK) return st;
-        }
+    for (uint32_t b0 = 0, b1; b0 < self->batch; b0 = b1) {
+        b1 = segment_end(self, b0);
+        int32_t e = self->expert[b0];
+        if (e < 0) continue;
+        const struct cp_lora *l = &cs->expert[self->mode == CP_DYNAMIC ? e : 0];
+        if ((st = cp_view(self, l->a, &A)) != PEFT_OK || (st = cp_view(self, l->b, &B)) != PEFT_OK)
+            return st;
+        uint64_t row0 = (uint64_t)b0 * T;
+        st = lora_rows_backward(self, &A, &B, r, self->s, io->x + row0 * d_in,
+                                io->dy + row0 * d_out, io->dx ? io->dx + row0 * d_in : NULL,
+                                io->acts + row0 * r, (b1 - b0) * T, d_in, d_out);
+        if (st != PEFT_OK) return st;
     }
     return PEFT_OK;
 }

@@ -32,6 +32,7 @@
 #include "replay.h"
 #include "run.h"
 #include "safetensors.h"
+#include "stage.h"
 #include "tokenizer.h"
 
 enum { N_TASKS = 3 };
@@ -315,23 +316,25 @@ static void test_grads(int top_k) {
 
 /* ---- routing --------------------------------------------------------------------------- */
 
-/* The site's addition for x (n, d_in) when example i (rows i*T..) uses the experts set[i]. */
+/* The site's addition for x (n, d_in) when example i (rows i*T..) runs the expert of task
+ * expert[i] (-1: none), by hand in double: s x A^T B^T. */
 static void expected_addition(struct harness *H, int32_t site, const float *x, int32_t T,
-                              int32_t sets[][2], int32_t k, float s, double *y) {
+                              const int32_t *expert, float s, double *y) {
     int32_t d_in, d_out;
     model_site_dims(&H->m, site, &d_in, &d_out);
     int32_t n = H->b.B * T;
     memset(y, 0, sizeof *y * (size_t)n * d_out);
     for (int32_t row = 0; row < n; row++) {
-        for (int32_t j = 0; j < k; j++) {
-            const char *task = H->tasks.names[sets[row / T][j]];
+        if (expert[row / T] < 0) continue;
+        {
+            const char *task = H->tasks.names[expert[row / T]];
             char *an = expert_name(&H->m, site, 'A', task), *bn = expert_name(&H->m, site, 'B', task);
             const float *A = tensor(H->mr, an)->data, *B = tensor(H->mr, bn)->data;
             int32_t r = (int32_t)(tensor(H->mr, an)->numel / (uint64_t)d_in);
             for (int32_t q = 0; q < r; q++) {
                 double u = 0;
                 for (int32_t c = 0; c < d_in; c++) u += (double)x[row * d_in + c] * A[q * d_in + c];
-                for (int32_t o = 0; o < d_out; o++) y[row * d_out + o] += s / k * u * B[o * r + q];
+                for (int32_t o = 0; o < d_out; o++) y[row * d_out + o] += s * u * B[o * r + q];
             }
             free(an);
             free(bn);
@@ -339,8 +342,9 @@ static void expected_addition(struct harness *H, int32_t site, const float *x, i
     }
 }
 
-/* The largest difference between the site's addition and the expected one. */
-static double routing_error(struct harness *H, int training, int32_t sets[][2], int32_t k) {
+/* The largest difference between the site's addition and the expected one, after a
+ * batch_begin of the harness's batch (a label-scoring batch when H->b.label_task is set). */
+static double routing_error(struct harness *H, int training, const int32_t *expert) {
     const int32_t site = 1; /* layer 0 k_proj */
     int32_t d_in, d_out, T = H->b.T, n = H->b.B * T;
     model_site_dims(&H->m, site, &d_in, &d_out);
@@ -354,7 +358,7 @@ static double routing_error(struct harness *H, int training, int32_t sets[][2], 
     for (int32_t i = 0; i < n * d_in; i++) x[i] = rng_uniform(&g, -1.0f, 1.0f);
     const struct model_hooks *hk = method_run_hooks(H->mr, training);
     REQUIRE(hk->site_forward(hk->ctx, 0, site, x, y, n) == 0, "site_forward: %s", err_msg());
-    expected_addition(H, site, x, T, sets, k, 1.0f, want);
+    expected_addition(H, site, x, T, expert, 1.0f, want);
     double err = 0, mag = 0;
     for (int32_t i = 0; i < n * d_out; i++) {
         err = fmax(err, fabs(y[i] - want[i]));
@@ -386,9 +390,9 @@ static void test_routing(int32_t k, int tf) {
     }
     /* One known task: every example uses its expert, with no selector pass. */
     REQUIRE(method_run_task_begin(H.mr, 0) == 0, "task_begin: %s", err_msg());
-    int32_t all0[6][2] = {{0}, {0}, {0}, {0}, {0}, {0}};
+    const int32_t all0[6] = {0, 0, 0, 0, 0, 0};
     int before = H.aux_passes;
-    double e_one = routing_error(&H, 0, all0, 1);
+    double e_one = routing_error(&H, 0, all0);
     CHECK(e_one < 1e-5 && H.aux_passes == before, "one known task: err %.3g, %d selector passes",
           e_one, H.aux_passes - before);
     /* Three known tasks; the selector prefers task 1, then 2, then 0, whatever the input. */
@@ -399,25 +403,189 @@ static void test_routing(int32_t k, int tf) {
     bias[0] = 0.0f;
     bias[1] = 5.0f;
     bias[2] = 4.0f;
-    int32_t eval_sets[6][2], train_sets[6][2];
-    for (int32_t i = 0; i < 6; i++) {
-        int32_t own = tasks[i % 3];
-        eval_sets[i][0] = 1;
-        eval_sets[i][1] = 2;
-        train_sets[i][0] = 1;
-        train_sets[i][1] = 2;
-        if (tf && k == 1) train_sets[i][0] = own;
-        if (tf && k == 2 && own == 0) train_sets[i][1] = 0;
-    }
+    /* The selected sets by hand: evaluation {1} or {1, 2}; training with teacher forcing puts
+     * the own task in the last slot when it is missing. */
+    int32_t sets[2][N_TASKS][2]; /* [training][own task][slot] */
+    for (int32_t tr = 0; tr < 2; tr++)
+        for (int32_t own = 0; own < N_TASKS; own++) {
+            int32_t *st = sets[tr][own];
+            st[0] = 1;
+            st[1] = 2;
+            if (tr && tf && k == 1) st[0] = own;
+            if (tr && tf && k == 2 && own == 0) st[1] = 0;
+        }
+    /* A batch of completions: each example runs its first selected expert. */
+    int32_t first[2][6];
+    for (int32_t tr = 0; tr < 2; tr++)
+        for (int32_t i = 0; i < 6; i++) first[tr][i] = sets[tr][tasks[i % 3]][0];
     before = H.aux_passes;
-    double e_eval = routing_error(&H, 0, eval_sets, k);
-    double e_train = routing_error(&H, 1, train_sets, k);
-    printf("routing top_k=%d teacher_forcing=%d: one known task err %.2g; selector order 1 > 2 "
-           "> 0: evaluation err %.2g, training err %.2g (%d selector passes)\n", k, tf, e_one,
-           e_eval, e_train, H.aux_passes - before);
+    double e_eval = routing_error(&H, 0, first[0]);
+    double e_train = routing_error(&H, 1, first[1]);
     CHECK(H.aux_passes == before + 2, "selector passes: %d", H.aux_passes - before);
-    CHECK(e_eval < 1e-5, "evaluation does not follow the selector's top-%d: err %.3g", k, e_eval);
+    CHECK(e_eval < 1e-5, "evaluation does not run the selector's first expert: err %.3g", e_eval);
     CHECK(e_train < 1e-5, "training routing (teacher forcing %d) off: err %.3g", tf, e_train);
+    /* A label-scoring batch: prompt p (own task p) paired with a label of each task; a pair
+     * runs its label's expert when that task is selected, and is masked otherwise. */
+    const int32_t own9[9] = {0, 0, 0, 1, 1, 1, 2, 2, 2}, label9[9] = {0, 1, 2, 0, 1, 2, 0, 1, 2};
+    h_batch(&H, 9, 4, own9, 9, 4);
+    H.b.label_task = label9;
+    double e_label[2];
+    int masks_ok = 1, n_masked = 0;
+    for (int32_t tr = 0; tr < 2; tr++) {
+        int32_t expert[9];
+        uint8_t want_mask[9];
+        for (int32_t i = 0; i < 9; i++) {
+            const int32_t *st = sets[tr][own9[i]];
+            int sel = st[0] == label9[i] || (k == 2 && st[1] == label9[i]);
+            expert[i] = sel ? label9[i] : -1;
+            want_mask[i] = (uint8_t)!sel;
+        }
+        e_label[tr] = routing_error(&H, tr, expert);
+        const uint8_t *masked = method_run_label_masked(H.mr);
+        for (int32_t i = 0; i < 9; i++) {
+            masks_ok &= masked && masked[i] == want_mask[i];
+            n_masked += want_mask[i];
+        }
+    }
+    H.b.label_task = NULL;
+    printf("routing top_k=%d teacher_forcing=%d: one known task err %.2g; selector order 1 > 2 "
+           "> 0: completions, evaluation err %.2g, training err %.2g; label pairs, evaluation "
+           "err %.2g, training err %.2g, %d of 18 masked as by hand (%s)\n", k, tf, e_one,
+           e_eval, e_train, e_label[0], e_label[1], n_masked, masks_ok ? "same" : "DIFFERENT");
+    CHECK(e_label[0] < 1e-5 && e_label[1] < 1e-5, "label pairs: per-expert forward off: %.3g %.3g",
+          e_label[0], e_label[1]);
+    CHECK(masks_ok, "label pairs: the masked pairs differ from the unselected tasks' labels");
+    h_close(&H);
+}
+
+/* ---- label prediction's loss -------------------------------------------------------------- */
+
+/* Two prompts (own tasks 0 and 1) each paired with a label of every task, pairs 3e + l; the
+ * label of prompt e's own task is its reference. */
+static const int32_t lp_own[6] = {0, 0, 0, 1, 1, 1}, lp_label[6] = {0, 1, 2, 0, 1, 2};
+
+/* The mean label loss of the two prompts (labels.c), in double; d_score (6) its derivative. */
+static double label_batch_loss(struct harness *H, double *d_score, const uint8_t **masked_out) {
+    H->training = 1;
+    H->aux_grad = 0;
+    REQUIRE(method_run_batch_begin(H->mr, &H->b, 1, 0) == 0, "batch_begin: %s", err_msg());
+    float loss;
+    REQUIRE(model_forward(&H->m, H->a, H->b.tokens, H->b.targets, H->b.B, H->b.T,
+                          method_run_hooks(H->mr, 1), &loss) == 0, "forward: %s", err_msg());
+    const uint8_t *masked = method_run_label_masked(H->mr);
+    double score[6];
+    int64_t n_tok[6];
+    label_scores(model_logits(H->a), &H->b, H->m.cfg.vocab, masked, score, n_tok);
+    double total = 0;
+    for (int32_t e = 0; e < 2; e++)
+        total += label_loss(score + 3 * e, 3, lp_own[3 * e], d_score ? d_score + 3 * e : NULL);
+    if (masked_out) *masked_out = masked;
+    return total / 2;
+}
+
+static double label_fd(struct harness *H, float *p) {
+    float saved = *p;
+    const double h = 1e-2, steps[4] = {h, -h, 2 * h, -2 * h};
+    double v[4];
+    for (int i = 0; i < 4; i++) {
+        *p = (float)(saved + steps[i]);
+        v[i] = label_batch_loss(H, NULL, NULL);
+    }
+    *p = saved;
+    return (8.0 * (v[0] - v[1]) - (v[2] - v[3])) / (12.0 * h);
+}
+
+/* label_loss by hand, then the gradient of the label loss of a top-2 ConPET on label pairs
+ * (a masked pair among them) through the host's per-row loss weights, against finite
+ * differences: the experts that scored, and the input. */
+static void test_label_loss(void) {
+    /* scores -1, -2 and a masked label: L = log(e^-1 + e^-2 + e^-100) + 1 = log(1 + e^-1) */
+    double score[3] = {-1.0, -2.0, PEFT_LABEL_NULL_SCORE}, d[3];
+    double l = label_loss(score, 3, 0, d);
+    double p1 = exp(-1.0) / (1.0 + exp(-1.0) + exp(-99.0));
+    CHECK(fabs(l - 0.31326168751822286) < 1e-12 && fabs(d[0] + p1) < 1e-12 &&
+              fabs(d[1] - p1) < 1e-12 && fabs(d[2]) < 1e-40,
+          "label_loss: %.17g, d %.17g %.17g %.3g", l, d[0], d[1], d[2]);
+
+    const char *kv[] = {"mode=dynamic", "target_modules=all-linear", "r=2", "lora_alpha=2",
+                        "top_k=2", NULL};
+    struct harness H;
+    REQUIRE(h_open(&H, kv, NULL, 13) == 0, "create: %s", err_msg());
+    model_alloc_grads(&H.m);
+    int32_t emb = model_find_tensor(&H.m, "model.embed_tokens.weight");
+    H.m.need_grad[emb] = 1;
+    REQUIRE(method_run_begin(H.mr) == 0, "begin: %s", err_msg());
+    for (int32_t t = 0; t < N_TASKS; t++)
+        REQUIRE(method_run_task_begin(H.mr, t) == 0, "task_begin: %s", err_msg());
+    struct rng g;
+    rng_seed(&g, 31);
+    for (int32_t i = 0; i < method_run_tensor_count(H.mr); i++) {
+        struct mtensor *t = method_run_tensor(H.mr, i);
+        if (strncmp(t->name, "base_model.", 11) == 0)
+            for (uint64_t j = 0; j < t->numel; j++) t->data[j] = rng_uniform(&g, -0.5f, 0.5f);
+    }
+    memset(tensor(H.mr, "conpet.selector.head.weight")->data, 0,
+           sizeof(float) * tensor(H.mr, "conpet.selector.head.weight")->numel);
+    float *bias = tensor(H.mr, "conpet.selector.head.bias")->data;
+    bias[0] = 0.0f; /* selected: 1 and 2, with teacher forcing {1, 0} for prompt 0 */
+    bias[1] = 5.0f;
+    bias[2] = 4.0f;
+    h_batch(&H, 6, 5, lp_own, 6, 8);
+    for (int32_t i = 0; i < 6; i++) H.b.prompt_len[i] = 2; /* one prompt per three pairs */
+    for (int32_t i = 0; i < 6; i++)
+        for (int32_t t = 0; t < 2; t++) H.b.tokens[i * H.b.T + t] = H.b.tokens[(i / 3 * 3) * H.b.T + t];
+    H.b.label_task = lp_label;
+
+    method_run_zero_grads(H.mr);
+    model_zero_grads(&H.m);
+    double d_score[6];
+    const uint8_t *masked;
+    double loss = label_batch_loss(&H, d_score, &masked);
+    int32_t n_masked = 0;
+    float w[6 * 5];
+    for (int32_t p = 0; p < 6; p++) {
+        n_masked += masked[p];
+        for (int32_t t = 0; t < H.b.T; t++) w[p * H.b.T + t] = masked[p] ? 0.0f : (float)(-d_score[p] / 2);
+    }
+    model_acts_set_row_weights(H.a, w);
+    REQUIRE(model_backward(&H.m, H.a, method_run_hooks(H.mr, 1)) == 0, "backward: %s", err_msg());
+    model_acts_set_row_weights(H.a, NULL);
+    method_run_collect_grads(H.mr);
+
+    struct gstat experts = {0}, input = {0};
+    for (int32_t i = 0; i < method_run_tensor_count(H.mr); i++) {
+        struct mtensor *t = method_run_tensor(H.mr, i);
+        if (!t->grad || strncmp(t->name, "base_model.", 11) != 0) continue;
+        for (uint64_t k = 0; k < 6; k++) {
+            uint64_t j = (t->numel * k) / 6;
+            double want = label_fd(&H, &t->data[j]), err = fabs(t->grad[j] - want);
+            double rel = err / fmax(fmax(fabs(t->grad[j]), fabs(want)), 1e-2);
+            if (rel > experts.max_rel) {
+                experts.max_rel = rel;
+                snprintf(experts.worst, sizeof experts.worst, "%s[%llu]: %.6g vs %.6g", t->name,
+                         (unsigned long long)j, t->grad[j], want);
+            }
+            experts.n++;
+        }
+    }
+    const struct model_tensor *mt = &H.m.tensors[emb];
+    for (uint64_t k = 0; k < 40; k++) {
+        uint64_t j = (mt->numel * k) / 40;
+        float *p = H.m.params + mt->offset + j;
+        double got = H.m.grads[mt->offset + j], want = label_fd(&H, p);
+        double rel = fabs(got - want) / fmax(fmax(fabs(got), fabs(want)), 1e-2);
+        input.max_rel = fmax(input.max_rel, rel);
+        input.n++;
+    }
+    printf("label loss by hand %.6f; top_k=2 label pairs: loss %.6f, %d of 6 pairs masked; "
+           "gradient against finite differences: experts %zu entries, max rel err %.3g; "
+           "embedding %zu entries, max rel err %.3g\n", l, loss, n_masked, experts.n,
+           experts.max_rel, input.n, input.max_rel);
+    CHECK(n_masked == 2, "masked pairs: %d, by hand 2 (prompt 0's label of task 2, prompt 1's "
+          "of task 0)", n_masked);
+    CHECK(experts.n > 0 && experts.max_rel < 2e-2, "experts: %s", experts.worst);
+    CHECK(input.max_rel < 2e-2, "embedding: max rel err %.3g", input.max_rel);
+    H.b.label_task = NULL;
     h_close(&H);
 }
 
@@ -980,6 +1148,7 @@ int main(int argc, char **argv) {
     test_routing(1, 1);
     test_routing(2, 1);
     test_routing(1, 0);
+    test_label_loss();
     test_chain_dynamic(0);
     test_chain_dynamic(1);
     test_chain_static();

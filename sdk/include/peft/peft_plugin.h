@@ -228,7 +228,21 @@ typedef struct peft_batch_info {
     const int32_t *prompt_len; /* (B) tokens of BOS + prompt: row b*T + prompt_len[b]-1 is the
                                   last prompt token (serves: ConPET's selector) */
     uint64_t step;             /* optimizer steps done so far in this stage */
+    /* Appended after 1.0 (test with PEFT_HAS_FIELD). Label scoring (stage keys eval_labels
+     * and train_labels; serves: ConPET dynamic, whose selected experts each score only their
+     * own task's labels): every example of such a batch is one (prompt, candidate label)
+     * pair, its completion the label, and label_task[b] is the task the label of pair b
+     * belongs to; NULL in every other batch. label_masked (B) is host-owned, zeroed before
+     * batch_begin and read by the host after it: a plugin that sets label_masked[b] = 1
+     * gives pair b the null score PEFT_LABEL_NULL_SCORE instead of its log-probability, so
+     * the pair competes with the others as a label the model rules out, and no gradient
+     * flows through it. Valid until the next batch_begin. */
+    const int32_t *label_task; /* (B) or NULL */
+    uint8_t *label_masked;     /* (B) or NULL; writable during batch_begin only */
 } peft_batch_info;
+
+/* The log-probability a masked label scores (ConPET's null expert logit). */
+#define PEFT_LABEL_NULL_SCORE (-100.0)
 
 /* Argument of forward(): y already holds x W^T; the plugin adds its delta to y. */
 typedef struct peft_forward_io {
