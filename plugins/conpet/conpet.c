@@ -462,8 +462,9 @@ static peft_status copy_head(peft_instance *self) {
     if ((st = source_tensor(self, head_w_name, src, w.numel)) != PEFT_OK ||
         (st = source_tensor(self, head_b_name, src + w.numel, b.numel)) != PEFT_OK)
         return st;
+    /* the rows init_from's selector learnt: its trained tasks' and a selector stage's new ones */
     for (uint32_t t = 0; t < self->n_tasks; t++) {
-        if (!inherited(self, t)) continue;
+        if (!inherited(self, t) && !selectable(self, t)) continue;
         memcpy(w.data + t * C, src + t * C, C * sizeof(float));
         b.data[t] = src[w.numel + t];
     }

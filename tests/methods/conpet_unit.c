@@ -788,6 +788,112 @@ static void test_chain_dynamic(int told) {
     free(file_b);
 }
 
+/* The published order: stage A trains task a; stage S (phase = selector, init_from A) trains
+ * only the selector with b routable; stage E (phase = experts, init_from S) trains only b's
+ * expert with the selector frozen. */
+static void test_chain_phases(void) {
+    const char *kv_a[] = {"mode=dynamic", "target_modules=q_proj v_proj", NULL};
+    const char *kv_s[] = {"mode=dynamic", "target_modules=q_proj v_proj", "init_from=prev",
+                          "phase=selector", NULL};
+    const char *kv_e[] = {"mode=dynamic", "target_modules=q_proj v_proj", "init_from=prev",
+                          "phase=experts", NULL};
+    char *file_a = xasprintf("%s/pa.safetensors", tmp_dir), *file_s = xasprintf("%s/ps.safetensors", tmp_dir);
+    const char *meta[] = {"peft.stage", "test", NULL};
+    const int32_t task_a[] = {0}, task_b[] = {1}, only_a[] = {0}, mixed[] = {1, 0};
+    stage_tasks = task_a;
+    n_stage_tasks = 1;
+    struct harness A, S, E;
+    REQUIRE(h_open(&A, kv_a, NULL, 1) == 0, "create: %s", err_msg());
+    REQUIRE(method_run_begin(A.mr) == 0 && method_run_task_begin(A.mr, 0) == 0, "begin: %s", err_msg());
+    train_steps(&A, only_a, 1, 4);
+    REQUIRE(method_run_save(A.mr, file_a, meta) == 0, "save: %s", err_msg());
+    uint64_t expert_entries = method_run_trainable_count(A.mr);
+    h_close(&A);
+
+    stage_tasks = task_b;
+    REQUIRE(h_open(&S, kv_s, file_a, 2) == 0, "create: %s", err_msg());
+    uint64_t trainable_s = method_run_trainable_count(S.mr), selector_entries = 0;
+    for (int32_t i = 0; i < method_run_tensor_count(S.mr); i++)
+        if (strncmp(method_run_tensor(S.mr, i)->name, "conpet.selector", 15) == 0)
+            selector_entries += method_run_tensor(S.mr, i)->numel;
+    REQUIRE(method_run_begin(S.mr) == 0, "begin: %s", err_msg());
+    float **start = snapshot(S.mr);
+    REQUIRE(method_run_task_begin(S.mr, 1) == 0 && method_run_task_begin(S.mr, 0) == 0, "task_begin");
+    train_steps(&S, mixed, 2, 6);
+    struct changes cs = compare_tensors(S.mr, start);
+    snapshot_free(start, method_run_tensor_count(S.mr));
+    const float *ex = tensor(S.mr, "conpet.experts")->data;
+    float ex_s[3] = {ex[0], ex[1], ex[2]};
+    REQUIRE(method_run_save(S.mr, file_s, meta) == 0, "save: %s", err_msg());
+    int s_passes = S.aux_passes;
+    h_close(&S);
+    struct st_file fs;
+    REQUIRE(st_open(&fs, file_s) == 0, "st_open: %s", err_msg());
+    int saved_b = 0;
+    for (int32_t i = 0; i < fs.n_tensors; i++) saved_b += strstr(fs.tensors[i].name, ".b.weight") != NULL;
+    st_close(&fs);
+    printf("phases: selector stage: %llu trainable entries (the selector has %llu); after 6 "
+           "steps a's expert %d changed, b's %d, the selector %d tensors; %d selector passes; "
+           "conpet.experts = [%g %g %g]; b's expert tensors saved: %d\n",
+           (unsigned long long)trainable_s, (unsigned long long)selector_entries, cs.expert_a,
+           cs.expert_b, cs.selector, s_passes, ex_s[0], ex_s[1], ex_s[2], saved_b);
+    CHECK(trainable_s == selector_entries && cs.expert_a == 0 && cs.expert_b == 0 &&
+              cs.selector > 0 && s_passes == 6,
+          "selector stage: trainable %llu, changed a %d b %d selector %d, passes %d",
+          (unsigned long long)trainable_s, cs.expert_a, cs.expert_b, cs.selector, s_passes);
+    CHECK(ex_s[0] == 1.0f && ex_s[1] == 3.0f && ex_s[2] == 0.0f && saved_b == 0,
+          "selector stage: conpet.experts [%g %g %g], b's tensors saved %d", ex_s[0], ex_s[1],
+          ex_s[2], saved_b);
+
+    REQUIRE(h_open(&E, kv_e, file_s, 3) == 0, "create: %s", err_msg());
+    uint64_t trainable_e = method_run_trainable_count(E.mr);
+    REQUIRE(method_run_begin(E.mr) == 0, "begin: %s", err_msg());
+    /* the selector's LoRA, and the head's rows of a and b (c's is this stage's fresh one) */
+    int sel_loaded = same_as_file(E.mr, file_s, ".lora_");
+    {
+        struct st_file f;
+        REQUIRE(st_open(&f, file_s) == 0, "st_open: %s", err_msg());
+        const char *names[] = {"conpet.selector.head.weight", "conpet.selector.head.bias"};
+        for (int k = 0; k < 2; k++) {
+            struct mtensor *t = tensor(E.mr, names[k]);
+            float *v = xmalloc(t->numel * sizeof(float));
+            REQUIRE(st_read_f32(&f, st_find(&f, names[k]), v, t->numel) == 0, "read: %s", err_msg());
+            uint64_t row = t->numel / N_TASKS; /* rows a and b are the first two */
+            sel_loaded &= memcmp(v, t->data, 2 * row * sizeof(float)) == 0;
+            free(v);
+        }
+        st_close(&f);
+    }
+    start = snapshot(E.mr);
+    REQUIRE(method_run_task_begin(E.mr, 1) == 0 && method_run_task_begin(E.mr, 0) == 0, "task_begin");
+    train_steps(&E, mixed, 2, 6);
+    struct changes ce = compare_tensors(E.mr, start);
+    snapshot_free(start, method_run_tensor_count(E.mr));
+    ex = tensor(E.mr, "conpet.experts")->data;
+    printf("phases: experts stage: %llu trainable entries (an expert has %llu); starts from the "
+           "selector stage's selector: %s; after 6 steps a's expert %d changed, b's %d, the "
+           "selector %d tensors; %d selector passes (routing); conpet.experts = [%g %g %g]\n",
+           (unsigned long long)trainable_e, (unsigned long long)expert_entries,
+           sel_loaded ? "yes" : "NO", ce.expert_a, ce.expert_b, ce.selector, E.aux_passes, ex[0],
+           ex[1], ex[2]);
+    CHECK(trainable_e == expert_entries && sel_loaded && ce.expert_a == 0 && ce.expert_b > 0 &&
+              ce.selector == 0 && E.aux_passes == 6,
+          "experts stage: trainable %llu, selector loaded %d, changed a %d b %d selector %d",
+          (unsigned long long)trainable_e, sel_loaded, ce.expert_a, ce.expert_b, ce.selector);
+    CHECK(ex[0] == 1.0f && ex[1] == 2.0f && ex[2] == 0.0f, "experts stage: conpet.experts [%g %g %g]",
+          ex[0], ex[1], ex[2]);
+    h_close(&E);
+    stage_tasks = NULL;
+    n_stage_tasks = 0;
+    const char *kv_bad[] = {"mode=static", "phase=selector", NULL};
+    int rc = h_open(&E, kv_bad, NULL, 4);
+    CHECK(rc != 0 && strstr(err_msg(), "phase"), "phase with mode static: '%s'", err_msg());
+    printf("refused: %s\n", err_msg());
+    h_close(&E);
+    free(file_a);
+    free(file_s);
+}
+
 static void test_chain_static(void) {
     const char *kv_a[] = {"mode=static", "r=4", NULL};
     const char *kv_b[] = {"mode=static", "r=4", "init_from=prev", NULL};
@@ -1151,6 +1257,7 @@ int main(int argc, char **argv) {
     test_label_loss();
     test_chain_dynamic(0);
     test_chain_dynamic(1);
+    test_chain_phases();
     test_chain_static();
     test_replay();
     test_labels();
