@@ -80,8 +80,8 @@ int peft_inspect(const char *path, FILE *out) {
     if (id) {
         const char *ver = st_meta(&f, "peft.method_version"),
                    *abi = st_meta(&f, "peft.abi_version");
-        fprintf(out, "adapter   method %s %s, plugin ABI %s (this peft: ABI %u)\n", id,
-                ver ? ver : "?", abi ? abi : "?", PEFT_ABI_VERSION);
+        fprintf(out, "adapter   method %s %s, plugin ABI %s (this peft: ABI %u.%u)\n", id,
+                ver ? ver : "?", abi ? abi : "?", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     } else if (st_meta(&f, "peft.kind")) {
         fprintf(out, "kind      %s\n", st_meta(&f, "peft.kind"));
     }

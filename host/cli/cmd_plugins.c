@@ -53,12 +53,13 @@ static int list_methods(struct plugin_registry *r, FILE *out, FILE *err) {
     }
     qsort(m, (size_t)r->n_methods, sizeof *m, cmp_method_id);
 
-    fprintf(out, "%-*s  %-*s  %-3s  %-*s  %s\n", w_id, "ID", w_ver, "VERSION", "ABI", w_file,
+    fprintf(out, "%-*s  %-*s  %-4s  %-*s  %s\n", w_id, "ID", w_ver, "VERSION", "ABI", w_file,
             "FILE", "DESCRIPTION");
     for (int32_t i = 0; i < r->n_methods; i++) {
         const peft_method_desc *d = m[i]->desc;
-        fprintf(out, "%-*s  %-*s  %-3u  %-*s  %.*s\n", w_id, d->id, w_ver, d->version,
-                (unsigned)m[i]->file->entry->abi_version, w_file, m[i]->file->path,
+        uint32_t abi = m[i]->file->entry->abi_version;
+        fprintf(out, "%-*s  %-*s  %u.%-2u  %-*s  %.*s\n", w_id, d->id, w_ver, d->version,
+                PEFT_ABI_VERSION_MAJOR(abi), PEFT_ABI_VERSION_MINOR(abi), w_file, m[i]->file->path,
                 first_line_len(d->description), d->description);
     }
     free(m);
@@ -92,7 +93,8 @@ static int show_method(struct plugin_registry *r, const char *id, FILE *out) {
     fprintf(out, "name         %s\n", d->name);
     fprintf(out, "version      %s\n", d->version);
     fprintf(out, "file         %s\n", pm->file->path);
-    fprintf(out, "abi          %u\n", (unsigned)pm->file->entry->abi_version);
+    fprintf(out, "abi          %u.%u\n", PEFT_ABI_VERSION_MAJOR(pm->file->entry->abi_version),
+            PEFT_ABI_VERSION_MINOR(pm->file->entry->abi_version));
     fputs("features     ", out);
     if (!d->features || !d->features[0]) fputs("none", out);
     for (int i = 0; d->features && d->features[i]; i++)

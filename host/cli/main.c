@@ -8,7 +8,7 @@
 
 static int version_main(int argc, char **argv) {
     if (argc > 0) return cli_unexpected(&cmd_version, argv[0]);
-    printf("peft %s (plugin ABI %u)\n", PEFT_VERSION, PEFT_ABI_VERSION);
+    printf("peft %s (plugin ABI %u.%u)\n", PEFT_VERSION, PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     return 0;
 }
 

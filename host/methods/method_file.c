@@ -164,7 +164,7 @@ int method_run_save(struct method_run *mr, const char *path, const char *const *
         st_writer_add(w, "peft.state", ST_U8, 1, shape, state.p);
     }
     char abi[16];
-    snprintf(abi, sizeof abi, "%u", PEFT_ABI_VERSION);
+    snprintf(abi, sizeof abi, "%u.%u", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     st_writer_meta(w, "peft.method", d->id);
     st_writer_meta(w, "peft.method_version", d->version);
     st_writer_meta(w, "peft.abi_version", abi);

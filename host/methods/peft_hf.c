@@ -523,7 +523,7 @@ int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out
         for (int32_t i = 0; i < a.n; i++)
             st_writer_add_f32(w, a.names[i], 2, a.shape[i], a.data[i]);
         char abi[16];
-        snprintf(abi, sizeof abi, "%u", PEFT_ABI_VERSION);
+        snprintf(abi, sizeof abi, "%u.%u", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
         char *method_json = kv_list_json(&kv);
         struct kv_list stage = {0};
         kv_list_set(&stage, "method", pm->desc->id);

@@ -384,9 +384,15 @@ static const char *dlerror_reason(const char *real) {
 
 /* The entry's own checks: everything that can be read without running plugin code. */
 static int check_entry(const char *real, const peft_plugin_entry_t *e) {
-    if (e->abi_version < PEFT_ABI_MIN_VERSION || e->abi_version > PEFT_ABI_VERSION)
-        return err_set("%s: plugin ABI version %" PRIu32 ", this host supports %u..%u", real,
-                       e->abi_version, PEFT_ABI_MIN_VERSION, PEFT_ABI_VERSION);
+    uint32_t major = PEFT_ABI_VERSION_MAJOR(e->abi_version), minor = PEFT_ABI_VERSION_MINOR(e->abi_version);
+    if (major != PEFT_ABI_MAJOR)
+        return err_set("%s: plugin ABI version %" PRIu32 ".%" PRIu32 ", this host runs %u.0 to "
+                       "%u.%u: rebuild the plugin against this peftkit's SDK", real, major, minor,
+                       PEFT_ABI_MAJOR, PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
+    if (minor > PEFT_ABI_MINOR)
+        return err_set("%s: plugin built for ABI %" PRIu32 ".%" PRIu32 ", newer than this host's "
+                       "%u.%u: update peftkit, or rebuild the plugin against this one's SDK", real,
+                       major, minor, PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     if (e->struct_size < sizeof *e)
         return err_set("%s: %s.struct_size %" PRIu32 " is smaller than %zu", real,
                        PEFT_PLUGIN_ENTRY_SYMBOL, e->struct_size, sizeof *e);

@@ -205,7 +205,9 @@ static int stage_write_done(struct run *r, struct stage *s) {
     cJSON_AddStringToObject(j, "hash", hash);
     cJSON_AddStringToObject(j, "method", s->pm->desc->id);
     cJSON_AddStringToObject(j, "method_version", s->pm->desc->version);
-    cJSON_AddNumberToObject(j, "abi_version", PEFT_ABI_VERSION);
+    char abi[32];
+    snprintf(abi, sizeof abi, "%u.%u", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
+    cJSON_AddStringToObject(j, "abi_version", abi);
     cJSON_AddNumberToObject(j, "steps", (double)s->steps);
     cJSON_AddNumberToObject(j, "trainable_parameters", (double)s->n_trainable);
     cJSON_AddNumberToObject(j, "train_seconds", s->train_seconds);

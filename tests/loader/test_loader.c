@@ -84,9 +84,16 @@ static void test_refusals(void) {
     CHECK(env_count("INIT", "good") == 1, "good: init ran %d times", env_count("INIT", "good"));
     CHECK(env_count("DEINIT", "good") == 0, "good: deinit ran before registry_free");
 
-    snprintf(want, sizeof want, "%s: plugin ABI version 7, this host supports %u..%u",
-             plugin("bad_abi"), PEFT_ABI_MIN_VERSION, PEFT_ABI_VERSION);
+    snprintf(want, sizeof want, "%s: plugin ABI version 7.0, this host runs %u.0 to %u.%u: "
+             "rebuild the plugin against this peftkit's SDK", plugin("bad_abi"), PEFT_ABI_MAJOR,
+             PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     expect_refused(&r, "bad_abi", want);
+    /* Built for a newer minor of the same major: its structs may be larger than the host's. */
+    snprintf(want, sizeof want, "%s: plugin built for ABI %u.%u, newer than this host's %u.%u: "
+             "update peftkit, or rebuild the plugin against this one's SDK", plugin("newer_minor"),
+             PEFT_ABI_MAJOR, PEFT_ABI_MINOR + 1, PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
+    expect_refused(&r, "newer_minor", want);
+    CHECK(env_count("INIT", "newer_minor") == 0, "newer_minor: plugin code ran before the ABI check");
     CHECK(env_count("INIT", "bad_abi") == 0, "bad_abi: plugin code ran before the ABI check");
 
     snprintf(want, sizeof want, "%s: no entry point 'peft_plugin_entry'", plugin("no_entry"));
@@ -476,7 +483,7 @@ static void test_cmd(void) {
     const char *desc = line ? line + 1 + desc_at : "";
     char *row = xasprintf("%s|%s|%s|%s|%.*s", id, version, abi, file, (int)strcspn(desc, "\n"),
                           desc);
-    char *want_row = xasprintf("test.good|1.2.3|%u|%s|%s", PEFT_ABI_VERSION, plugin("good"),
+    char *want_row = xasprintf("test.good|1.2.3|%u.%u|%s|%s", PEFT_ABI_MAJOR, PEFT_ABI_MINOR, plugin("good"),
                                "a method that only exists to be loaded (good)");
     CHECK(strcmp(row, want_row) == 0, "row '%s', want '%s'", row, want_row);
     const char *other_line = text ? strstr(text, "\ntest.other ") : NULL;

@@ -142,7 +142,8 @@ static const peft_method_desc test_desc = {
 #endif
 };
 
-#if defined(DEFECT_BAD_ABI) || defined(DEFECT_BAD_SIZE) || defined(DEFECT_NO_ENTRY)
+#if defined(DEFECT_BAD_ABI) || defined(DEFECT_BAD_SIZE) || defined(DEFECT_NO_ENTRY) || \
+    defined(DEFECT_NEWER_MINOR)
 /* Written out by hand: the defects are what PEFT_PLUGIN_DEFINE prevents. */
 static const peft_method_desc *const test_methods[] = {&test_desc};
 #if defined(DEFECT_NO_ENTRY)
@@ -152,7 +153,9 @@ const peft_plugin_entry_t peft_plugin_entry = {
 PEFT_EXPORT const peft_plugin_entry_t peft_plugin_entry = {
 #endif
 #if defined(DEFECT_BAD_ABI)
-    .abi_version = 7,
+    .abi_version = 7, /* the first releases' form: major 7 */
+#elif defined(DEFECT_NEWER_MINOR)
+    .abi_version = PEFT_ABI_VERSION + 1,
 #else
     .abi_version = PEFT_ABI_VERSION,
 #endif

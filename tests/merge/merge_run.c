@@ -610,7 +610,7 @@ static void check_inspect(struct run *r) {
     fclose(m);
     CHECK(rc == 0, "%s", err_msg());
     const char *want[] = {
-        "adapter   method lora 1.0.0, plugin ABI 1 (this peft: ABI 1)\n",
+        "adapter   method lora 1.0.0, plugin ABI 1.1 (this peft: ABI 1.1)\n",
         "  peft.merge: add\n",
         "  peft.merge_output: lora\n",
         "  peft.stage_config:\n    {\n      \"merge\": \"add\",\n",

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# `peft check` on every in-tree plugin (all checks pass), on a plugin whose backward is wrong
-# on purpose (caught: exit 1, the failing check and tensor named), and on a plugin that does
-# not exist (one line, exit 2).
+# `peft check` on every in-tree plugin (all checks pass), on the SDK template built against
+# ABI 1.0 (a binary kept from before 1.1: it loads and passes on this host), on a plugin whose
+# backward is wrong on purpose (caught: exit 1, the failing check and tensor named), and on a
+# plugin that does not exist (one line, exit 2).
 #
-# usage: plugin_check.sh PEFT BROKEN_PLUGIN PLUGIN...
+# usage: plugin_check.sh PEFT BROKEN_PLUGIN ABI_1_0_PLUGIN PLUGIN...
 set -u
 BROKEN=$(realpath "$2")
+OLD=$(realpath "$3")
 plugins=()
-for so in "${@:3}"; do plugins+=("$(realpath "$so")"); done
+for so in "${@:4}"; do plugins+=("$(realpath "$so")"); done
 # shellcheck source=../testlib.sh
 . "$(dirname "$0")/../testlib.sh"
 for so in "${plugins[@]}"; do
@@ -26,6 +28,15 @@ lines=$(grep -c '^ok   lora defaults' peft-lora.out 2>/dev/null)
 for what in "parameter gradients against central differences" "input gradients (dx" "negate at" "save -> load" "merge:"; do
     grep -q "^ok   lora defaults: $what" peft-lora.out && ok "lora: '$what' checked" || bad "lora: no '$what' line ($lines lines)"
 done
+
+"$PEFT" plugins "$OLD" >old.info 2>&1
+"$PEFT" check "$OLD" >old.out 2>old.err
+rc=$?
+if [ $rc -eq 0 ] && grep -q '^abi  *1\.0$' old.info && [[ "$(tail -1 old.out)" =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]]; then
+    ok "an ABI 1.0 binary on this ABI $("$PEFT" version | sed 's/.*ABI \([0-9.]*\).*/\1/') host: $(grep '^abi' old.info | tr -s ' '), peft check $(tail -1 old.out)"
+else
+    bad "the ABI 1.0 binary: exit $rc; $(cat old.info | grep -i 'abi\|error' | head -2) $(tail -3 old.out) $(cat old.err)"
+fi
 
 "$PEFT" check "$BROKEN" >broken.out 2>broken.err
 rc=$?

@@ -1,5 +1,5 @@
 /*
- * peft_plugin.h: the peftkit plugin ABI, version 1.
+ * peft_plugin.h: the peftkit plugin ABI, version 1.1.
  *
  * This is the only header a method plugin needs. A plugin is a shared object that exports one
  * const data symbol, `peft_plugin_entry` (see PEFT_PLUGIN_DEFINE), and links nothing of the
@@ -8,7 +8,11 @@
  *
  * The contract in short
  *   - The host reads `abi_version` and `struct_size` of the entry before it runs any plugin
- *     code. Until the ABI is declared stable, versions must match exactly.
+ *     code. It runs a plugin of its own major version built for its minor version or an
+ *     older one; a plugin of another major, or of a newer minor, is refused with one line.
+ *     Within a major version the ABI only grows at the end: fields appended to structs that
+ *     carry struct_size (test them with PEFT_HAS_FIELD), functions appended to
+ *     peft_host_api, new feature tags and extensions. What came with 1.1 is marked so.
  *   - One plugin object (`peft_instance`) is created per method per stage. It sees the whole
  *     model: it is told about every site (adaptable linear projection) it is attached to, and
  *     per-site hooks carry the site index.
@@ -44,8 +48,14 @@
 extern "C" {
 #endif
 
-#define PEFT_ABI_VERSION 1u
-/* Oldest ABI version this header's host accepts (raised only by a breaking change). */
+/* The ABI's version, MAJOR.MINOR, as abi_version fields carry it: (MAJOR << 16) | MINOR. A
+ * value below 0x10000 is a major version alone, minor 0: the first releases wrote 1 (= 1.0). */
+#define PEFT_ABI_MAJOR 1u
+#define PEFT_ABI_MINOR 1u
+#define PEFT_ABI_VERSION ((PEFT_ABI_MAJOR << 16) | PEFT_ABI_MINOR)
+#define PEFT_ABI_VERSION_MAJOR(v) ((uint32_t)(v) < 0x10000u ? (uint32_t)(v) : (uint32_t)(v) >> 16)
+#define PEFT_ABI_VERSION_MINOR(v) ((uint32_t)(v) < 0x10000u ? 0u : (uint32_t)(v) & 0xffffu)
+/* The oldest version this header's host runs: 1.0, written as the first releases wrote it. */
 #define PEFT_ABI_MIN_VERSION 1u
 
 #if defined(_WIN32)
@@ -228,7 +238,7 @@ typedef struct peft_batch_info {
     const int32_t *prompt_len; /* (B) tokens of BOS + prompt: row b*T + prompt_len[b]-1 is the
                                   last prompt token (serves: ConPET's selector) */
     uint64_t step;             /* optimizer steps done so far in this stage */
-    /* Appended after 1.0 (test with PEFT_HAS_FIELD). Label scoring (stage keys eval_labels
+    /* 1.1 (test with PEFT_HAS_FIELD). Label scoring (stage keys eval_labels
      * and train_labels; serves: ConPET dynamic, whose selected experts each score only their
      * own task's labels): every example of such a batch is one (prompt, candidate label)
      * pair, its completion the label, and label_task[b] is the task the label of pair b
