@@ -38,6 +38,7 @@ struct mtensor {
     /* Optimizer steps of the stage done before this tensor's optimizer state (re)started
      * (a mask set in step_end restarts it); AdamW's bias correction counts from here. */
     int64_t step0;
+    int32_t loaded;          /* its values were read from a file (tensor_origin) */
 };
 
 /* What the runtime needs from the run to serve host API calls. */

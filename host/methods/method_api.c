@@ -479,6 +479,17 @@ static peft_status api_tensor_view(peft_host *h, peft_tensor_id id, peft_tensor_
     return PEFT_OK;
 }
 
+static peft_status api_tensor_origin(peft_host *h, peft_tensor_id id, uint32_t *out) {
+    if (!h) return PEFT_E_INVALID_ARG;
+    if (!h->allocated)
+        return refuse(h, PEFT_E_STATE, "tensor_origin is allowed once tensors are allocated "
+                      "(stage_begin and later)");
+    if (!out) return refuse(h, PEFT_E_INVALID_ARG, "tensor_origin: out is NULL");
+    if (check_id(h, id, "tensor_origin")) return PEFT_E_INVALID_ARG;
+    *out = h->tensors[id].loaded ? PEFT_ORIGIN_LOADED : PEFT_ORIGIN_INIT;
+    return PEFT_OK;
+}
+
 static uint32_t api_task_count(peft_host *h) {
     return h && h->env.tasks ? (uint32_t)h->env.tasks->n : 0;
 }
@@ -706,6 +717,7 @@ static const peft_host_api host_api = {
     .stage_delta = api_stage_delta,
     .run_pass = api_run_pass,
     .get_extension = api_get_extension,
+    .tensor_origin = api_tensor_origin,
 };
 
 const peft_host_api *host_api_table(void) { return &host_api; }

@@ -316,6 +316,7 @@ int method_run_load(struct method_run *mr, const char *path) {
         if (!saved(t)) continue;
         const struct st_tensor *s = st_find(&f, t->name);
         rc = s ? st_read_f32(&f, s, t->data, t->numel) : sparse_load(h, &f, t, path);
+        t->loaded = rc == 0;
         char key[320];
         snprintf(key, sizeof key, "peft.step0.%s", t->name);
         const char *step0 = st_meta(&f, key);

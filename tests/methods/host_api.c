@@ -178,6 +178,7 @@ static void check_defects(struct fix *f) {
 static void check_hooks(struct fix *f) {
     struct method_run *mr = create(f, NULL);
     REQUIRE(mr, "create: %s", err_msg());
+    REQUIRE(method_run_begin(mr) == 0, "begin: %s", err_msg());
     float loss;
     int rc = model_forward(&f->m, f->a, f->b.tokens, f->b.targets, B, T,
                            method_run_hooks(mr, 1), &loss);
@@ -213,6 +214,13 @@ static void check_hooks(struct fix *f) {
     st_close(&sf);
     struct method_run *back = create(f, NULL);
     REQUIRE(back && method_run_load(back, path) == 0, "load: %s", err_msg());
+    REQUIRE(method_run_begin(back) == 0, "begin: %s", err_msg());
+    float origin_fresh = seen[252] - 1, origin_loaded = mt_find_tensor(back, "probe.seen")->data[252] - 1;
+    printf("tensor_origin at stage_begin: fresh instance %g (PEFT_ORIGIN_INIT = %d), loaded %g "
+           "(PEFT_ORIGIN_LOADED = %d)\n", origin_fresh, PEFT_ORIGIN_INIT, origin_loaded,
+           PEFT_ORIGIN_LOADED);
+    CHECK(origin_fresh == PEFT_ORIGIN_INIT && origin_loaded == PEFT_ORIGIN_LOADED,
+          "tensor_origin: fresh %g, loaded %g", origin_fresh, origin_loaded);
     float got = mt_find_tensor(back, "probe.seen")->data[253];
     printf("plugin state: 2 forwards saved, state_load read %g\n", got);
     CHECK(got == 2.0f, "state round trip: %g", got);

@@ -7,7 +7,8 @@
  * Tensors: "probe.frozen" (4) CONST 0.5, frozen; "probe.vec" (64, 16) NORMAL(0, 1);
  * per attached site "probe.<site>.w" (d_out) UNIFORM(-0.1, 0.3); "probe.seen" (256) frozen,
  * NO_SAVE, where the forward at the first attached site writes row_task (and seen[255] = seq,
- * seen[254] = training) and state_load writes the state it read into seen[253].
+ * seen[254] = training) and state_load writes the state it read into seen[253]; stage_begin
+ * writes 1 + tensor_origin of probe.vec into seen[252] (1 init, 2 loaded).
  * With mask_site = true, each attached site's weight is also registered as a trainable
  * ALIAS_BASE tensor "probe.<site>.weight", masked to its even entries in stage_begin.
  *
@@ -147,6 +148,11 @@ static peft_status probe_stage_begin(peft_instance *p) {
         api->sgemm(p->h, 0, 0, 2, 2, 2, 1.0f, a, 1, b, 2, 0.0f, c, 2); /* lda < k */
         return PEFT_OK;
     }
+    uint32_t origin = 7;
+    peft_tensor_view seen;
+    if (PEFT_HAS_FIELD(api, peft_host_api, tensor_origin) &&
+        api->tensor_origin(p->h, 1, &origin) == PEFT_OK && api->tensor_view(p->h, p->seen, &seen) == PEFT_OK)
+        seen.data[252] = 1.0f + (float)origin;
     /* Mask every aliased site weight to its even entries. */
     for (int k = 0; k < p->n_alias; k++) {
         peft_tensor_id id = p->first_alias + (peft_tensor_id)(2 * k);

@@ -373,7 +373,19 @@ typedef struct peft_host_api {
     /* [any call] Optional host services by id "peft.<name>/<rev>"; NULL if absent. The
      * returned struct is host-owned, valid for the instance lifetime. */
     const void *(*get_extension)(peft_host *h, const char *id);
+
+    /* 1.1 (test with PEFT_HAS_FIELD(api, peft_host_api, tensor_origin)). [stage_begin and
+     * later] Where a registered tensor's values come from: *out = PEFT_ORIGIN_INIT (its
+     * registered init; PEFT_INIT_NONE's zeros, for the plugin to fill in stage_begin) or
+     * PEFT_ORIGIN_LOADED (read from a file before stage_begin: a resumed stage's checkpoint,
+     * or an adapter opened for evaluation, a merge or export). Copies the plugin makes itself
+     * (stage_tensor) leave INIT. serves: a tensor filled in stage_begin from the base weights
+     * (DoRA's magnitude) only when fresh, which "all zero" cannot tell. */
+    peft_status (*tensor_origin)(peft_host *h, peft_tensor_id id, uint32_t *out);
 } peft_host_api;
+
+/* Values of peft_host_api.tensor_origin. */
+enum { PEFT_ORIGIN_INIT = 0, PEFT_ORIGIN_LOADED = 1 };
 
 /* ------------------------------------------------------------------------------------------
  * The method vtable. Every entry takes the instance first. Entries marked (optional) may be
