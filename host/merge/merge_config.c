@@ -381,7 +381,11 @@ int merge_config_check(struct stage_env *env, struct stage *s) {
         }
         if (rc == 0 && factor && pm) {
             const char *key = NULL;
-            if (!first_pm) {
+            if (!first_pm && !plugin_has_feature(pm, PEFT_FEATURE_FACTOR_MERGE)) {
+                rc = err_set("%s: %s is %s, whose adapters the plugin does not offer to combine "
+                             "tensor by tensor (no feature '%s'): use space = delta",
+                             m->where_inputs, label, pm->desc->id, PEFT_FEATURE_FACTOR_MERGE);
+            } else if (!first_pm) {
                 first_pm = pm;
                 first_kv = kv;
                 memset(&kv, 0, sizeof kv);

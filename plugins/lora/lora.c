@@ -246,7 +246,9 @@ static const peft_method_vtable lora_vt = {
     .delta_weight = lora_delta_weight,
 };
 
-static const char *const lora_features[] = {PEFT_FEATURE_MERGEABLE, PEFT_FEATURE_HF_PEFT, PEFT_FEATURE_WEIGHT_ON_REQUEST, NULL};
+static const char *const lora_features[] = {PEFT_FEATURE_MERGEABLE, PEFT_FEATURE_HF_PEFT,
+                                            PEFT_FEATURE_WEIGHT_ON_REQUEST,
+                                            PEFT_FEATURE_FACTOR_MERGE, NULL};
 
 static const peft_method_desc lora_desc = {
     .struct_size = sizeof(peft_method_desc),

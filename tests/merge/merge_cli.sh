@@ -164,6 +164,8 @@ printf 'merge = add\ninputs = a %s/good/a/adapter.safetensors\nspace = factor\n'
 check factor_keys "factor_keys.ini:26:" "[stage.m] inputs" "differ in r (8 vs 4)" "factor space needs one configuration"
 printf 'merge = add\ninputs = a %s/good/trf/adapter.safetensors\nspace = factor\n' "$TMP" | case_ factor_methods
 check factor_methods "factor_methods.ini:26:" "[stage.m] inputs" "lora" "loratrf" "different methods"
+printf 'merge = add\ninputs = %s/good/trf/adapter.safetensors a\nspace = factor\n' "$TMP" | case_ factor_feature
+check factor_feature "factor_feature.ini:26:" "[stage.m] inputs" "loratrf" "no feature 'factor-merge'" "use space = delta"
 printf 'merge = add\ninputs = a %s/good/base/adapter.safetensors\nspace = factor\n' "$TMP" | case_ factor_full
 check factor_full "factor_full.ini:26:" "[stage.m] inputs" "changes the base weights" "use space = delta"
 printf 'merge = add\ninputs = %s/good/tv/task_vector.safetensors\nspace = factor\neval_tasks = upper\n' "$TMP" | case_ factor_tv

@@ -159,7 +159,11 @@ typedef struct peft_site_info {
      * tensor registered with PEFT_TENSOR_ALIAS_BASE. Memory: when the host keeps the weight
      * in 16 bits, this is an fp32 copy made for the asking plugin (4 bytes per weight); a
      * method with the feature "weight-on-request" gets NULL then and reads the values through
-     * peft_site_weight.h instead. */
+     * peft_site_weight.h instead. Which weight: in a training stage and a run's evaluation,
+     * that of the model the stage starts from. In an instance opened on a saved adapter (a
+     * merge input, peft eval, generate, export) that of the model the adapter is applied to:
+     * the merge's start weights for a file input, the weights its stage started from for a
+     * stage input; never with this adapter's own change folded in. */
     const float *weight;
 } peft_site_info;
 
@@ -254,7 +258,10 @@ typedef struct peft_batch_info {
 /* The log-probability a masked label scores (ConPET's null expert logit). */
 #define PEFT_LABEL_NULL_SCORE (-100.0)
 
-/* Argument of forward(): y already holds x W^T; the plugin adds its delta to y. */
+/* Argument of forward(): y already holds x W^T, and only that: the site's own output buffer.
+ * An additive method adds its delta (y += f(x)); a multiplicative one (IA3's scaling, DoRA's
+ * renormalisation) may rewrite y from x W^T as it likes (y = l * y, y = g(y, x)). x is read
+ * only: other sites share it (q, k and v read one normed input). */
 typedef struct peft_forward_io {
     uint32_t struct_size;
     uint32_t site;
@@ -269,7 +276,12 @@ typedef struct peft_forward_io {
                                   valid until the matching backward() of the same pass */
 } peft_forward_io;
 
-/* Argument of backward(): accumulate parameter gradients (+=) and add the input gradient. */
+/* Argument of backward(): accumulate parameter gradients (+=) and make dx this site's dL/dx.
+ * When the hook runs, dx holds this site's base path only, dy W with the dy it is given,
+ * never another site's: the host sums the sites that share an input after each hook
+ * returns. An additive method adds its path (dx += ...); a multiplicative one may rewrite
+ * dx (for y = l * (x W^T): dy arrives as dL/dy, so dx must become (l * dy) W, and dl +=
+ * sum over rows of dy * (x W^T)). */
 typedef struct peft_backward_io {
     uint32_t struct_size;
     uint32_t site;
@@ -389,9 +401,20 @@ enum { PEFT_ORIGIN_INIT = 0, PEFT_ORIGIN_LOADED = 1 };
 
 /* ------------------------------------------------------------------------------------------
  * The method vtable. Every entry takes the instance first. Entries marked (optional) may be
- * NULL, which means "not offered". All [serial].
+ * NULL, which means "not offered". All [serial]. Beside each entry: [when it is called; which
+ * instances get it] and who owns what it is handed.
  *
- * Lifecycle of one stage:
+ * Instances. A host makes an instance for
+ *   - a training stage: create, attach, (tensors initialized, or loaded when resuming),
+ *     stage_begin, task_begin, the batches, step_end, stage_end, save, destroy;
+ *   - a run's evaluation of a finished stage: create, attach, load, stage_begin, batches;
+ *   - a saved adapter opened to merge, export, evaluate (peft eval) or generate from, and a
+ *     merge stage's output: create, attach, load (or a merge's arithmetic), then batches,
+ *     delta_weight, negate or save, but NO stage_begin, task_begin, step_end or stage_end.
+ * So everything an instance needs to run a batch must be in its tensors and state, not made
+ * in stage_begin; tensor_origin tells stage_begin a loaded tensor from a fresh one.
+ *
+ * Lifecycle of one training stage:
  *   create -> attach(site) for every matched site -> (host allocates and initializes tensors;
  *   loads saved tensors when resuming or chaining) -> stage_begin -> for each step:
  *   [task_begin when a task first appears] batch_begin, forward/backward per site, hidden hooks,
@@ -400,62 +423,78 @@ enum { PEFT_ORIGIN_INIT = 0, PEFT_ORIGIN_LOADED = 1 };
 typedef struct peft_method_vtable {
     uint32_t struct_size; /* = sizeof(peft_method_vtable) */
 
-    /* Create the instance. cfg holds every schema key (defaults filled, types checked) plus
-     * "stage"; it is borrowed for the call. The plugin may register model-level tensors
-     * here. On error, log why and return a status; *out is then ignored. */
+    /* [first, once; every instance] Create the instance. cfg holds every schema key (defaults
+     * filled, types checked) plus "stage"; borrowed for the call. The plugin may register
+     * model-level tensors here. *out is plugin-owned until destroy. On error, log why and
+     * return a status; *out is then ignored and destroy is not called. */
     peft_status (*create)(const peft_host_api *api, peft_host *h, const peft_kv *cfg,
                           uint32_t n_cfg, peft_instance **out);
-    /* Free everything the plugin allocated. Never fails. */
+    /* [last, once; every created instance] Free everything the plugin allocated (never what
+     * the host did: tensors, views, batch arrays). Never fails. */
     void (*destroy)(peft_instance *self);
 
-    /* Attach to a site. If the schema has a key "target_modules", the host matches sites by it
-     * as HF PEFT does (a listed name equals the site's kind or is a suffix of its name after a
-     * dot; "all-linear" = every site) and refuses a run where nothing matches; otherwise the
-     * host offers every site and the plugin returns PEFT_E_UNSUPPORTED to decline one.
-     * Register the site's tensors here. */
+    /* [after create, once per offered site, in site order; every instance] Attach to a site.
+     * If the schema has a key "target_modules", the host matches sites by it as HF PEFT does
+     * (a listed name equals the site's kind or is a suffix of its name after a dot;
+     * "all-linear" = every site) and refuses a run where nothing matches; otherwise the host
+     * offers every site and the plugin returns PEFT_E_UNSUPPORTED to decline one (the tensors
+     * it registered for that site are forgotten). Register the site's tensors here. */
     peft_status (*attach)(peft_instance *self, uint32_t site);
 
-    /* (optional) serves: model-level hooks that see all sites. Called once all tensors are
-     * allocated and initialized (or loaded). LoTA's global top-k mask is computed here. */
+    /* (optional) [once, after all tensors are allocated and initialized or loaded; training
+     * stages and a run's evaluation only, see "Instances"] serves: model-level hooks that
+     * see all sites. LoTA's global top-k mask is computed here. */
     peft_status (*stage_begin)(peft_instance *self);
-    /* (optional) serves: new routing rows / experts. Called once for every task the stage
-     * trains on (its tasks, then any it replays), in that order, after stage_begin and before
-     * the first training batch. */
+    /* (optional) [training stages: once per task the stage trains on (its tasks, then any it
+     * replays), in that order, after stage_begin, before the first training batch] serves:
+     * new routing rows / experts. */
     peft_status (*task_begin)(peft_instance *self, int32_t task);
-    /* (optional) Called before the forward of every batch (training and evaluation). */
+    /* (optional) [before the forward of every batch, training and evaluation; every instance
+     * that runs batches] batch is host-owned, valid until the next batch_begin; the plugin
+     * may write only batch->label_masked, and only during this call. */
     peft_status (*batch_begin)(peft_instance *self, const peft_batch_info *batch);
 
-    /* (optional) Floats of activation cache forward() needs for backward at this site. */
+    /* (optional) [before a forward, per attached site] Floats of activation cache forward()
+     * needs for backward at this site for n_rows rows; the host allocates them (io->acts). */
     uint64_t (*act_floats)(peft_instance *self, uint32_t site, uint32_t n_rows);
-    /* (optional, per site) Add the plugin's contribution to io->y. */
+    /* (optional) [per attached site, in every forward pass after batch_begin] Make io->y the
+     * site's output, see peft_forward_io. All of io is host-owned, valid for the call; acts
+     * until the matching backward. */
     peft_status (*forward)(peft_instance *self, const peft_forward_io *io);
-    /* (optional, per site) Accumulate (+=) gradients of registered tensors; add into io->dx. */
+    /* (optional) [per attached site, in reverse order, in training passes after the forward]
+     * Accumulate (+=) gradients of registered tensors (views from tensor_view); make io->dx
+     * this site's dL/dx, see peft_backward_io. io is host-owned, valid for the call. */
     peft_status (*backward)(peft_instance *self, const peft_backward_io *io);
 
-    /* (optional) Final hidden state hooks, see peft_hidden_io. */
+    /* (optional) [after the final norm of every forward; before the head's backward] Final
+     * hidden state hooks, see peft_hidden_io (host-owned, valid for the call). */
     peft_status (*hidden_forward)(peft_instance *self, const peft_hidden_io *io);
     peft_status (*hidden_backward)(peft_instance *self, const peft_hidden_io *io);
 
-    /* (optional) After the host's optimizer update of step `step` (1-based). */
+    /* (optional) [training stages: after the host's optimizer update of step `step`
+     * (1-based)] The only signal that trainable values changed; tensor views stay valid. */
     peft_status (*step_end)(peft_instance *self, uint64_t step);
-    /* (optional) After the last step of the stage. */
+    /* (optional) [training stages: once, after the last step, before the save] */
     peft_status (*stage_end)(peft_instance *self);
 
-    /* (optional) serves: per-method arithmetic, merges, export. out (d_out, d_in) +=
-     * scale * dW of the site, exact. NULL or PEFT_E_UNSUPPORTED (logged with the reason) if
-     * the method has no input-independent dW. */
+    /* (optional) [any time after stage_begin or a load; every instance] serves: per-method
+     * arithmetic, merges, export. out (d_out, d_in), host-owned, += scale * dW of the site,
+     * exact. NULL or PEFT_E_UNSUPPORTED (logged with the reason) if the method has no
+     * input-independent dW. */
     peft_status (*delta_weight)(peft_instance *self, uint32_t site, float scale, float *out);
-    /* (optional) serves: PEM negation. Negate the adapter in place. When NULL the host flips
-     * every tensor flagged PEFT_TENSOR_NEGATE. */
+    /* (optional) [after a load; merge instances] serves: PEM negation. Negate the adapter in
+     * place. When NULL the host flips every tensor flagged PEFT_TENSOR_NEGATE. */
     peft_status (*negate)(peft_instance *self);
 
-    /* (optional) serves: non-tensor state (masks, replay memory, routing tables). Saved next
-     * to the tensors and given back before stage_begin when a stage is resumed or reloaded. */
+    /* (optional) [state_save: at every checkpoint and the stage's save; state_load: after the
+     * tensors are loaded, before stage_begin when there is one] serves: non-tensor state
+     * (masks, replay memory, routing tables), saved next to the tensors. The streams are
+     * host-owned, valid for the call. */
     peft_status (*state_save)(peft_instance *self, const peft_ostream *out);
     peft_status (*state_load)(peft_instance *self, const peft_istream *in);
 
-    /* (optional) Plugin-side extensions by id; NULL if absent. Plugin-owned, valid until
-     * destroy. */
+    /* (optional) [any call] Plugin-side extensions by id; NULL if absent. Plugin-owned, valid
+     * until destroy. */
     const void *(*get_extension)(peft_instance *self, const char *id);
 } peft_method_vtable;
 
@@ -464,6 +503,11 @@ typedef struct peft_method_vtable {
 #define PEFT_FEATURE_WRITES_BASE "writes-base"      /* registers ALIAS_BASE tensors */
 #define PEFT_FEATURE_TASK_ROUTED "task-routed"      /* reads row_task */
 #define PEFT_FEATURE_HF_PEFT "hf-peft"              /* tensor names follow HF PEFT */
+/* 1.1: adding, averaging and negating this method's adapters tensor by tensor (PEM's
+ * factor-space arithmetic, merge stages' space = factor) gives a meaningful adapter; the
+ * host refuses factor space for a method that does not list it. Negation flips the tensors
+ * flagged PEFT_TENSOR_NEGATE, or calls negate. */
+#define PEFT_FEATURE_FACTOR_MERGE "factor-merge"
 
 /* A method's descriptor. Static data owned by the plugin, valid until deinit. */
 typedef struct peft_method_desc {
