@@ -90,6 +90,19 @@ static int guard_hidden_backward(void *ctx, uint32_t pass, const float *h, float
     return g->inner->hidden_backward(g->inner->ctx, pass, h, dh, n_rows);
 }
 
+/* The input hooks too: the same buffer and ctx as the method's. */
+static const float *guard_input(void *ctx, uint32_t pass, int32_t site, const float *x,
+                                int32_t n_rows) {
+    struct guard *g = ctx;
+    return g->inner->site_input(g->inner->ctx, pass, site, x, n_rows);
+}
+
+static int guard_input_backward(void *ctx, uint32_t pass, int32_t site, const float *x,
+                                float *dx, int32_t n_rows) {
+    struct guard *g = ctx;
+    return g->inner->site_input_backward(g->inner->ctx, pass, site, x, dx, n_rows);
+}
+
 static const struct model_hooks *guard_wrap(struct guard *g, const struct model *m,
                                             const struct model_hooks *inner) {
     *g = (struct guard){.inner = inner, .m = m, .first_site = -1};
@@ -99,6 +112,8 @@ static const struct model_hooks *guard_wrap(struct guard *g, const struct model 
     g->hooks.site_backward = inner->site_backward ? guard_backward : NULL;
     g->hooks.hidden_forward = inner->hidden_forward ? guard_hidden_forward : NULL;
     g->hooks.hidden_backward = inner->hidden_backward ? guard_hidden_backward : NULL;
+    g->hooks.site_input = inner->site_input ? guard_input : NULL;
+    g->hooks.site_input_backward = inner->site_input_backward ? guard_input_backward : NULL;
     if (!inner->site_forward && !inner->site_backward) return inner; /* no site hooks to watch */
     return &g->hooks;
 }

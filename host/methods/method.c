@@ -262,6 +262,7 @@ void method_run_free(struct method_run *mr) {
     free(mr->prompt_len);
     free(mr->label_task);
     free(mr->label_masked);
+    free(mr->x_in);
     free(mr->row_task);
     free(mr);
 }
@@ -490,6 +491,75 @@ static int hook_site_backward(void *ctx, uint32_t pass, int32_t site, const floa
     return call_end(h, prev, st, what);
 }
 
+/* The plugin's input hook, when it has one and the site is attached: x copied into the run's
+ * buffer, which the plugin rewrites. */
+static int input_hooked(const struct method_run *mr, int32_t site) {
+    const peft_method_vtable *vt = mr->h.vt;
+    return PEFT_HAS_FIELD(vt, peft_method_vtable, input_forward) && vt->input_forward &&
+           site >= 0 && site < mr->h.m->n_sites && mr->slot_of_site[site] >= 0 && !mr->merged;
+}
+
+static const float *hook_site_input(void *ctx, uint32_t pass, int32_t site, const float *x,
+                                    int32_t n_rows) {
+    struct hook_ctx *hc = ctx;
+    struct method_run *mr = hc->mr;
+    struct peft_host *h = &mr->h;
+    if (!input_hooked(mr, site)) return x;
+    const int32_t *row_task;
+    uint32_t seq;
+    if (rows_for(mr, n_rows, &row_task, &seq) != 0) return NULL;
+    int32_t d_in, d_out;
+    model_site_dims(h->m, site, &d_in, &d_out);
+    size_t n = (size_t)n_rows * (size_t)d_in;
+    if (n > mr->x_in_cap) {
+        free(mr->x_in);
+        mr->x_in = xalloc_floats(n);
+        mr->x_in_cap = n;
+    }
+    memcpy(mr->x_in, x, n * sizeof *x);
+    peft_input_io io = {
+        .struct_size = (uint32_t)sizeof io,
+        .site = (uint32_t)site,
+        .pass = pass,
+        .training = hc->training,
+        .n_rows = (uint32_t)n_rows,
+        .seq = seq,
+        .x = x,
+        .x_out = mr->x_in,
+        .row_task = row_task,
+    };
+    int prev = call_begin(h, CALL_OTHER);
+    char what[128];
+    snprintf(what, sizeof what, "input_forward at %s", h->site_names[site]);
+    return call_end(h, prev, h->vt->input_forward(h->inst, &io), what) ? NULL : mr->x_in;
+}
+
+static int hook_site_input_backward(void *ctx, uint32_t pass, int32_t site, const float *x,
+                                    float *dx, int32_t n_rows) {
+    struct hook_ctx *hc = ctx;
+    struct method_run *mr = hc->mr;
+    struct peft_host *h = &mr->h;
+    if (!input_hooked(mr, site)) return 0;
+    const int32_t *row_task;
+    uint32_t seq;
+    if (rows_for(mr, n_rows, &row_task, &seq) != 0) return -1;
+    peft_input_io io = {
+        .struct_size = (uint32_t)sizeof io,
+        .site = (uint32_t)site,
+        .pass = pass,
+        .training = hc->training,
+        .n_rows = (uint32_t)n_rows,
+        .seq = seq,
+        .x = x,
+        .dx = dx,
+        .row_task = row_task,
+    };
+    int prev = call_begin(h, CALL_OTHER);
+    char what[128];
+    snprintf(what, sizeof what, "input_backward at %s", h->site_names[site]);
+    return call_end(h, prev, h->vt->input_backward(h->inst, &io), what);
+}
+
 /* Both hidden-state hooks: the forward fills *loss (dh NULL), the backward dh (loss NULL). */
 static int call_hidden(void *ctx, int backward, uint32_t pass, const float *hs, int32_t n_rows,
                        float *dh, float *loss) {
@@ -529,6 +599,9 @@ const struct model_hooks *method_run_hooks(struct method_run *mr, int training) 
     k->site_backward = vt->forward && vt->backward ? hook_site_backward : NULL;
     k->hidden_forward = vt->hidden_forward ? hook_hidden_forward : NULL;
     k->hidden_backward = vt->hidden_backward ? hook_hidden_backward : NULL;
+    int has_input = PEFT_HAS_FIELD(vt, peft_method_vtable, input_forward) && vt->input_forward;
+    k->site_input = has_input ? hook_site_input : NULL;
+    k->site_input_backward = has_input ? hook_site_input_backward : NULL;
     return k;
 }
 

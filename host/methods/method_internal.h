@@ -67,6 +67,8 @@ struct method_run {
     int32_t *label_task;       /* (B) a label-scoring batch's, else unused */
     uint8_t *label_masked;     /* (B) what the plugin masked in batch_begin */
     int has_labels;            /* the current batch is a label-scoring batch */
+    float *x_in;               /* (rows, d_in) the input a plugin's input_forward made */
+    size_t x_in_cap;
     int32_t cap_rows;
     int32_t *row_task;         /* (n_rows) example_task expanded per row */
     int32_t row_task_n;        /* rows row_task was built for */

@@ -449,6 +449,8 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
         rc = err_set("%s: not a peftkit adapter (no peft.method in __metadata__)", f.path);
     } else if (!pm) {
         rc = err_prefix("%s", f.path);
+    } else if (hf && has_key(pm, "feedforward_modules")) { /* PEFT's IA3 */
+        rc = adapter_file_kv(&f, pm, &kv) || hf_ia3_export(&f, &kv, out_dir, base_model);
     } else if (hf && has_key(pm, "n_skills") && has_key(pm, "n_splits")) { /* PEFT's Poly */
         rc = adapter_file_kv(&f, pm, &kv) || hf_poly_export(&f, &kv, out_dir, base_model);
     } else if (!hf || !has_key(pm, "r") || !has_key(pm, "lora_alpha")) {
@@ -511,7 +513,27 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
     return rc;
 }
 
+/* The peft_type of an HF PEFT folder's adapter_config.json, or NULL (the LoRA reader then
+ * says what is wrong). */
+static char *hf_peft_type(const char *dir) {
+    char *path = path_join(dir, "adapter_config.json"), *text = NULL, *type = NULL;
+    size_t len;
+    if (file_exists(path) && file_read_all(path, &text, &len) == 0) {
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
+        if (cJSON_IsString(pt)) type = xstrdup(pt->valuestring);
+        cJSON_Delete(j);
+    }
+    free(text);
+    free(path);
+    return type;
+}
+
 int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out_file) {
+    char *type = hf_peft_type(hf_dir);
+    int ia3 = type && strcmp(type, "IA3") == 0;
+    free(type);
+    if (ia3) return hf_ia3_import(reg, hf_dir, out_file);
     struct hf_lora a;
     if (hf_lora_read(hf_dir, &a)) return -1;
     const struct plugin_method *pm = registry_find(reg, "lora");

@@ -74,12 +74,18 @@ void hf_json_targets(struct strbuf *b, const char *target_modules);
 struct st_file;
 int hf_poly_export(const struct st_file *f, const struct kv_list *kv, const char *out_dir,
                    const char *base_model);
+/* An adapter of the `ia3` method as an HF PEFT IA3 folder, and an IA3 folder as an adapter
+ * file of `ia3` (peft_hf_ia3.c). -1 with one line. */
+int hf_ia3_export(const struct st_file *f, const struct kv_list *kv, const char *out_dir,
+                  const char *base_model);
+int hf_ia3_import(struct plugin_registry *reg, const char *hf_dir, const char *out_file);
 
 /* peft export SRC OUT_DIR: SRC is an adapter file (or a stage folder holding
- * adapter.safetensors) of a LoRA-shaped method, or of Poly. base_model may be NULL. */
+ * adapter.safetensors) of a LoRA-shaped method, of Poly or of (IA)3. base_model may be NULL. */
 int peft_export(struct plugin_registry *reg, const char *src, const char *out_dir,
                 const char *base_model);
-/* peft import HF_DIR OUT.safetensors: an adapter file of the `lora` method. */
+/* peft import HF_DIR OUT.safetensors: an adapter file of the `lora` method, or of `ia3` for
+ * an IA3 folder. */
 int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out_file);
 
 #endif

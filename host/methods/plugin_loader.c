@@ -308,9 +308,15 @@ static int check_desc(const char *path, uint32_t index, const peft_method_desc *
     if (missing) return err_set("%s: method '%s': field '%s' is missing", path, d->id, missing);
     const peft_method_vtable *vt = d->vt;
     if (!vt) return err_set("%s: method '%s': vtable is missing", path, d->id);
-    if (vt->struct_size < sizeof *vt)
+    /* ABI 1.0's vtable ends before input_forward; later entries are read by PEFT_HAS_FIELD */
+    if (vt->struct_size < offsetof(peft_method_vtable, input_forward))
         return err_set("%s: method '%s': vtable struct_size %" PRIu32 " is smaller than %zu",
-                       path, d->id, vt->struct_size, sizeof *vt);
+                       path, d->id, vt->struct_size, offsetof(peft_method_vtable, input_forward));
+    if (PEFT_HAS_FIELD(vt, peft_method_vtable, input_forward) &&
+        (vt->input_forward == NULL) != (!PEFT_HAS_FIELD(vt, peft_method_vtable, input_backward) ||
+                                        vt->input_backward == NULL))
+        return err_set("%s: method '%s': input_forward and input_backward come together", path,
+                       d->id);
     missing = !vt->create ? "create" : !vt->destroy ? "destroy" : !vt->attach ? "attach" : NULL;
     if (missing)
         return err_set("%s: method '%s': required function '%s' is missing", path, d->id,

@@ -608,12 +608,15 @@ void model_head_logits(const struct model *m, const float *h, float *logits, int
         matmul_forward(logits, h, m->w.lm_head, n, C, V);
 }
 
-/* y (n, d_out) = x W^T at a site, then the site's hook. */
+/* y (n, d_out) = x' W^T at a site, x' = x or what the input hook makes of it, then the
+ * site's hook. */
 int model_site_forward(const struct model *m, const struct model_hooks *hk, int32_t site,
                        const float *x, float *y, int32_t n)
 {
     int32_t d_in, d_out;
     model_site_dims(m, site, &d_in, &d_out);
+    if (hk && hk->site_input && !(x = hk->site_input(hk->ctx, hk->pass, site, x, n)))
+        return -1;
     int32_t t = model_site_tensor(m, site);
     if (model_tensor_in_half(m, t))
         half_matmul_forward(m, t, y, x, n, d_in, d_out);
@@ -758,7 +761,12 @@ static int site_backward(const struct model *m, struct model_acts *a,
     int32_t wt = model_site_tensor(m, site);
     const struct model_sparse_grad *sg = &m->sparse_grad[wt];
     float *dw = sg->index ? NULL : grad_of(m, wt);
-    int hooked = hk && hk->site_backward;
+    /* the input the forward's product used, made again */
+    const float *x_in = x;
+    if (hk && hk->site_input && !(x = hk->site_input(hk->ctx, hk->pass, site, x_in, n)))
+        return -1;
+    int input_hooked = x != x_in;
+    int hooked = (hk && hk->site_backward) || input_hooked;
     float *dx = first || !hooked ? dx_sum : a->d_site;
     float dx_beta = first || hooked ? 0.0f : 1.0f;
     if (model_tensor_in_half(m, wt)) { /* frozen in 16 bits: dx block by block, dW never asked */
@@ -772,7 +780,9 @@ static int site_backward(const struct model *m, struct model_acts *a,
                                 a->d_sampled);
     if (!hooked)
         return 0;
-    if (hk->site_backward(hk->ctx, hk->pass, site, x, dy, dx, n) != 0)
+    if (hk->site_backward && hk->site_backward(hk->ctx, hk->pass, site, x, dy, dx, n) != 0)
+        return -1;
+    if (input_hooked && hk->site_input_backward(hk->ctx, hk->pass, site, x_in, dx, n) != 0)
         return -1;
     if (dx != dx_sum) {
         size_t len = (size_t)n * d_in;

@@ -199,6 +199,16 @@ struct model_hooks {
     /* dx (n_rows, d_in) already holds dy W. */
     int (*site_backward)(void *ctx, uint32_t pass, int32_t site, const float *x,
                          const float *dy, float *dx, int32_t n_rows);
+    /* (may be NULL) The input the site's product uses: x itself, or x rewritten into a
+     * buffer of the hooks' owner, valid until the next call; NULL on failure. Called before
+     * the product in the forward and again in the backward (the same x gives the same
+     * result). */
+    const float *(*site_input)(void *ctx, uint32_t pass, int32_t site, const float *x,
+                               int32_t n_rows);
+    /* With site_input rewriting x: dx (n_rows, d_in) holds this site's d(loss)/d(x it
+     * returned); make it d(loss)/dx. */
+    int (*site_input_backward)(void *ctx, uint32_t pass, int32_t site, const float *x,
+                               float *dx, int32_t n_rows);
     /* After the final norm: h (n_rows, C). May add to *loss. */
     int (*hidden_forward)(void *ctx, uint32_t pass, const float *h, int32_t n_rows,
                           float *loss);

@@ -116,7 +116,7 @@ static void test_refusals(void) {
 
     snprintf(want, sizeof want,
              "%s: method 'test.bad_vt_size': vtable struct_size 16 is smaller than %zu",
-             plugin("bad_vt_size"), sizeof(peft_method_vtable));
+             plugin("bad_vt_size"), offsetof(peft_method_vtable, input_forward));
     expect_refused(&r, "bad_vt_size", want);
 
     snprintf(want, sizeof want, "%s: method id 'Test/Bad' is not of the form [a-z0-9][a-z0-9_.-]*",

@@ -77,7 +77,8 @@ static const char *ini_text =
     "r = 4\ntarget_modules = all-linear\ninit_seed = 11\n"
     "[stage.p]\nmethod = poly\nfrom = base\ntasks = reverse swap\nsteps = 2\nbatch_size = 4\n"
     "variant = mhr\nn_splits = 2\nn_skills = 3\nr = 2\nlora_alpha = 2\n"
-    "target_modules = q_proj v_proj down_proj\n";
+    "target_modules = q_proj v_proj down_proj\n"
+    "[stage.ia]\nmethod = ia3\nfrom = base\ntasks = reverse\nsteps = 3\nbatch_size = 4\nlr = 0.05\n";
 
 static int32_t stage_index(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
@@ -631,6 +632,80 @@ static void check_inspect(struct run *r) {
 }
 
 /* PEFT's Poly, key by key (peft/tuners/poly: PolyConfig's fields, PolyLayer's parameters). */
+/* An (IA)3 adapter as an HF PEFT IA3 folder: PEFT's config keys in order, its tensors
+ * (k_proj and v_proj (d_out, 1), down_proj (1, d_in)) bit for bit, and back: peft import gives
+ * the same tensors and the same model. */
+static void check_ia3_export(struct run *r) {
+    char *src = stage_path(r, "ia", "adapter.safetensors"), *hf = path_join(tmp, "hf_ia3");
+    REQUIRE(peft_export(&r->reg, src, hf, "tiny/llama") == 0, "%s", err_msg());
+    char *cfgp = path_join(hf, "adapter_config.json"), *text;
+    size_t len;
+    REQUIRE(file_read_all(cfgp, &text, &len) == 0, "%s", err_msg());
+    cJSON *j = cJSON_Parse(text);
+    REQUIRE(cJSON_IsObject(j), "adapter_config.json is not JSON");
+    static const char *const keys[] = {"base_model_name_or_path", "fan_in_fan_out",
+                                       "feedforward_modules", "inference_mode", "init_ia3_weights",
+                                       "modules_to_save", "peft_type", "target_modules", "task_type"};
+    int n = 0, in_order = 1;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, j) {
+        in_order &= n < 9 && strcmp(it->string, keys[n]) == 0;
+        n++;
+    }
+    const cJSON *tm = cJSON_GetObjectItem(j, "target_modules"), *ff = cJSON_GetObjectItem(j, "feedforward_modules");
+    int lists = cJSON_GetArraySize(tm) == 3 && strcmp(cJSON_GetArrayItem(tm, 2)->valuestring, "down_proj") == 0 &&
+                cJSON_GetArraySize(ff) == 1 && strcmp(cJSON_GetArrayItem(ff, 0)->valuestring, "down_proj") == 0;
+    CHECK(n == 9 && in_order && JSTR("peft_type", "IA3") && JSTR("task_type", "CAUSAL_LM") &&
+              cJSON_IsFalse(cJSON_GetObjectItem(j, "fan_in_fan_out")) && lists,
+          "IA3 config: %d keys, in order %d, lists %d:\n%s", n, in_order, lists, text);
+    cJSON_Delete(j);
+    free(text);
+    free(cfgp);
+
+    char *model = path_join(hf, "adapter_model.safetensors"), *back = path_join(tmp, "ia3_back.safetensors");
+    REQUIRE(peft_import(&r->reg, hf, back) == 0, "import: %s", err_msg());
+    struct st_file out, in, imp;
+    REQUIRE(st_open(&out, model) == 0 && st_open(&in, src) == 0 && st_open(&imp, back) == 0, "%s", err_msg());
+    static const char *const mods[3] = {"self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"};
+    int found = 0, shapes = 1, values = 1, moved = 0;
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m < 3; m++) {
+            /* k and v: (d_out, 1), kv heads x head dim; down_proj: (1, d_ff) */
+            const int64_t want[3][2] = {{16, 1}, {16, 1}, {1, 32}};
+            char name[256];
+            snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.ia3_l", l, mods[m]);
+            const struct st_tensor *t = st_find(&out, name), *u = st_find(&in, name), *v = st_find(&imp, name);
+            if (!t || !u || !v) continue;
+            found++;
+            shapes &= t->ndim == 2 && t->shape[0] == want[m][0] && t->shape[1] == want[m][1] &&
+                      v->ndim == 2 && v->shape[0] == want[m][0] && v->shape[1] == want[m][1];
+            float *x = xalloc_floats(t->numel), *y = xalloc_floats(u->numel), *z = xalloc_floats(v->numel);
+            REQUIRE(t->numel == u->numel && v->numel == u->numel && st_read_f32(&out, t, x, t->numel) == 0 &&
+                        st_read_f32(&in, u, y, u->numel) == 0 && st_read_f32(&imp, v, z, v->numel) == 0,
+                    "%s", err_msg());
+            for (uint64_t e = 0; e < t->numel; e++) {
+                values &= x[e] == y[e] && z[e] == y[e];
+                moved |= y[e] != 1.0f;
+            }
+            free(x);
+            free(y);
+            free(z);
+        }
+    printf("IA3 export: config keys as PEFT writes them; %d of 6 vectors with PEFT's names and "
+           "shapes: %s, equal to the adapter's: %s (trained away from 1: %s); imported back: "
+           "%d tensors, method %s\n", found, shapes ? "yes" : "NO", values ? "yes" : "NO",
+           moved ? "yes" : "NO", imp.n_tensors, st_meta(&imp, "peft.method"));
+    CHECK(found == 6 && out.n_tensors == 6 && shapes && values && moved, "IA3 tensors");
+    CHECK(imp.n_tensors == 6 && strcmp(st_meta(&imp, "peft.method"), "ia3") == 0, "IA3 import");
+    st_close(&out);
+    st_close(&in);
+    st_close(&imp);
+    free(model);
+    free(back);
+    free(src);
+    free(hf);
+}
+
 static void check_poly_export(struct run *r) {
     char *src = stage_path(r, "p", "adapter.safetensors"), *hf = path_join(tmp, "hf_poly");
     REQUIRE(peft_export(&r->reg, src, hf, "tiny/llama") == 0, "%s", err_msg());
@@ -766,6 +841,7 @@ int main(void) {
     check_inspect(&r);
     check_init(&r);
     check_poly_export(&r);
+    check_ia3_export(&r);
 
     /* The chain went on from a merge; a second run reuses everything, bit for bit. */
     int32_t ic = stage_index(&r, "chain"), isl = stage_index(&r, "sum_lora");

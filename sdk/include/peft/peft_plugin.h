@@ -296,6 +296,27 @@ typedef struct peft_backward_io {
     const float *acts;         /* what forward() stored */
 } peft_backward_io;
 
+/* 1.1. Argument of input_forward() and input_backward(). serves: methods that scale or
+ * replace a site's input before its product ((IA)3 on down_proj), which would otherwise pay a
+ * second full product to correct y. */
+typedef struct peft_input_io {
+    uint32_t struct_size;
+    uint32_t site;
+    uint32_t pass;
+    uint32_t training;
+    uint32_t n_rows;
+    uint32_t seq;
+    const float *x;            /* (n_rows, d_in) the site's input as the model made it; read
+                                  only (other sites share it) */
+    float *x_out;              /* input_forward: (n_rows, d_in), holding a copy of x on entry;
+                                  on return, the input the site's product x_out W^T and its
+                                  forward()/backward() see. NULL in input_backward. */
+    float *dx;                 /* input_backward: (n_rows, d_in), on entry dL/dx_out of this
+                                  site alone (its base path and its backward()'s); on return
+                                  dL/dx. NULL in input_forward. */
+    const int32_t *row_task;   /* (n_rows) */
+} peft_input_io;
+
 /* Argument of the final-hidden-state hook (serves: ConPET dynamic's selector head and aux
  * loss). h is the output of the final norm. In the forward call the plugin may add to *loss
  * an auxiliary loss; in the backward call it adds dL/dh of that loss into dh. */
@@ -496,6 +517,16 @@ typedef struct peft_method_vtable {
     /* (optional) [any call] Plugin-side extensions by id; NULL if absent. Plugin-owned, valid
      * until destroy. */
     const void *(*get_extension)(peft_instance *self, const char *id);
+
+    /* 1.1 (optional, per attached site) [in every pass, before the site's product; in a
+     * training pass again before the site's backward, to make x_out anew, so it must give
+     * the same x_out for the same x: no fresh randomness] Rewrite the site's input for this
+     * site alone, see peft_input_io. */
+    peft_status (*input_forward)(peft_instance *self, const peft_input_io *io);
+    /* 1.1 (optional, with input_forward) [training passes, per attached site, after the site's
+     * backward()] Turn io->dx from dL/dx_out into dL/dx, and accumulate (+=) the gradients of
+     * the tensors input_forward used. */
+    peft_status (*input_backward)(peft_instance *self, const peft_input_io *io);
 } peft_method_vtable;
 
 /* Feature tags a method may list. */
