@@ -81,13 +81,7 @@ static const char *const head_w_name = "conpet.selector.head.weight";
 static const char *const head_b_name = "conpet.selector.head.bias";
 
 float *cp_scratch(struct peft_instance *self, uint64_t n) {
-    if (n > self->scratch_cap) {
-        float *p = realloc(self->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        self->scratch = p;
-        self->scratch_cap = n;
-    }
-    return self->scratch;
+    return peft_scratch_get(&self->scratch, n);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -256,7 +250,7 @@ static void cp_destroy(peft_instance *self) {
     free(self->route);
     free(self->expert);
     free(self->sel_logits);
-    free(self->scratch);
+    peft_scratch_free(&self->scratch);
     free(self);
 }
 
@@ -315,12 +309,11 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
         return PEFT_E_CONFIG;
     }
     self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    self->slot = peft_slots_new(mi.n_sites);
     if (!self->sites || !self->slot) {
         cp_destroy(self);
         return PEFT_E_NOMEM;
     }
-    for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->n_model_sites = mi.n_sites;
     if (self->init_from[0]) st = check_source_keys(self);
     if (st == PEFT_OK && self->init_from[0]) st = read_source(self);
@@ -362,21 +355,8 @@ static peft_status register_lora(struct peft_instance *self, const peft_site_inf
                                  const char *a_name, const char *b_name, uint32_t r,
                                  uint32_t flags, uint32_t b_flags, const char *group,
                                  struct cp_lora *out) {
-    float bound = 1.0f / sqrtf((float)si->d_in); /* kaiming_uniform(a = sqrt 5) on (r, d_in) */
-    peft_tensor_desc a = {
-        .struct_size = sizeof a, .name = a_name, .site = (int32_t)si->index, .ndim = 2,
-        .shape = {r, si->d_in, 0, 0}, /* (r, d_in) */
-        .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound, .flags = flags,
-        .lr_group = group,
-    };
-    peft_status st = self->api->tensor_register(self->h, &a, &out->a);
-    if (st != PEFT_OK) return st;
-    peft_tensor_desc b = {
-        .struct_size = sizeof b, .name = b_name, .site = (int32_t)si->index, .ndim = 2,
-        .shape = {si->d_out, r, 0, 0}, /* (d_out, r) */
-        .init = PEFT_INIT_ZERO, .flags = flags | b_flags, .lr_group = group,
-    };
-    return self->api->tensor_register(self->h, &b, &out->b);
+    return peft_lowrank_register(self->api, self->h, (int32_t)si->index, si->d_in, si->d_out, r,
+                                 a_name, flags, b_name, flags | b_flags, group, &out->a, &out->b);
 }
 
 static peft_status cp_attach(peft_instance *self, uint32_t site) {
@@ -601,8 +581,8 @@ static peft_status cp_delta_weight(peft_instance *self, uint32_t site, float sca
         (st = cp_view(self, cs->expert[0].b, &B)) != PEFT_OK)
         return st;
     /* out (d_out, d_in) += scale * s * B (d_out, r) A (r, d_in) */
-    self->api->sgemm(self->h, 0, 0, cs->d_out, cs->d_in, self->r, scale * self->s, B.data,
-                     self->r, A.data, cs->d_in, 1.0f, out, cs->d_in);
+    peft_lowrank_delta(self->api, self->h, A.data, B.data, self->r, scale * self->s, out,
+                       cs->d_in, cs->d_out);
     return PEFT_OK;
 }
 

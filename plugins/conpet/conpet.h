@@ -6,6 +6,7 @@
 #ifndef PEFT_CONPET_H
 #define PEFT_CONPET_H
 
+#include "peft/peft_lowrank.h"
 #include "peft/peft_plugin.h"
 
 enum conpet_mode { CP_STATIC = 0, CP_DYNAMIC = 1 };
@@ -60,8 +61,7 @@ struct peft_instance {
     int32_t no_aux;            /* the host offers no auxiliary passes */
     /* The selector's accuracy on training batches (logged at stage_end). */
     uint64_t sel_seen, sel_right;
-    float *scratch;            /* plugin-owned work space, grown on demand */
-    uint64_t scratch_cap;
+    peft_scratch scratch;      /* plugin-owned work space, grown on demand */
 };
 
 /* The auxiliary pass of the selector. */

@@ -23,28 +23,20 @@
  * LoRA products on a block of rows.
  */
 
-/* u (n, r) = x A^T; y (n, d_out) += scale u B^T. */
+/* The LoRA products on a block of rows (peft_lowrank.h). */
 static void lora_rows_forward(peft_instance *self, const float *A, const float *B, uint32_t r,
                               float scale, const float *x, float *y, float *u, uint32_t n,
                               uint32_t d_in, uint32_t d_out) {
-    const peft_host_api *api = self->api;
-    api->sgemm(self->h, 0, 1, n, r, d_in, 1.0f, x, d_in, A, d_in, 0.0f, u, r);
-    api->sgemm(self->h, 0, 1, n, d_out, r, scale, u, r, B, r, 1.0f, y, d_out);
+    peft_lowrank_forward(self->api, self->h, A, B, r, scale, x, y, u, n, d_in, d_out);
 }
 
-/* g (n, r) = dy B; dB (d_out, r) += scale dy^T u; dA (r, d_in) += scale g^T x;
- * dx (n, d_in) += scale g A. Frozen tensors (grad NULL) get nothing; dx always does. */
 static peft_status lora_rows_backward(peft_instance *self, const peft_tensor_view *A,
                                       const peft_tensor_view *B, uint32_t r, float scale,
                                       const float *x, const float *dy, float *dx, const float *u,
                                       uint32_t n, uint32_t d_in, uint32_t d_out) {
-    const peft_host_api *api = self->api;
-    float *g = cp_scratch(self, (uint64_t)n * r);
+    float *g = cp_scratch(self, (uint64_t)n * r); /* (n, r) */
     if (!g) return PEFT_E_NOMEM;
-    api->sgemm(self->h, 0, 0, n, r, d_out, 1.0f, dy, d_out, B->data, r, 0.0f, g, r);
-    if (B->grad) api->sgemm(self->h, 1, 0, d_out, r, n, scale, dy, d_out, u, r, 1.0f, B->grad, r);
-    if (A->grad) api->sgemm(self->h, 1, 0, r, d_in, n, scale, g, r, x, d_in, 1.0f, A->grad, d_in);
-    if (dx) api->sgemm(self->h, 0, 0, n, d_in, r, scale, g, r, A->data, d_in, 1.0f, dx, d_in);
+    peft_lowrank_backward(self->api, self->h, A, B, r, scale, x, dy, dx, u, g, n, d_in, d_out);
     return PEFT_OK;
 }
 

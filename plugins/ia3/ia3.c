@@ -26,6 +26,7 @@
  */
 #include <stdlib.h>
 
+#include "peft/peft_lowrank.h"
 #include "peft/peft_plugin.h"
 
 struct ia3_site {
@@ -42,19 +43,8 @@ struct peft_instance {
     struct ia3_site *sites;
     uint32_t n_sites;
     int32_t *slot;         /* (model sites) index into sites, or -1 */
-    float *scratch;        /* plugin-owned work space, grown on demand */
-    uint64_t scratch_cap;
+    peft_scratch work;     /* plugin-owned work space, grown on demand */
 };
-
-static float *scratch(struct peft_instance *self, uint64_t n) {
-    if (n > self->scratch_cap) {
-        float *p = realloc(self->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        self->scratch = p;
-        self->scratch_cap = n;
-    }
-    return self->scratch;
-}
 
 /* HF PEFT's list matching: a word equals the site's kind or is a suffix of its name after a
  * dot. */
@@ -91,14 +81,13 @@ static peft_status ia3_create(const peft_host_api *api, peft_host *h, const peft
     struct peft_instance *self = calloc(1, sizeof *self);
     if (!self) return PEFT_E_NOMEM;
     self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    self->slot = peft_slots_new(mi.n_sites);
     if (!self->sites || !self->slot) {
         free(self->sites);
         free(self->slot);
         free(self);
         return PEFT_E_NOMEM;
     }
-    for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->api = api;
     self->h = h;
     strcpy(self->feedforward, ff);
@@ -109,7 +98,7 @@ static peft_status ia3_create(const peft_host_api *api, peft_host *h, const peft
 static void ia3_destroy(peft_instance *self) {
     free(self->sites);
     free(self->slot);
-    free(self->scratch);
+    peft_scratch_free(&self->work);
     free(self);
 }
 
@@ -188,7 +177,7 @@ static peft_status ia3_backward(peft_instance *self, const peft_backward_io *io)
             for (uint32_t o = 0; o < d_out; o++)
                 l.grad[o] += io->dy[r * d_out + o] * io->acts[r * d_out + o];
     if (!io->dx) return PEFT_OK;
-    float *g = scratch(self, (uint64_t)n * d_out); /* (n, d_out) (l - 1) * dy */
+    float *g = peft_scratch_get(&self->work, (uint64_t)n * d_out); /* (n, d_out) (l - 1) * dy */
     if (!g) return PEFT_E_NOMEM;
     for (uint64_t r = 0; r < n; r++)
         for (uint32_t o = 0; o < d_out; o++)

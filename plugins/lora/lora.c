@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "peft/peft_lowrank.h"
 #include "peft/peft_plugin.h"
 #include "peft/peft_site_weight.h"
 
@@ -37,19 +38,8 @@ struct peft_instance {
     struct lora_site *sites;
     uint32_t n_sites;
     int32_t *slot;   /* (model sites) index into sites, or -1 */
-    float *scratch;  /* plugin-owned work space, grown on demand */
-    uint64_t scratch_cap;
+    peft_scratch work; /* plugin-owned work space, grown on demand */
 };
-
-static float *scratch(struct peft_instance *self, uint64_t n) {
-    if (n > self->scratch_cap) {
-        float *p = realloc(self->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        self->scratch = p;
-        self->scratch_cap = n;
-    }
-    return self->scratch;
-}
 
 static peft_status lora_create(const peft_host_api *api, peft_host *h, const peft_kv *cfg,
                                uint32_t n_cfg, peft_instance **out) {
@@ -70,14 +60,13 @@ static peft_status lora_create(const peft_host_api *api, peft_host *h, const pef
     struct peft_instance *self = calloc(1, sizeof *self);
     if (!self) return PEFT_E_NOMEM;
     self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    self->slot = peft_slots_new(mi.n_sites);
     if (!self->sites || !self->slot) {
         free(self->sites);
         free(self->slot);
         free(self);
         return PEFT_E_NOMEM;
     }
-    for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->api = api;
     self->h = h;
     self->r = (uint32_t)r;
@@ -91,7 +80,7 @@ static peft_status lora_create(const peft_host_api *api, peft_host *h, const pef
 static void lora_destroy(peft_instance *self) {
     free(self->sites);
     free(self->slot);
-    free(self->scratch);
+    peft_scratch_free(&self->work);
     free(self);
 }
 
@@ -104,25 +93,12 @@ static peft_status lora_attach(peft_instance *self, uint32_t site) {
     ls->site = site;
     ls->d_in = si.d_in;
     ls->d_out = si.d_out;
-    char name[192];
-    float bound = 1.0f / sqrtf((float)si.d_in); /* kaiming_uniform(a = sqrt 5) on (r, d_in) */
-    snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", si.name);
-    peft_tensor_desc a = {
-        .struct_size = sizeof a, .name = name, .site = (int32_t)site, .ndim = 2,
-        .shape = {self->r, si.d_in, 0, 0}, /* (r, d_in) */
-        .init = PEFT_INIT_UNIFORM, .init_a = -bound, .init_b = bound,
-        .flags = PEFT_TENSOR_TRAINABLE,
-    };
-    st = api->tensor_register(self->h, &a, &ls->a);
-    if (st != PEFT_OK) return st;
-    snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", si.name);
-    peft_tensor_desc b = {
-        .struct_size = sizeof b, .name = name, .site = (int32_t)site, .ndim = 2,
-        .shape = {si.d_out, self->r, 0, 0}, /* (d_out, r) */
-        .init = PEFT_INIT_ZERO,
-        .flags = PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NEGATE,
-    };
-    st = api->tensor_register(self->h, &b, &ls->b);
+    char a_name[192], b_name[192];
+    snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", si.name);
+    snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.weight", si.name);
+    st = peft_lowrank_register(api, self->h, (int32_t)site, si.d_in, si.d_out, self->r, a_name,
+                               PEFT_TENSOR_TRAINABLE, b_name,
+                               PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NEGATE, NULL, &ls->a, &ls->b);
     if (st != PEFT_OK) return st;
     self->slot[site] = (int32_t)self->n_sites++;
     return PEFT_OK;
@@ -164,14 +140,13 @@ static peft_status lora_forward(peft_instance *self, const peft_forward_io *io) 
         } else {
             for (uint64_t i = 0; i < nx; i++) keep[i] = 1.0f;
         }
-        float *xd = scratch(self, nx);
+        float *xd = peft_scratch_get(&self->work, nx);
         if (!xd) return PEFT_E_NOMEM;
         for (uint64_t i = 0; i < nx; i++) xd[i] = io->x[i] * keep[i];
         xin = xd;
     }
     /* u (n, r) = xin A^T; y (n, d_out) += s u B^T */
-    api->sgemm(self->h, 0, 1, n, r, d_in, 1.0f, xin, d_in, A.data, d_in, 0.0f, u, r);
-    api->sgemm(self->h, 0, 1, n, d_out, r, self->s, u, r, B.data, r, 1.0f, io->y, d_out);
+    peft_lowrank_forward(api, self->h, A.data, B.data, r, self->s, xin, io->y, u, n, d_in, d_out);
     return PEFT_OK;
 }
 
@@ -186,29 +161,23 @@ static peft_status lora_backward(peft_instance *self, const peft_backward_io *io
     int drop = self->dropout > 0.0f;
     const float *u = io->acts;                               /* (n, r) */
     const float *keep = drop ? io->acts + (uint64_t)n * r : NULL; /* (n, d_in) */
-    float *work = scratch(self, (uint64_t)n * r + (drop ? nx : 0));
+    float *work = peft_scratch_get(&self->work, (uint64_t)n * r + (drop ? nx : 0));
     if (!work) return PEFT_E_NOMEM;
     float *g = work;                      /* (n, r) dy B */
     float *xt = work + (uint64_t)n * r;   /* (n, d_in) drop(x), later (g A) */
     float s = self->s;
-    api->sgemm(self->h, 0, 0, n, r, d_out, 1.0f, io->dy, d_out, B.data, r, 0.0f, g, r);
-    /* dB (d_out, r) += s dy^T u */
-    if (B.grad) api->sgemm(self->h, 1, 0, d_out, r, n, s, io->dy, d_out, u, r, 1.0f, B.grad, r);
-    /* dA (r, d_in) += s g^T drop(x) */
     const float *xin = io->x;
     if (drop) {
         for (uint64_t i = 0; i < nx; i++) xt[i] = io->x[i] * keep[i];
         xin = xt;
     }
-    if (A.grad) api->sgemm(self->h, 1, 0, r, d_in, n, s, g, r, xin, d_in, 1.0f, A.grad, d_in);
-    /* dx (n, d_in) += s (g A) * keep */
-    if (io->dx) {
-        if (!drop) {
-            api->sgemm(self->h, 0, 0, n, d_in, r, s, g, r, A.data, d_in, 1.0f, io->dx, d_in);
-        } else {
-            api->sgemm(self->h, 0, 0, n, d_in, r, s, g, r, A.data, d_in, 0.0f, xt, d_in);
-            for (uint64_t i = 0; i < nx; i++) io->dx[i] += xt[i] * keep[i];
-        }
+    /* g = dy B; dB += s dy^T u; dA += s g^T drop(x); without dropout dx += s g A */
+    peft_lowrank_backward(api, self->h, &A, &B, r, s, xin, io->dy, drop ? NULL : io->dx, u, g, n,
+                          d_in, d_out);
+    /* with dropout, dx (n, d_in) += s (g A) * keep */
+    if (io->dx && drop) {
+        api->sgemm(self->h, 0, 0, n, d_in, r, s, g, r, A.data, d_in, 0.0f, xt, d_in);
+        for (uint64_t i = 0; i < nx; i++) io->dx[i] += xt[i] * keep[i];
     }
     return PEFT_OK;
 }
@@ -220,8 +189,8 @@ static peft_status lora_delta_weight(peft_instance *self, uint32_t site, float s
     peft_status st = site_views(self, site, &ls, &A, &B);
     if (st != PEFT_OK) return st;
     /* out (d_out, d_in) += scale * s * B (d_out, r) A (r, d_in) */
-    self->api->sgemm(self->h, 0, 0, ls->d_out, ls->d_in, self->r, scale * self->s, B.data,
-                     self->r, A.data, ls->d_in, 1.0f, out, ls->d_in);
+    peft_lowrank_delta(self->api, self->h, A.data, B.data, self->r, scale * self->s, out,
+                       ls->d_in, ls->d_out);
     return PEFT_OK;
 }
 

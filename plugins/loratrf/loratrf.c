@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "peft/peft_lowrank.h"
 #include "peft/peft_plugin.h"
 #include "peft/peft_site_weight.h"
 
@@ -67,8 +68,7 @@ struct peft_instance {
     struct trf_site *sites;
     uint32_t n_sites;
     int32_t *slot;   /* (model sites) index into sites, or -1 */
-    float *scratch;  /* plugin-owned work space, grown on demand */
-    uint64_t scratch_cap;
+    peft_scratch work; /* plugin-owned work space, grown on demand */
 };
 
 struct views {
@@ -79,13 +79,7 @@ struct views {
 static float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 static float *scratch(struct peft_instance *self, uint64_t n) {
-    if (n > self->scratch_cap) {
-        float *p = realloc(self->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        self->scratch = p;
-        self->scratch_cap = n;
-    }
-    return self->scratch;
+    return peft_scratch_get(&self->work, n);
 }
 
 static const char *filter_name(const struct peft_instance *self) {
@@ -124,14 +118,13 @@ static peft_status trf_create(const peft_host_api *api, peft_host *h, const peft
     struct peft_instance *self = calloc(1, sizeof *self);
     if (!self) return PEFT_E_NOMEM;
     self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    self->slot = peft_slots_new(mi.n_sites);
     if (!self->sites || !self->slot) {
         free(self->sites);
         free(self->slot);
         free(self);
         return PEFT_E_NOMEM;
     }
-    for (uint32_t i = 0; i < mi.n_sites; i++) self->slot[i] = -1;
     self->api = api;
     self->h = h;
     self->r = (uint32_t)r;
@@ -147,7 +140,7 @@ static peft_status trf_create(const peft_host_api *api, peft_host *h, const peft
 static void trf_destroy(peft_instance *self) {
     free(self->sites);
     free(self->slot);
-    free(self->scratch);
+    peft_scratch_free(&self->work);
     free(self);
 }
 
@@ -174,12 +167,12 @@ static peft_status trf_attach(peft_instance *self, uint32_t site) {
     ls->d_out = si.d_out;
     ls->w = si.weight;
     uint32_t r = self->r;
-    float bound = 1.0f / sqrtf((float)si.d_in); /* kaiming_uniform(a = sqrt 5) on (r, d_in) */
-    st = reg(self, si.name, "lora_A.weight", site, 2, r, si.d_in, PEFT_INIT_UNIFORM, -bound,
-             bound, 0, &ls->a); /* (r, d_in) */
-    if (st == PEFT_OK)
-        st = reg(self, si.name, "lora_B.weight", site, 2, si.d_out, r, PEFT_INIT_ZERO, 0, 0,
-                 PEFT_TENSOR_NEGATE, &ls->b); /* (d_out, r) */
+    char a_name[192], b_name[192];
+    snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", si.name);
+    snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.weight", si.name);
+    st = peft_lowrank_register(self->api, self->h, (int32_t)site, si.d_in, si.d_out, r, a_name,
+                               PEFT_TENSOR_TRAINABLE, b_name,
+                               PEFT_TENSOR_TRAINABLE | PEFT_TENSOR_NEGATE, NULL, &ls->a, &ls->b);
     int f1 = self->filter == FILTER_F1;
     if (st == PEFT_OK) /* f1: (r, r); f2: (d_out) */
         st = reg(self, si.name, "trf_filter.weight", site, f1 ? 2 : 1, f1 ? r : si.d_out,

@@ -216,7 +216,7 @@ static void poly_destroy(peft_instance *self) {
     free(self->slot);
     free(self->src_rows);
     free(self->row_off);
-    free(self->scratch);
+    peft_scratch_free(&self->work);
     free(self);
 }
 
@@ -285,9 +285,8 @@ static peft_status poly_create(const peft_host_api *api, peft_host *h, const pef
     /* with init_from, read_source takes the source's heads */
     self->heads = n_splits ? (uint32_t)n_splits : (variant == MHR && !from[0]) ? 4u : 1u;
     self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = malloc((mi.n_sites + 1) * sizeof *self->slot);
+    self->slot = peft_slots_new(mi.n_sites);
     st = self->sites && self->slot ? PEFT_OK : PEFT_E_NOMEM;
-    for (uint32_t i = 0; st == PEFT_OK && i < mi.n_sites; i++) self->slot[i] = -1;
     if (st == PEFT_OK && from[0]) st = check_source_keys(self, n_splits);
     if (st == PEFT_OK && from[0]) st = read_source(self, n_splits);
     if (st == PEFT_OK) st = plan_rows(self);

@@ -6,6 +6,7 @@
 #ifndef PEFT_POLY_H
 #define PEFT_POLY_H
 
+#include "peft/peft_lowrank.h"
 #include "peft/peft_plugin.h"
 
 enum poly_variant { POLY, MHR, POLY_MU, MHR_Z };
@@ -33,8 +34,7 @@ struct peft_instance {
     struct poly_site *sites;
     uint32_t n_sites;
     int32_t *slot;             /* (model sites) index into sites, or -1 */
-    float *scratch;            /* plugin-owned work space, grown on demand */
-    uint64_t scratch_cap;
+    peft_scratch work;         /* plugin-owned work space, grown on demand */
 };
 
 /* Whether the variant routes (all but poly-mu, which is one plain LoRA). */

@@ -13,13 +13,7 @@
 #define EPS_GUMBEL 1e-6f  /* u is kept in [EPS, 1 - EPS] so the noise stays finite */
 
 float *poly_scratch(struct peft_instance *self, uint64_t n) {
-    if (n > self->scratch_cap) {
-        float *p = realloc(self->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        self->scratch = p;
-        self->scratch_cap = n;
-    }
-    return self->scratch;
+    return peft_scratch_get(&self->work, n);
 }
 
 /* ------------------------------------------------------------------------------------------
