@@ -326,14 +326,27 @@ void hf_json_targets(struct strbuf *b, const char *target_modules) {
     words_free(&w);
 }
 
+void hf_json_base_model(struct strbuf *b, const char *base_model) {
+    sb_printf(b, "\"base_model_name_or_path\": ");
+    if (base_model)
+        hf_json_string(b, base_model);
+    else
+        sb_printf(b, "null");
+}
+
+int hf_config_write(const char *dir, struct strbuf *b) {
+    char *path = path_join(dir, "adapter_config.json");
+    int rc = file_write_atomic(path, b->s, b->len);
+    free(path);
+    sb_free(b);
+    return rc;
+}
+
 int hf_lora_write(const char *dir, const struct hf_lora *a) {
     if (mkdir_p(dir)) return -1;
     struct strbuf b = {0};
-    sb_printf(&b, "{\n  \"alpha_pattern\": {},\n  \"base_model_name_or_path\": ");
-    if (a->base_model)
-        hf_json_string(&b, a->base_model);
-    else
-        sb_printf(&b, "null");
+    sb_printf(&b, "{\n  \"alpha_pattern\": {},\n  ");
+    hf_json_base_model(&b, a->base_model);
     sb_printf(&b, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
                   "  \"inference_mode\": true,\n  \"init_lora_weights\": true,\n"
                   "  \"lora_alpha\": ");
@@ -350,11 +363,8 @@ int hf_lora_write(const char *dir, const struct hf_lora *a) {
     hf_json_targets(&b, a->target_modules);
     sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_rslora\": %s\n}\n",
               a->use_rslora ? "true" : "false");
-    char *cfg = path_join(dir, "adapter_config.json");
-    int rc = file_write_atomic(cfg, b.s, b.len);
-    free(cfg);
-    sb_free(&b);
-    if (rc) return -1;
+    if (hf_config_write(dir, &b)) return -1;
+    int rc;
     struct st_writer *wr = st_writer_new();
     for (int32_t i = 0; i < a->n; i++)
         st_writer_add_f32(wr, a->names[i], 2, a->shape[i], a->data[i]);

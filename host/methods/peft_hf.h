@@ -65,6 +65,10 @@ int hf_lora_fill(struct method_run *mr, const struct hf_lora *a, const char *dir
 struct strbuf;
 void hf_json_string(struct strbuf *b, const char *s);
 void hf_json_targets(struct strbuf *b, const char *target_modules);
+/* "base_model_name_or_path": the name, or null. */
+void hf_json_base_model(struct strbuf *b, const char *base_model);
+/* DIR/adapter_config.json from b (then freed), atomically. -1 with one line. */
+int hf_config_write(const char *dir, struct strbuf *b);
 
 /* A Poly adapter file (the `poly` method's variants poly, mhr, mhr-z; kv its keys) as an HF
  * PEFT POLY folder: adapter_config.json (peft_type "POLY", poly_type "poly", r, n_skills,

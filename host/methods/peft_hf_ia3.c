@@ -24,11 +24,8 @@ static int is_ia3_key(const char *name) {
 static int write_config(const char *dir, const char *base_model, const char *target_modules,
                         const char *feedforward_modules) {
     struct strbuf b = {0};
-    sb_printf(&b, "{\n  \"base_model_name_or_path\": ");
-    if (base_model)
-        hf_json_string(&b, base_model);
-    else
-        sb_printf(&b, "null");
+    sb_printf(&b, "{\n  ");
+    hf_json_base_model(&b, base_model);
     sb_printf(&b, ",\n  \"fan_in_fan_out\": false,\n  \"feedforward_modules\": ");
     hf_json_targets(&b, feedforward_modules);
     sb_printf(&b, ",\n  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n"
@@ -36,11 +33,7 @@ static int write_config(const char *dir, const char *base_model, const char *tar
                   "  \"target_modules\": ");
     hf_json_targets(&b, target_modules);
     sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\"\n}\n");
-    char *path = path_join(dir, "adapter_config.json");
-    int rc = file_write_atomic(path, b.s, b.len);
-    free(path);
-    sb_free(&b);
-    return rc;
+    return hf_config_write(dir, &b);
 }
 
 int hf_ia3_export(const struct st_file *f, const struct kv_list *kv, const char *out_dir,

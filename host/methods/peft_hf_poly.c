@@ -24,11 +24,8 @@ static int ends_with(const char *s, const char *suffix) {
 static int write_config(const char *dir, const char *base_model, int64_t K, int64_t h,
                         int64_t n_tasks, int64_t r, const char *target_modules) {
     struct strbuf b = {0};
-    sb_printf(&b, "{\n  \"base_model_name_or_path\": ");
-    if (base_model)
-        hf_json_string(&b, base_model);
-    else
-        sb_printf(&b, "null");
+    sb_printf(&b, "{\n  ");
+    hf_json_base_model(&b, base_model);
     sb_printf(&b,
               ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n"
               "  \"modules_to_save\": null,\n  \"n_skills\": %lld,\n  \"n_splits\": %lld,\n"
@@ -37,11 +34,7 @@ static int write_config(const char *dir, const char *base_model, int64_t K, int6
               (long long)K, (long long)h, (long long)n_tasks, (long long)r);
     hf_json_targets(&b, target_modules);
     sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\"\n}\n");
-    char *path = path_join(dir, "adapter_config.json");
-    int rc = file_write_atomic(path, b.s, b.len);
-    free(path);
-    sb_free(&b);
-    return rc;
+    return hf_config_write(dir, &b);
 }
 
 int hf_poly_export(const struct st_file *f, const struct kv_list *kv, const char *out_dir,

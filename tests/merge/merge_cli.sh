@@ -68,6 +68,7 @@ hf_copy() { # NAME: a copy of the HF folder to break
     cp -r hf "$1"
 }
 hf_copy hf_ia3 && sed -i 's/"LORA"/"IA3"/' hf_ia3/adapter_config.json
+hf_copy hf_loha && sed -i 's/"LORA"/"LOHA"/' hf_loha/adapter_config.json
 hf_copy hf_rank && sed -i 's/"rank_pattern": {}/"rank_pattern": {"q_proj": 8}/' hf_rank/adapter_config.json
 hf_copy hf_noconf && rm hf_noconf/adapter_config.json
 mkdir -p empty_dir
@@ -254,7 +255,9 @@ refuse() { # NAME PHRASE -- ARGS...
 refuse export_full "only LoRA-shaped adapters are exported" -- export good/base hf_full
 refuse export_trf "is not a LoRA factor" -- export good/trf hf_trf
 refuse export_missing "cannot open" -- export nosuch.safetensors hf_x
-refuse import_ia3 "peft_type 'IA3'" -- import hf_ia3 x.safetensors
+# an IA3 folder imports as ia3; this one is a LoRA folder relabelled, which lacks IA3's keys
+refuse import_ia3 "feedforward_modules: expected a list" -- import hf_ia3 x.safetensors
+refuse import_loha "peft_type 'LOHA'" -- import hf_loha x.safetensors
 refuse import_notdir "not a folder" -- import nosuch x.safetensors
 refuse inspect_missing "nosuch.safetensors" -- inspect nosuch.safetensors
 refuse inspect_args "give one safetensors file" -- inspect
