@@ -191,6 +191,11 @@ static float *site_change(struct run *r, int32_t site, int mergeable, size_t *n_
 
 static int check_negate(struct checker *ck, struct run *r, int mergeable) {
     struct method_run *mr = r->mr;
+    if (!method_run_can_negate(mr)) { /* optional in the ABI: said, not failed */
+        fprintf(ck->out, "     %s: negation not offered (no negate() and no tensor flagged "
+                "NEGATE)\n", ck->label);
+        return 0;
+    }
     int32_t n_t = method_run_tensor_count(mr), ns = method_run_site_count(mr);
     float **keep = xcalloc((size_t)n_t + 1, sizeof *keep);
     for (int32_t i = 0; i < n_t; i++) {
@@ -343,6 +348,9 @@ static void check_run(struct checker *ck, const struct plugin_method *pm, int va
     for (uint32_t i = 0; i < d->n_params; i++)
         keys_set(&k, d->params[i].name, d->params[i].default_value ? d->params[i].default_value : "");
     if (has_key(d, "target_modules")) keys_set(&k, "target_modules", "all-linear");
+    /* a surrogate gradient is not the forward's derivative: check the exact one */
+    int surrogate = plugin_has_feature(pm, PEFT_FEATURE_SURROGATE_GRAD) && has_key(d, "exact_grad");
+    if (surrogate) keys_set(&k, "exact_grad", "true");
     if (choice) {
         char key[128];
         const char *eq = strchr(choice, '=');
@@ -367,8 +375,8 @@ static void check_run(struct checker *ck, const struct plugin_method *pm, int va
         }
     }
     char label[256];
-    snprintf(label, sizeof label, "%s %s%s%s", d->id, variant ? "variant" : "defaults",
-             choice ? " " : "", choice ? choice : "");
+    snprintf(label, sizeof label, "%s %s%s%s%s", d->id, variant ? "variant" : "defaults",
+             choice ? " " : "", choice ? choice : "", surrogate ? " exact_grad=true" : "");
     ck->label = label;
     struct run r;
     double t0 = now_seconds();

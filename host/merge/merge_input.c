@@ -251,9 +251,10 @@ int merge_source_open(struct stage_env *env, const struct stage *s, int32_t i,
         struct hf_lora a;
         rc = hf_lora_read(in->path, &a);
         if (rc == 0) {
-            out->pm = registry_find(env->reg, "lora");
+            out->pm = registry_find(env->reg, hf_lora_method(&a));
             if (!out->pm)
-                rc = err_prefix("%s: HF PEFT LoRA adapters are read as method 'lora'", in->path);
+                rc = err_prefix("%s: HF PEFT adapters like this one are read as method '%s'",
+                                in->path, hf_lora_method(&a));
             if (rc == 0) rc = hf_lora_method_kv(&a, out->pm, &out->kv);
             if (rc == 0)
                 rc = stage_method_create(env, in->path, s->name, s->seed, out->pm, out->kv.kv,

@@ -40,8 +40,9 @@ static int open_hf(struct plugin_registry *reg, struct model *m, const char *dir
     struct hf_lora a;
     if (hf_lora_read(dir, &a)) return -1;
     struct kv_list kv = {0};
-    const struct plugin_method *pm = registry_find(reg, "lora");
-    int rc = pm ? 0 : err_prefix("%s: HF PEFT LoRA adapters are read as method 'lora'", dir);
+    const struct plugin_method *pm = registry_find(reg, hf_lora_method(&a));
+    int rc = pm ? 0 : err_prefix("%s: HF PEFT adapters like this one are read as method '%s'", dir,
+                                 hf_lora_method(&a));
     if (rc == 0) rc = hf_lora_method_kv(&a, pm, &kv);
     if (rc == 0) rc = method_run_create(out, pm, m, env, kv.kv, kv.n);
     if (rc == 0 && (rc = hf_lora_fill(*out, &a, dir)) != 0) method_run_free(*out), *out = NULL;

@@ -683,6 +683,14 @@ int method_run_merge(struct method_run *mr) {
     return 0;
 }
 
+int method_run_can_negate(const struct method_run *mr) {
+    const struct peft_host *h = &mr->h;
+    if (h->vt->negate) return 1;
+    for (int32_t i = 0; i < h->n_tensors; i++)
+        if (h->tensors[i].desc.flags & PEFT_TENSOR_NEGATE) return 1;
+    return 0;
+}
+
 int method_run_negate(struct method_run *mr) {
     struct peft_host *h = &mr->h;
     if (h->vt->negate) {

@@ -123,6 +123,8 @@ int method_run_delta(struct method_run *mr, int32_t site, float scale, float *ou
 /* Fold the adapter into the model's weights (W += dW at every attached site). No-op for
  * ALIAS_BASE tensors (already live). -1 if not mergeable. */
 int method_run_merge(struct method_run *mr);
+/* Whether the method offers negation (negate(), or tensors flagged NEGATE). */
+int method_run_can_negate(const struct method_run *mr);
 int method_run_negate(struct method_run *mr);
 
 /* The instance's random stream (dropout etc.), so checkpoints can save and restore it. */

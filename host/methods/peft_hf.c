@@ -49,6 +49,24 @@ static char split_key(const char *key, char *module, size_t cap) {
     return llama_module(module) ? which : 0;
 }
 
+/* The module of a DoRA magnitude key ("....<module>.lora_magnitude_vector", or with PEFT's
+ * older ".weight" after it) into module; 0 if it is not one. */
+static int split_magnitude_key(const char *key, char *module, size_t cap) {
+    static const char *const tails[] = {".lora_magnitude_vector", ".lora_magnitude_vector.weight"};
+    size_t lp = strlen(hf_prefix), lk = strlen(key);
+    for (int i = 0; i < 2; i++) {
+        size_t ls = strlen(tails[i]);
+        if (lk <= lp + ls || strncmp(key, hf_prefix, lp) != 0 || strcmp(key + lk - ls, tails[i]) != 0)
+            continue;
+        size_t n = lk - lp - ls;
+        if (n + 1 > cap) return 0;
+        memcpy(module, key + lp, n);
+        module[n] = 0;
+        return llama_module(module);
+    }
+    return 0;
+}
+
 /* HF PEFT list matching: the entry equals the module or is its suffix after a dot. */
 static int module_matches(const char *module, const char *word) {
     if (strcmp(word, "all-linear") == 0 || strcmp(module, word) == 0) return 1;
@@ -146,7 +164,7 @@ static int read_config(const char *dir, struct hf_lora *out, int *derive_targets
                                 "per-module alphas are not supported (every module must use "
                                 "lora_alpha)",
                                 path) ||
-               json_unsupported(j, "use_dora", NULL, "DoRA adapters are not supported", path) ||
+               json_bool(j, "use_dora", 0, &out->use_dora, path) ||
                json_unsupported(j, "lora_bias", NULL, "LoRA biases are not supported", path) ||
                json_unsupported(j, "fan_in_fan_out", NULL,
                                 "fan_in_fan_out layouts (GPT-2 Conv1D) are not supported", path) ||
@@ -220,6 +238,36 @@ static int read_tensors(const char *dir, struct hf_lora *out, int derive_targets
         const struct st_tensor *t = &f.tensors[i];
         char module[256], other[320];
         char which = split_key(t->name, module, sizeof module);
+        if (!which && out->use_dora && split_magnitude_key(t->name, module, sizeof module)) {
+            /* DoRA's magnitude: (out), kept under the name the dora method gives it */
+            hf_lora_tensor_name(other, sizeof other, module, 'B');
+            const struct st_tensor *b = st_find(&f, other);
+            if (t->ndim != 1 || !b || b->shape[0] != t->shape[0]) {
+                rc = err_set("%s: tensor '%s' is not a magnitude vector of module %s's output "
+                             "(expected shape [out] beside %s)", path, t->name, module, other);
+                break;
+            }
+            float *x = xalloc_floats(t->numel);
+            if (st_read_f32(&f, t, x, t->numel)) {
+                free(x);
+                rc = -1;
+                break;
+            }
+            out->names[out->n] = xasprintf("%s%s.lora_magnitude_vector", hf_prefix, module);
+            out->shape[out->n][0] = t->shape[0];
+            out->shape[out->n][1] = 0;
+            out->data[out->n++] = x;
+            continue;
+        }
+        if (which == 'A' && out->use_dora) {
+            snprintf(other, sizeof other, "%s%s.lora_magnitude_vector", hf_prefix, module);
+            char older[340];
+            snprintf(older, sizeof older, "%s.weight", other);
+            if (!st_find(&f, other) && !st_find(&f, older)) {
+                rc = err_set("%s: use_dora is true, but module %s has no '%s'", path, module, other);
+                break;
+            }
+        }
         if (!which) {
             rc = err_set("%s: tensor '%s' is not a LoRA factor of a llama projection (expected "
                          "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight and "
@@ -361,13 +409,13 @@ int hf_lora_write(const char *dir, const struct hf_lora *a) {
               "  \"rank_pattern\": {},\n  \"target_modules\": ",
               (long long)a->r);
     hf_json_targets(&b, a->target_modules);
-    sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_rslora\": %s\n}\n",
-              a->use_rslora ? "true" : "false");
+    sb_printf(&b, ",\n  \"task_type\": \"CAUSAL_LM\",\n%s  \"use_rslora\": %s\n}\n",
+              a->use_dora ? "  \"use_dora\": true,\n" : "", a->use_rslora ? "true" : "false");
     if (hf_config_write(dir, &b)) return -1;
     int rc;
     struct st_writer *wr = st_writer_new();
     for (int32_t i = 0; i < a->n; i++)
-        st_writer_add_f32(wr, a->names[i], 2, a->shape[i], a->data[i]);
+        st_writer_add_f32(wr, a->names[i], a->shape[i][1] ? 2 : 1, a->shape[i], a->data[i]);
     char *model = path_join(dir, "adapter_model.safetensors");
     rc = st_writer_save(wr, model);
     st_writer_free(wr);
@@ -383,6 +431,8 @@ static int has_key(const struct plugin_method *pm, const char *key) {
     return 0;
 }
 
+const char *hf_lora_method(const struct hf_lora *a) { return a->use_dora ? "dora" : "lora"; }
+
 int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
                       struct kv_list *out) {
     if (!has_key(pm, "r") || !has_key(pm, "lora_alpha") || !has_key(pm, "target_modules"))
@@ -396,7 +446,10 @@ int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm,
     snprintf(num, sizeof num, "%.17g", a->lora_alpha);
     kv_list_set(&given, "lora_alpha", num);
     snprintf(num, sizeof num, "%.17g", a->lora_dropout);
-    kv_list_set(&given, "lora_dropout", num);
+    if (has_key(pm, "lora_dropout")) kv_list_set(&given, "lora_dropout", num);
+    else if (a->lora_dropout != 0)
+        return err_set("method '%s' has no dropout; the adapter has lora_dropout = %g",
+                       pm->desc->id, a->lora_dropout);
     kv_list_set(&given, "target_modules", a->target_modules);
     kv_list_set(&given, "use_rslora", a->use_rslora ? "true" : "false");
     int rc = a->use_rslora && !has_key(pm, "use_rslora")
@@ -420,8 +473,9 @@ int hf_lora_fill(struct method_run *mr, const struct hf_lora *a, const char *dir
         while (k < a->n && strcmp(a->names[k], t->name) != 0) k++;
         if (k == a->n) {
             rc = err_set("%s: no tensor '%s' (the adapter does not cover that site)", dir, t->name);
-        } else if (t->desc.ndim != 2 || (int64_t)t->desc.shape[0] != a->shape[k][0] ||
-                   (int64_t)t->desc.shape[1] != a->shape[k][1]) {
+        } else if (t->desc.ndim != (a->shape[k][1] ? 2u : 1u) ||
+                   (int64_t)t->desc.shape[0] != a->shape[k][0] ||
+                   (a->shape[k][1] && (int64_t)t->desc.shape[1] != a->shape[k][1])) {
             rc =
                 err_set("%s: tensor '%s' has shape [%lld, %lld], the model needs [%llu, %llu]", dir,
                         t->name, (long long)a->shape[k][0], (long long)a->shape[k][1],
@@ -490,6 +544,20 @@ int peft_export(struct plugin_registry *reg, const char *src, const char *out_di
             const struct st_tensor *t = &f.tensors[i];
             char module[256];
             char which = split_key(t->name, module, sizeof module);
+            if (!which && t->ndim == 1 && split_magnitude_key(t->name, module, sizeof module)) {
+                a.use_dora = 1; /* DoRA's magnitude, under PEFT's own name */
+                float *x = xalloc_floats(t->numel);
+                if (st_read_f32(&f, t, x, t->numel)) {
+                    free(x);
+                    rc = -1;
+                    break;
+                }
+                a.names[a.n] = xstrdup(t->name);
+                a.shape[a.n][0] = t->shape[0];
+                a.shape[a.n][1] = 0;
+                a.data[a.n++] = x;
+                continue;
+            }
             if (!which) {
                 rc = err_set("%s: tensor '%s' is not a LoRA factor: %s keeps more than LoRA's A "
                              "and B, which HF PEFT's LoRA cannot hold",
@@ -546,14 +614,15 @@ int peft_import(struct plugin_registry *reg, const char *hf_dir, const char *out
     if (ia3) return hf_ia3_import(reg, hf_dir, out_file);
     struct hf_lora a;
     if (hf_lora_read(hf_dir, &a)) return -1;
-    const struct plugin_method *pm = registry_find(reg, "lora");
+    const struct plugin_method *pm = registry_find(reg, hf_lora_method(&a));
     struct kv_list kv = {0};
-    int rc = !pm ? err_prefix("import: HF PEFT LoRA adapters become adapters of method 'lora'")
+    int rc = !pm ? err_prefix("import: HF PEFT %s adapters become adapters of method '%s'",
+                              a.use_dora ? "DoRA" : "LoRA", hf_lora_method(&a))
                  : hf_lora_method_kv(&a, pm, &kv);
     if (rc == 0) {
         struct st_writer *w = st_writer_new();
         for (int32_t i = 0; i < a.n; i++)
-            st_writer_add_f32(w, a.names[i], 2, a.shape[i], a.data[i]);
+            st_writer_add_f32(w, a.names[i], a.shape[i][1] ? 2 : 1, a.shape[i], a.data[i]);
         char abi[16];
         snprintf(abi, sizeof abi, "%u.%u", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
         char *method_json = kv_list_json(&kv);

@@ -8,7 +8,7 @@
  *
  * Reading refuses, with one line naming the folder and the key or tensor, what the method
  * cannot represent exactly: another peft_type, per-module ranks or alphas (rank_pattern,
- * alpha_pattern), DoRA, LoRA biases, fan_in_fan_out, modules_to_save, bias other than
+ * alpha_pattern), LoRA biases, fan_in_fan_out, modules_to_save, bias other than
  * "none", a task_type other than CAUSAL_LM, pickled weights, tensors that are not LoRA
  * factors of llama projections, and shapes that disagree with r.
  *
@@ -32,11 +32,12 @@ struct hf_lora {
     double lora_alpha;
     double lora_dropout;
     int32_t use_rslora;
+    int32_t use_dora;     /* DoRA: a magnitude vector per module too (the `dora` method) */
     char *target_modules; /* words; "all-linear" as PEFT's special value */
     char *base_model;     /* base_model_name_or_path, or NULL */
     int32_t n;            /* tensors */
     char **names;         /* (n) HF keys */
-    int64_t (*shape)[2];  /* (n) */
+    int64_t (*shape)[2];  /* (n); [d, 0] for a vector (DoRA's magnitude) */
     float **data;         /* (n) fp32 */
 };
 
@@ -50,6 +51,8 @@ int hf_lora_read(const char *dir, struct hf_lora *out);
 int hf_lora_write(const char *dir, const struct hf_lora *a);
 void hf_lora_free(struct hf_lora *a);
 
+/* The method an HF PEFT LoRA folder is read as: "dora" with use_dora, else "lora". */
+const char *hf_lora_method(const struct hf_lora *a);
 /* The keys of method pm (the `lora` plugin) that reproduce a: r, lora_alpha, lora_dropout,
  * target_modules, use_rslora, defaults for the rest. -1 with one line. */
 int hf_lora_method_kv(const struct hf_lora *a, const struct plugin_method *pm, struct kv_list *out);

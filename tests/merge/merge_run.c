@@ -78,7 +78,9 @@ static const char *ini_text =
     "[stage.p]\nmethod = poly\nfrom = base\ntasks = reverse swap\nsteps = 2\nbatch_size = 4\n"
     "variant = mhr\nn_splits = 2\nn_skills = 3\nr = 2\nlora_alpha = 2\n"
     "target_modules = q_proj v_proj down_proj\n"
-    "[stage.ia]\nmethod = ia3\nfrom = base\ntasks = reverse\nsteps = 3\nbatch_size = 4\nlr = 0.05\n";
+    "[stage.ia]\nmethod = ia3\nfrom = base\ntasks = reverse\nsteps = 3\nbatch_size = 4\nlr = 0.05\n"
+    "[stage.do]\nmethod = dora\nfrom = base\ntasks = reverse\nsteps = 3\nbatch_size = 4\nlr = 0.05\n"
+    "r = 2\ntarget_modules = q_proj down_proj\n";
 
 static int32_t stage_index(const struct run *r, const char *name) {
     for (int32_t i = 0; i < r->n_stages; i++)
@@ -547,7 +549,7 @@ static void check_hf(struct run *r, float **da) {
          "rank_pattern", 0, 0},
         {"alpha_pattern", "{\"peft_type\": \"LORA\", \"r\": 4, \"alpha_pattern\": {\"q_proj\": 8}}",
          "alpha_pattern", 0, 0},
-        {"dora", "{\"peft_type\": \"LORA\", \"r\": 4, \"use_dora\": true}", "DoRA", 0, 0},
+        {"dora", "{\"peft_type\": \"LORA\", \"r\": 4, \"use_dora\": true}", "use_dora is true, but module", 0, 0},
         {"seq cls", "{\"peft_type\": \"LORA\", \"r\": 4, \"task_type\": \"SEQ_CLS\"}", "task_type",
          0, 0},
         {"modules_to_save",
@@ -706,6 +708,48 @@ static void check_ia3_export(struct run *r) {
     free(hf);
 }
 
+/* A DoRA adapter as an HF PEFT LoRA folder with use_dora: lora_A, lora_B and
+ * lora_magnitude_vector (out) per module, bit for bit; peft import reads it back as `dora`. */
+static void check_dora_export(struct run *r) {
+    char *src = stage_path(r, "do", "adapter.safetensors"), *hf = path_join(tmp, "hf_dora");
+    char *back = path_join(tmp, "dora_back.safetensors");
+    REQUIRE(peft_export(&r->reg, src, hf, NULL) == 0, "%s", err_msg());
+    char *cfgp = path_join(hf, "adapter_config.json"), *text;
+    size_t len;
+    REQUIRE(file_read_all(cfgp, &text, &len) == 0, "%s", err_msg());
+    cJSON *j = cJSON_Parse(text);
+    CHECK(JSTR("peft_type", "LORA") && cJSON_IsTrue(cJSON_GetObjectItem(j, "use_dora")) &&
+              JNUM("r") == 2,
+          "DoRA config:\n%s", text);
+    cJSON_Delete(j);
+    free(text);
+    free(cfgp);
+    REQUIRE(peft_import(&r->reg, hf, back) == 0, "import: %s", err_msg());
+    struct st_file in, imp;
+    REQUIRE(st_open(&in, src) == 0 && st_open(&imp, back) == 0, "%s", err_msg());
+    int same = in.n_tensors == imp.n_tensors, magnitudes = 0;
+    for (int32_t i = 0; same && i < in.n_tensors; i++) {
+        const struct st_tensor *t = &in.tensors[i], *u = st_find(&imp, t->name);
+        same = u && u->ndim == t->ndim && u->numel == t->numel;
+        if (!same) break;
+        magnitudes += strstr(t->name, ".lora_magnitude_vector") != NULL && t->ndim == 1;
+        float *x = xalloc_floats(t->numel), *y = xalloc_floats(u->numel);
+        REQUIRE(st_read_f32(&in, t, x, t->numel) == 0 && st_read_f32(&imp, u, y, u->numel) == 0, "%s", err_msg());
+        same = memcmp(x, y, t->numel * sizeof(float)) == 0;
+        free(x);
+        free(y);
+    }
+    printf("DoRA export: use_dora in the config; import back as method %s: %d tensors (%d "
+           "magnitude vectors) bit-identical: %s\n", st_meta(&imp, "peft.method"), imp.n_tensors,
+           magnitudes, same ? "yes" : "NO");
+    CHECK(same && magnitudes == 4 && strcmp(st_meta(&imp, "peft.method"), "dora") == 0, "DoRA round trip");
+    st_close(&in);
+    st_close(&imp);
+    free(src);
+    free(hf);
+    free(back);
+}
+
 static void check_poly_export(struct run *r) {
     char *src = stage_path(r, "p", "adapter.safetensors"), *hf = path_join(tmp, "hf_poly");
     REQUIRE(peft_export(&r->reg, src, hf, "tiny/llama") == 0, "%s", err_msg());
@@ -842,6 +886,7 @@ int main(void) {
     check_init(&r);
     check_poly_export(&r);
     check_ia3_export(&r);
+    check_dora_export(&r);
 
     /* The chain went on from a merge; a second run reuses everything, bit for bit. */
     int32_t ic = stage_index(&r, "chain"), isl = stage_index(&r, "sum_lora");

@@ -539,6 +539,11 @@ typedef struct peft_method_vtable {
  * host refuses factor space for a method that does not list it. Negation flips the tensors
  * flagged PEFT_TENSOR_NEGATE, or calls negate. */
 #define PEFT_FEATURE_FACTOR_MERGE "factor-merge"
+/* 1.1: the method's default gradient treats part of its forward as a constant on purpose
+ * (DoRA's weight norm, detached as HF PEFT does), so it is not the derivative of the forward;
+ * its bool key "exact_grad" adds the missing part. peft check verifies the gradients with
+ * exact_grad = true. */
+#define PEFT_FEATURE_SURROGATE_GRAD "surrogate-grad"
 
 /* A method's descriptor. Static data owned by the plugin, valid until deinit. */
 typedef struct peft_method_desc {
