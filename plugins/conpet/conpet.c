@@ -308,9 +308,7 @@ static peft_status cp_create(const peft_host_api *api, peft_host *h, const peft_
         cp_destroy(self);
         return PEFT_E_CONFIG;
     }
-    self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = peft_slots_new(mi.n_sites);
-    if (!self->sites || !self->slot) {
+    if (peft_site_table_new(mi.n_sites, sizeof *self->sites, (void **)&self->sites, &self->slot)) {
         cp_destroy(self);
         return PEFT_E_NOMEM;
     }

@@ -80,11 +80,7 @@ static peft_status ia3_create(const peft_host_api *api, peft_host *h, const peft
     if (st != PEFT_OK) return st;
     struct peft_instance *self = calloc(1, sizeof *self);
     if (!self) return PEFT_E_NOMEM;
-    self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = peft_slots_new(mi.n_sites);
-    if (!self->sites || !self->slot) {
-        free(self->sites);
-        free(self->slot);
+    if (peft_site_table_new(mi.n_sites, sizeof *self->sites, (void **)&self->sites, &self->slot)) {
         free(self);
         return PEFT_E_NOMEM;
     }

@@ -88,20 +88,12 @@ static const char *filter_name(const struct peft_instance *self) {
 
 static peft_status trf_create(const peft_host_api *api, peft_host *h, const peft_kv *cfg,
                               uint32_t n_cfg, peft_instance **out) {
-    int64_t r = peft_kv_int(cfg, n_cfg, "r", 8);
-    double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", 8.0);
-    double p = peft_kv_float(cfg, n_cfg, "lora_dropout", 0.0);
+    peft_lowrank_keys k;
+    peft_status st = peft_lowrank_read_keys(api, h, cfg, n_cfg, 8, 8.0, &k);
+    if (st != PEFT_OK) return st;
     double b0 = peft_kv_float(cfg, n_cfg, "filter_bias_init", 2.0);
     const char *filter = peft_kv_get(cfg, n_cfg, "filter");
     if (!filter) filter = "f1";
-    if (r <= 0 || r > 65536) {
-        peft_logf(api, h, PEFT_LOG_ERROR, "r must be in 1..65536, got %lld", (long long)r);
-        return PEFT_E_CONFIG;
-    }
-    if (!(p >= 0.0 && p < 1.0)) {
-        peft_logf(api, h, PEFT_LOG_ERROR, "lora_dropout must be in [0, 1), got %g", p);
-        return PEFT_E_CONFIG;
-    }
     if (strcmp(filter, "f1") != 0 && strcmp(filter, "f2") != 0) {
         peft_logf(api, h, PEFT_LOG_ERROR, "filter must be f1 or f2, got '%s'", filter);
         return PEFT_E_CONFIG;
@@ -113,26 +105,20 @@ static peft_status trf_create(const peft_host_api *api, peft_host *h, const peft
         return PEFT_E_CONFIG;
     }
     peft_model_info mi = {.struct_size = sizeof mi};
-    peft_status st = api->model_info(h, &mi);
-    if (st != PEFT_OK) return st;
+    if ((st = api->model_info(h, &mi)) != PEFT_OK) return st;
     struct peft_instance *self = calloc(1, sizeof *self);
     if (!self) return PEFT_E_NOMEM;
-    self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = peft_slots_new(mi.n_sites);
-    if (!self->sites || !self->slot) {
-        free(self->sites);
-        free(self->slot);
+    if (peft_site_table_new(mi.n_sites, sizeof *self->sites, (void **)&self->sites, &self->slot)) {
         free(self);
         return PEFT_E_NOMEM;
     }
     self->api = api;
     self->h = h;
-    self->r = (uint32_t)r;
+    self->r = k.r;
     self->filter = strcmp(filter, "f1") == 0 ? FILTER_F1 : FILTER_F2;
     self->bias_init = (float)b0;
-    self->dropout = (float)p;
-    int rslora = peft_kv_bool(cfg, n_cfg, "use_rslora", 0);
-    self->s = (float)(alpha / (rslora ? sqrt((double)r) : (double)r));
+    self->dropout = k.dropout;
+    self->s = k.s;
     *out = self;
     return PEFT_OK;
 }

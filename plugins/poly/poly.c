@@ -284,9 +284,7 @@ static peft_status poly_create(const peft_host_api *api, peft_host *h, const pef
     strcpy(self->init_from, from);
     /* with init_from, read_source takes the source's heads */
     self->heads = n_splits ? (uint32_t)n_splits : (variant == MHR && !from[0]) ? 4u : 1u;
-    self->sites = calloc(mi.n_sites + 1, sizeof *self->sites);
-    self->slot = peft_slots_new(mi.n_sites);
-    st = self->sites && self->slot ? PEFT_OK : PEFT_E_NOMEM;
+    st = peft_site_table_new(mi.n_sites, sizeof *self->sites, (void **)&self->sites, &self->slot);
     if (st == PEFT_OK && from[0]) st = check_source_keys(self, n_splits);
     if (st == PEFT_OK && from[0]) st = read_source(self, n_splits);
     if (st == PEFT_OK) st = plan_rows(self);

@@ -31,6 +31,55 @@ static inline int32_t *peft_slots_new(uint32_t n_model_sites) {
     return slot;
 }
 
+/* The plugin's table of sites: *sites (n_model_sites + 1 zeroed entries of elem bytes) and
+ * *slot (peft_slots_new). PEFT_E_NOMEM (and both NULL) when either fails. */
+static inline peft_status peft_site_table_new(uint32_t n_model_sites, size_t elem, void **sites,
+                                              int32_t **slot) {
+    *sites = calloc((size_t)n_model_sites + 1, elem);
+    *slot = peft_slots_new(n_model_sites);
+    if (*sites && *slot) return PEFT_OK;
+    free(*sites);
+    free(*slot);
+    *sites = NULL;
+    *slot = NULL;
+    return PEFT_E_NOMEM;
+}
+
+/* ---- the LoRA keys ------------------------------------------------------------------------ */
+
+/* r, lora_alpha, lora_dropout (0 when the method has no such key) and use_rslora, read and
+ * checked; s = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora. */
+typedef struct peft_lowrank_keys {
+    uint32_t r;
+    double alpha;
+    float dropout;
+    float s;
+} peft_lowrank_keys;
+
+/* A bad value is logged with its key and gives PEFT_E_CONFIG. */
+static inline peft_status peft_lowrank_read_keys(const peft_host_api *api, peft_host *h,
+                                                 const peft_kv *cfg, uint32_t n_cfg,
+                                                 int64_t default_r, double default_alpha,
+                                                 peft_lowrank_keys *out) {
+    int64_t r = peft_kv_int(cfg, n_cfg, "r", default_r);
+    double alpha = peft_kv_float(cfg, n_cfg, "lora_alpha", default_alpha);
+    double p = peft_kv_float(cfg, n_cfg, "lora_dropout", 0.0);
+    if (r <= 0 || r > 65536) {
+        peft_logf(api, h, PEFT_LOG_ERROR, "r must be in 1..65536, got %lld", (long long)r);
+        return PEFT_E_CONFIG;
+    }
+    if (!(p >= 0.0 && p < 1.0)) {
+        peft_logf(api, h, PEFT_LOG_ERROR, "lora_dropout must be in [0, 1), got %g", p);
+        return PEFT_E_CONFIG;
+    }
+    int rslora = peft_kv_bool(cfg, n_cfg, "use_rslora", 0);
+    out->r = (uint32_t)r;
+    out->alpha = alpha;
+    out->dropout = (float)p;
+    out->s = (float)(alpha / (rslora ? sqrt((double)r) : (double)r));
+    return PEFT_OK;
+}
+
 /* ---- work space --------------------------------------------------------------------------- */
 
 /* A plugin-owned buffer that grows on demand. */
