@@ -119,8 +119,13 @@ int label_train_batch(struct stage_env *env, struct method_run *mr, struct model
     float *w = xmalloc(sizeof *w * (size_t)b->B * (size_t)b->T); /* (B*T) per token row */
     label_scores(model_logits(acts), b, V, masked, score, n_tok);
     double total = 0;
-    for (size_t e = 0; e < n; e++) {
+    for (size_t e = 0; e < n && rc == 0; e++) {
         int32_t own = label_set_find(L, env->train->ex[idx[e]].completion);
+        if (own < 0) { /* the set is every completion of the batches' tasks: a bug if missed */
+            rc = err_set("%s: train_labels: an example's completion is not among the labels",
+                         env->run_path);
+            break;
+        }
         total += label_loss(score + e * (size_t)nL, nL, own, d_score);
         for (int32_t l = 0; l < nL; l++) {
             size_t p = e * (size_t)nL + (size_t)l;
@@ -130,9 +135,11 @@ int label_train_batch(struct stage_env *env, struct method_run *mr, struct model
         }
     }
     *loss = (float)(total / (double)n);
-    model_acts_set_row_weights(acts, w);
-    rc = model_backward(env->model, acts, hooks);
-    model_acts_set_row_weights(acts, NULL);
+    if (rc == 0) {
+        model_acts_set_row_weights(acts, w);
+        rc = model_backward(env->model, acts, hooks);
+        model_acts_set_row_weights(acts, NULL);
+    }
     stage_set_batch(env, NULL, NULL, 0);
     free(score);
     free(d_score);

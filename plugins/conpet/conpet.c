@@ -542,9 +542,13 @@ static peft_status cp_stage_end(peft_instance *self) {
         n_new++;
         for (uint32_t i = 0; i < self->n_sites; i++) trained += lora_numel(self, &self->sites[i].expert[t]);
     }
-    if (self->sel_seen > 0) {
+    /* the selector trained when its pass ran in training and its tensors were trainable */
+    int sel_trained = self->sel_seen > 0 && selector_trains(self);
+    if (sel_trained) {
         trained += w.numel + b.numel;
         for (uint32_t i = 0; i < self->n_sites; i++) trained += lora_numel(self, &self->sites[i].sel);
+    }
+    if (self->sel_seen > 0) {
         peft_logf(self->api, self->h, PEFT_LOG_INFO,
                   "selector: %.1f%% of %llu training examples routed to their own task",
                   100.0 * (double)self->sel_right / (double)self->sel_seen,
@@ -553,7 +557,7 @@ static peft_status cp_stage_end(peft_instance *self) {
     peft_logf(self->api, self->h, PEFT_LOG_INFO, "trained: %llu entries (%llu new expert%s%s); "
               "the other experts did not change", (unsigned long long)trained,
               (unsigned long long)n_new, n_new == 1 ? "" : "s",
-              self->sel_seen > 0 ? " and the selector" : "");
+              sel_trained ? " and the selector" : "");
     return PEFT_OK;
 }
 
