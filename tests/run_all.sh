@@ -37,7 +37,7 @@ run_build() { # name, meson options...
 
 MESON_TEST_ARGS=()
 for spec in "build-werror|--werror|-Dbuildtype=debugoptimized" \
-            "build-asan|--werror|-Db_sanitize=address,undefined|-Dbuildtype=debug"; do
+            "build-asan|--werror|-Db_sanitize=address,undefined|-Dbuildtype=debug|-Dmpi=disabled"; do
     IFS='|' read -r dir opts <<<"$spec"
     IFS='|' read -r -a optarr <<<"$opts"
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
@@ -63,7 +63,7 @@ done
 # FUZZ_SECONDS (default 60); tests/fuzz/run_fuzz.sh counts one test per target.
 if command -v clang >/dev/null 2>&1; then
     echo "== build build-fuzz (clang, libFuzzer, ASan+UBSan)"
-    if CC=clang run_setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+    if CC=clang run_setup build-fuzz -Dfuzz=true -Dmpi=disabled -Db_sanitize=address,undefined -Db_lundef=false \
         -Dbuildtype=debugoptimized --werror && ninja -C build-fuzz tests/fuzz/fuzz_safetensors \
         tests/fuzz/fuzz_jsonl tests/fuzz/fuzz_hf_config tests/fuzz/fuzz_run_config \
         tests/fuzz/fuzz_tokenizer_json tests/fuzz/fuzz_tokenizer_text \

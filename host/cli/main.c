@@ -73,5 +73,16 @@ int main(int argc, char **argv) {
             cli_help(c, stdout);
             return 0;
         }
-    return c->main(argc - 2, argv + 2);
+    if (dist_init(&argc, &argv)) return cli_fail();
+    if (dist_size() > 1 && c != &cmd_compare) {
+        err_set("peft %s runs as one process; under mpirun only `peft compare` spreads its "
+                "arms over the processes", c->name);
+        if (dist_rank() == 0) cli_fail();
+        dist_finalize();
+        return 2;
+    }
+    /* under mpirun, a command that fails on one process alone ends the job itself */
+    int rc = c->main(argc - 2, argv + 2);
+    dist_finalize();
+    return rc;
 }

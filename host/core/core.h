@@ -164,6 +164,19 @@ void parallel_for(size_t n, size_t min_items, parallel_fn fn, void *ctx);
 void parallel_set_threads(int32_t n);
 int32_t parallel_threads(void);
 
+/* ---- the processes of an MPI job (dist.c) ------------------------------------------------- */
+/* MPI_Init when mpirun launched this process (and MPI is built in), else nothing: one
+ * process, rank 0 of 1. -1 with one line (launched by mpirun without MPI built in). */
+int dist_init(int *argc, char ***argv);
+int dist_rank(void);
+int dist_size(void);
+void dist_barrier(void);
+/* v (n) summed over every process, in place. */
+int dist_sum_doubles(double *v, size_t n);
+/* End every process of the job with `code`. */
+void dist_abort(int code);
+void dist_finalize(void);
+
 /* ---- 16-bit floats (half.c) ----------------------------------------------------------- */
 /* IEEE fp16 and bfloat16 to and from fp32; the way down rounds to nearest even. */
 float f16_to_f32(uint16_t h);

@@ -582,35 +582,80 @@ static int parse_seeds(struct cfg *c, int64_t **seeds, int32_t *n) {
     return rc;
 }
 
+/* Start arm a unless it is complete; 1 when started. */
+static int arm_launch(struct arm *a, int32_t resume, int32_t jobs, const char *plugin_path) {
+    if (arm_complete(a)) {
+        printf("[compare] arm %s: complete, not run again\n", a->label);
+        return 0;
+    }
+    return arm_start(a, resume, jobs, plugin_path) ? -1 : 1;
+}
+
 /* Run arms[idx[0..n)]: the first alone (its shared stages seed the others), then the rest,
- * jobs at a time. */
+ * jobs at a time. Under mpirun the first runs on process 0 and the rest are dealt out over
+ * the processes (position p on process (p - 1) mod size), each running jobs at a time. */
 static int run_group(struct arm *arms, int32_t n_all, const int32_t *idx, int32_t n, int32_t resume,
                      int32_t jobs, const char *plugin_path) {
-    int32_t next = 0, running = 0;
+    int rank = dist_rank(), size = dist_size();
     struct arm *first = &arms[idx[0]];
+    if (rank == 0) {
+        int started = arm_launch(first, resume, jobs, plugin_path);
+        if (started < 0) return -1;
+        if (started) arm_wait(arms, n_all);
+    }
+    /* every process learns how the first arm ended */
+    double first_status = rank == 0 ? first->exit_status : 0;
+    dist_barrier();
+    if (dist_sum_doubles(&first_status, 1)) return -1;
+    first->exit_status = (int32_t)first_status;
+    int32_t next = 1, running = 0;
     while (next < n || running > 0) {
-        while (next < n && running < (next == 0 ? 1 : jobs) && !(next == 1 && running > 0)) {
-            struct arm *a = &arms[idx[next++]];
-            if (next > 1 && first->exit_status == 0 && seed_shared_stages(first, a)) return -1;
-            if (arm_complete(a)) {
-                printf("[compare] arm %s: complete, not run again\n", a->label);
-                continue;
-            }
-            if (arm_start(a, resume, jobs, plugin_path)) return -1;
-            running++;
+        while (next < n && running < jobs) {
+            int32_t p = next++;
+            if ((p - 1) % size != rank) continue;
+            struct arm *a = &arms[idx[p]];
+            if (first->exit_status == 0 && seed_shared_stages(first, a)) return -1;
+            int started = arm_launch(a, resume, jobs, plugin_path);
+            if (started < 0) return -1;
+            running += started;
         }
         if (running > 0 && arm_wait(arms, n_all) >= 0) running--;
     }
+    dist_barrier();
     return 0;
+}
+
+/* Under mpirun each process ran some arms: every process gets every arm's outcome. */
+static int gather_arms(struct arm *arms, int32_t n) {
+    if (dist_size() <= 1) return 0;
+    double *v = xcalloc((size_t)n * 4 + 1, sizeof *v);
+    for (int32_t i = 0; i < n; i++) { /* each arm ran on one process at most; the others add 0 */
+        v[4 * i] = arms[i].ran ? arms[i].exit_status : 0;
+        v[4 * i + 1] = arms[i].ran ? arms[i].wall : 0;
+        v[4 * i + 2] = arms[i].ran ? (double)arms[i].rss_kb : 0;
+        v[4 * i + 3] = arms[i].ran;
+    }
+    int rc = dist_sum_doubles(v, (size_t)n * 4);
+    for (int32_t i = 0; rc == 0 && i < n; i++) {
+        arms[i].exit_status = (int32_t)v[4 * i];
+        arms[i].wall = v[4 * i + 1];
+        arms[i].rss_kb = (int64_t)v[4 * i + 2];
+        arms[i].ran = v[4 * i + 3] > 0;
+    }
+    free(v);
+    return rc;
 }
 
 int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plugin_path) {
     struct cfg c;
-    if (cfg_load(&c, file)) return fprintf(stderr, "peft: %s\n", err_msg()), 2;
+    if (cfg_load(&c, file)) { /* every process reads the same file: process 0 says why */
+        if (dist_rank() == 0) fprintf(stderr, "peft: %s\n", err_msg());
+        return 2;
+    }
     struct arm *arms = NULL;
     int32_t n_arms = 0, n_runs = 0, n_seeds = 0, baseline = 0, code = 2;
     int64_t *seeds = NULL;
-    int lock_fd = -1;
+    int lock_fd = -1, set_up = 0;
     const char *out_text, *baseline_name;
     int64_t jobs_file;
     double alpha;
@@ -676,10 +721,20 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
         printf("[compare] %s: %d arms, checking\n", file, n_arms);
     for (int32_t i = 0; i < n_runs; i++)
         if (arm_check(&arms[i], plugin_path)) goto done;
-    /* One comparison at a time in its folder (each arm's run locks its own folder too). */
-    if (mkdir_p(out) || (lock_fd = dir_lock(out)) < 0) goto done;
-    for (int32_t i = 0; i < n_runs; i++)
-        if (write_arm_ini(&arms[i])) goto done;
+    /* One comparison at a time in its folder (each arm's run locks its own folder too); under
+     * mpirun, process 0 holds the lock and writes the arms' files, the others wait for it. */
+    int setup_rc = 0;
+    if (dist_rank() == 0) {
+        setup_rc = mkdir_p(out) || (lock_fd = dir_lock(out)) < 0;
+        for (int32_t i = 0; i < n_runs && !setup_rc; i++) setup_rc = write_arm_ini(&arms[i]);
+    }
+    double setup_failed = setup_rc ? 1 : 0;
+    set_up = 1; /* from here on a failure may be one process's own */
+    dist_barrier();
+    if (dist_sum_doubles(&setup_failed, 1) || setup_failed > 0) {
+        if (dist_rank() != 0) err_set("%s: process 0 could not set the comparison up", out);
+        goto done;
+    }
 
     /* Seed by seed: the arms of one seed share their identical stages. */
     int32_t *idx = xcalloc((size_t)n_arms, sizeof *idx);
@@ -691,6 +746,11 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
         }
     }
     free(idx);
+    if (gather_arms(arms, n_runs)) goto done;
+    if (dist_rank() != 0) { /* process 0 writes the report */
+        code = 0;
+        goto done;
+    }
 
     struct compare_result cr = {0};
     cr.title = xstrdup(file);
@@ -731,7 +791,13 @@ int compare_main(const char *file, int32_t jobs, int32_t resume, const char *plu
     free(plots);
     compare_result_free(&cr);
 done:
-    if (code == 2) fprintf(stderr, "peft: %s\n", err_msg());
+    /* before the set-up every process checks the same file: process 0 says what is wrong */
+    if (code == 2 && (set_up || dist_rank() == 0)) fprintf(stderr, "peft: %s\n", err_msg());
+    if (code != 0 && set_up && dist_size() > 1) { /* the other processes wait on this one */
+        fprintf(stderr, "peft: process %d of %d failed: ending the comparison\n", dist_rank(),
+                dist_size());
+        dist_abort(code);
+    }
     for (int32_t i = 0; i < n_runs; i++) {
         if (arms[i].pid > 0) kill(arms[i].pid, SIGTERM);
         arm_free(&arms[i]);
