@@ -14,7 +14,10 @@
 #include <mpi.h>
 #endif
 
-static int dist_on, dist_rank_v, dist_size_v = 1;
+static int dist_rank_v, dist_size_v = 1;
+#ifdef PEFT_HAVE_MPI
+static int dist_on; /* MPI_Init ran */
+#endif
 
 static int launched_by_mpirun(void) {
     if (getenv("PEFT_NO_MPI")) return 0;
