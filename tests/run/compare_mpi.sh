@@ -6,6 +6,8 @@
 set -u
 . "$(dirname "$0")/../testlib.sh"
 export OMPI_MCA_mpi_warn_on_fork=0
+# containers often forbid the cross-process memory copy Open MPI tries first
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
 mpi() { mpirun -q --allow-run-as-root --oversubscribe -np "$@"; }
 write() { # out folder
     cat <<INI
