@@ -117,8 +117,14 @@ int peft_inspect(const char *path, FILE *out) {
 /* ---- the command ---------------------------------------------------------------- */
 
 static int inspect_main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--diff") == 0 && argv[0][0] != '-' && argv[2][0] != '-')
+        return peft_inspect_diff(argv[0], argv[2], stdout) ? cli_fail() : 0;
     if (argc != 1) {
-        if (argc > 1) return cli_unexpected(&cmd_inspect, argv[1]);
+        if (argc > 1 && strcmp(argv[1], "--diff") == 0 && argc == 2) {
+            err_set("inspect: --diff: give the second file");
+            return cli_fail();
+        }
+        if (argc > 1) return cli_unexpected(&cmd_inspect, argv[argc > 3 ? 3 : 1]);
         err_set("inspect: give one safetensors file (or a folder holding one)");
         return cli_fail();
     }
@@ -127,15 +133,20 @@ static int inspect_main(int argc, char **argv) {
 }
 
 const struct command cmd_inspect = {
-    "inspect", "FILE.safetensors | DIR",
-    "Print the tensors and the metadata of a safetensors file.",
+    "inspect", "FILE.safetensors | DIR   or   A.safetensors --diff B.safetensors",
+    "Print the tensors and the metadata of a safetensors file, or how far two files differ.",
     "Each tensor: name, dtype, shape, bytes. For an adapter it also says which method and plugin ABI wrote it. A folder is searched\n"
     "for adapter.safetensors, adapter_model.safetensors (with its adapter_config.json),\n"
     "task_vector.safetensors or model.safetensors, in that order.\n"
+    "With --diff, one line per tensor of A: the largest |A - B| of its entries and that\n"
+    "relative to the largest |A|, then the largest of both over all tensors (the files must\n"
+    "hold the same tensor names and shapes).\n"
     "\n"
     "options:\n"
+    "  --diff B    compare with B instead of listing\n"
     "  -h, --help  this help\n"
     "\n"
-    "example:\n"
-    "  peft inspect runs/quickstart/adapt/adapter.safetensors\n",
+    "examples:\n"
+    "  peft inspect runs/quickstart/adapt/adapter.safetensors\n"
+    "  peft inspect one/adapt/adapter.safetensors --diff two/adapt/adapter.safetensors\n",
     inspect_main};

@@ -1,4 +1,5 @@
 /* cmd_run.c: peft run FILE.ini: check the whole run file, then run its chain of stages. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,9 +49,30 @@ static int run_main(int argc, char **argv) {
         free(sets);
         return code;
     }
+    /* Under mpirun every process runs the chain on its share of each batch; process 0
+     * alone prints and writes (the others' standard output goes nowhere). */
+    if (dist_rank() > 0 && !freopen("/dev/null", "w", stdout)) {
+        err_set("run: cannot silence the output of process %d", dist_rank());
+        dist_fail(2);
+    }
     struct run r;
     int rc = run_load(&r, ini, sets, n_sets, plugin_path);
     free(sets);
+    if (dist_size() > 1) {
+        /* how many processes failed, and whether process 0 did: the same files fail alike on
+         * every process, and process 0 tells; a process that failed alone tells its own */
+        double failed[2] = {rc ? 1.0 : 0.0, rc && dist_rank() == 0 ? 1.0 : 0.0};
+        if (dist_sum_doubles(failed, 2)) rc = -1;
+        if (failed[0] > 0 || rc) {
+            code = rc ? err_status() : 2;
+            if (rc && (dist_rank() == 0 || failed[1] == 0)) {
+                if (dist_rank() > 0) err_prefix("process %d of %d", dist_rank(), dist_size());
+                cli_fail();
+            }
+            run_free(&r);
+            return code;
+        }
+    }
     if (rc) {
         code = cli_fail();
         run_free(&r);
@@ -61,7 +83,10 @@ static int run_main(int argc, char **argv) {
     r.quiet = quiet;
     r.stop_after = stop_after;
     if (r.threads > 0) parallel_set_threads(r.threads);
-    code = run_execute(&r) ? cli_fail() : 0;
+    if (run_execute(&r)) {
+        dist_fail(err_status()); /* under mpirun: the others wait on this process */
+        code = cli_fail();
+    }
     if (code == 0 && !quiet) printf("outputs in %s\n", r.out_dir);
     run_free(&r);
     return code;

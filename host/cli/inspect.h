@@ -15,5 +15,9 @@
 
 /* -1 with one line when the file cannot be read. */
 int peft_inspect(const char *path, FILE *out);
+/* One line per tensor (max |a - b|, and relative to max |a|), then the largest of each over
+ * all tensors. -1 with one line when a file cannot be read or their tensors' names or shapes
+ * differ. (inspect_diff.c) */
+int peft_inspect_diff(const char *path_a, const char *path_b, FILE *out);
 
 #endif

@@ -74,9 +74,9 @@ int main(int argc, char **argv) {
             return 0;
         }
     if (dist_init(&argc, &argv)) return cli_fail();
-    if (dist_size() > 1 && c != &cmd_compare) {
-        err_set("peft %s runs as one process; under mpirun only `peft compare` spreads its "
-                "arms over the processes", c->name);
+    if (dist_size() > 1 && c != &cmd_compare && c != &cmd_run) {
+        err_set("peft %s runs as one process; under mpirun `peft run` trains data-parallel "
+                "and `peft compare` spreads its arms over the processes", c->name);
         if (dist_rank() == 0) cli_fail();
         dist_finalize();
         return 2;

@@ -173,6 +173,16 @@ int dist_size(void);
 void dist_barrier(void);
 /* v (n) summed over every process, in place. */
 int dist_sum_doubles(double *v, size_t n);
+/* v (n) summed over every process, in place (the gradients of data-parallel training);
+ * the time and bytes of these sums add up in dist_comm_stats. */
+int dist_sum_floats(float *v, size_t n);
+void dist_comm_stats(double *seconds, double *bytes);
+/* The lowest and highest of `value` over the processes (equal: they agree). */
+int dist_agree(uint64_t value, uint64_t *lowest, uint64_t *highest);
+/* Under mpirun: the failure in err_msg() ends the job; process 0 tells it as "peft: LINE",
+ * another process (after a pause that lets process 0 go first when it failed too) as
+ * "peft: process K of N: LINE". Returns only when there is one process. */
+void dist_fail(int code);
 /* End every process of the job with `code`. */
 void dist_abort(int code);
 void dist_finalize(void);

@@ -4,9 +4,11 @@
  * only in a process that mpirun launched (its environment says so) and that is not a child a
  * peft process started itself (PEFT_NO_MPI, set by peft compare for its arms' runs): a peft
  * started by hand is one process exactly as without MPI. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -64,6 +66,58 @@ int dist_sum_doubles(double *v, size_t n) {
     (void)n;
 #endif
     return 0;
+}
+
+/* MPI counts in int: large buffers go in pieces of at most 2^30 elements. */
+enum { DIST_PIECE = 1 << 30 };
+
+static double comm_seconds, comm_bytes;
+
+int dist_sum_floats(float *v, size_t n) {
+#ifdef PEFT_HAVE_MPI
+    if (!dist_on || dist_size_v <= 1) return 0;
+    double t0 = now_seconds();
+    for (size_t at = 0; at < n; at += DIST_PIECE) {
+        size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
+        if (MPI_Allreduce(MPI_IN_PLACE, v + at, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+            return err_set("MPI_Allreduce of %zu floats failed", n);
+    }
+    comm_seconds += now_seconds() - t0;
+    comm_bytes += (double)n * sizeof *v;
+#else
+    (void)v;
+    (void)n;
+#endif
+    return 0;
+}
+
+void dist_comm_stats(double *seconds, double *bytes) {
+    *seconds = comm_seconds;
+    *bytes = comm_bytes;
+}
+
+int dist_agree(uint64_t value, uint64_t *lowest, uint64_t *highest) {
+    *lowest = *highest = value;
+#ifdef PEFT_HAVE_MPI
+    if (!dist_on || dist_size_v <= 1) return 0;
+    uint64_t v[2] = {~value, value}; /* one MAX gives both: max(~v) = ~min(v) */
+    if (MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return err_set("MPI_Allreduce failed");
+    *lowest = ~v[0];
+    *highest = v[1];
+#endif
+    return 0;
+}
+
+void dist_fail(int code) {
+    if (dist_size_v <= 1) return;
+    /* A failure every process meets (a divergence, a file none can read) is process 0's to
+     * tell: the others give it a moment to end the job before they speak themselves. */
+    if (dist_rank_v > 0) sleep(3);
+    if (dist_rank_v > 0) fprintf(stderr, "peft: process %d of %d: %s\n", dist_rank_v, dist_size_v, err_msg());
+    else fprintf(stderr, "peft: %s\n", err_msg());
+    fflush(stderr);
+    dist_abort(code);
 }
 
 void dist_abort(int code) {

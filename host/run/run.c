@@ -37,6 +37,49 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
     return stage_eval(run_env(r), s, mr, out);
 }
 
+/* ---- the processes of an MPI job -------------------------------------------------- */
+
+/* Under mpirun every process runs the chain, process 0 alone writes files and prints. */
+static int writer(void) { return dist_rank() == 0; }
+
+/* Every process must take the same way through the chain (a stage reused or trained). */
+static int run_agree(const struct run *r, const struct stage *s, int complete) {
+    uint64_t lo, hi;
+    if (dist_agree((uint64_t)complete, &lo, &hi)) return -1;
+    if (lo != hi)
+        return err_set("%s: the processes disagree on whether %s is complete (do they all see "
+                       "the same run folder?)", r->cfg.path, s->dir);
+    return 0;
+}
+
+/* Process 0 writes a random token into the run folder; every other process must read it
+ * back, or the folder is not shared and a resumed or reused stage could not be read. */
+static int folder_shared(const struct run *r) {
+    char *path = path_join(r->out_dir, ".processes");
+    double token = 0;
+    int rc = 0;
+    if (writer()) {
+        token = (double)((uint64_t)(now_seconds() * 1e9) % 1000000007ull) + (double)getpid();
+        char text[32];
+        int n = snprintf(text, sizeof text, "%.0f\n", token);
+        rc = file_write_atomic(path, text, (size_t)n);
+    }
+    double sums[2] = {token, rc ? 1.0 : 0.0};
+    if (dist_sum_doubles(sums, 2)) rc = -1;
+    else if (sums[1] > 0) rc = writer() ? -1 : err_set("%s: process 0 could not write it", path);
+    char *text = NULL;
+    if (rc == 0 && !writer() && (file_read_all(path, &text, NULL) || strtod(text, NULL) != sums[0])) {
+        err_clear();
+        rc = err_set("%s: not the run folder process 0 writes: every process must see the "
+                     "same [run] out (a folder shared between the machines)", r->out_dir);
+    }
+    free(text);
+    dist_barrier(); /* read by all before it goes */
+    if (writer()) unlink(path);
+    free(path);
+    return rc;
+}
+
 /* ---- one stage --------------------------------------------------------------------- */
 
 /* The stage's output file carries the config hash it was made with. A run killed between
@@ -214,6 +257,12 @@ static int stage_write_done(struct run *r, struct stage *s) {
     cJSON_AddNumberToObject(j, "tokens_per_second", s->tokens_per_second);
     cJSON_AddNumberToObject(j, "eval_seconds", s->eval_seconds);
     cJSON_AddNumberToObject(j, "peak_rss_kb", (double)s->peak_rss_kb);
+    if (dist_size() > 1 && s->comm_steps > 0) { /* data-parallel: process 0's gradient sums */
+        cJSON *p = cJSON_AddObjectToObject(j, "processes");
+        cJSON_AddNumberToObject(p, "count", dist_size());
+        cJSON_AddNumberToObject(p, "allreduce_seconds", s->comm_seconds);
+        cJSON_AddNumberToObject(p, "allreduce_bytes_per_step", s->comm_bytes / (double)s->comm_steps);
+    }
     /* the training data as ids: how many the loss counts (the answers) of how many */
     double examples = 0, sequence_tokens = 0, answer_tokens = 0;
     for (size_t i = 0; i < r->train.n; i++) {
@@ -255,7 +304,7 @@ static int check_checkpoints(struct run *r) {
         struct stage *s = &r->stages[i];
         if (!stage_checkpoint_exists(s) || r->resume) continue;
         if (r->restart) {
-            stage_checkpoint_remove(s);
+            if (writer()) stage_checkpoint_remove(s);
             continue;
         }
         return err_set("%s: stage '%s' was interrupted and has a checkpoint in %s: continue it "
@@ -298,13 +347,14 @@ static int run_merge_stage(struct run *r, struct stage *s) {
     cJSON *info = NULL;
     int complete = stage_is_complete(r, s, &info), rc = -1;
     if (stage_method(&r->env, s, &none)) goto out; /* attaches nothing: the bare weights */
+    if (run_agree(r, s, complete)) goto out;
     if (!complete) {
-        if (mkdir_p(s->dir)) goto out;
+        if (writer() && mkdir_p(s->dir)) goto out;
         metrics_drop_stage(&r->metrics, s->name, -1);
         if (stage_eval(&r->env, s, none, s->before)) goto out;
         stage_log_eval(&r->env, s, "before", 0, s->before);
     }
-    if (merge_execute(&r->env, s, !complete, &eval_mr)) goto out;
+    if (merge_execute(&r->env, s, !complete && writer(), &eval_mr)) goto out;
     if (eval_mr) { /* an adapter that cannot be folded into the weights */
         for (struct stage *later = s + 1; later < r->stages + r->n_stages; later++)
             if (later->from == (int32_t)(s - r->stages)) {
@@ -325,10 +375,11 @@ static int run_merge_stage(struct run *r, struct stage *s) {
     } else {
         if (stage_eval(&r->env, s, eval_mr ? eval_mr : none, s->after)) goto out;
         stage_log_eval(&r->env, s, "after", 0, s->after);
-        if (stage_write_predictions(&r->env, s, eval_mr ? eval_mr : none)) goto out;
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
-        if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto out;
+        if (writer() && (stage_write_predictions(&r->env, s, eval_mr ? eval_mr : none) ||
+                         metrics_flush(&r->metrics) || stage_write_done(r, s)))
+            goto out;
     }
     s->result_params = model_snapshot_take(&r->model);
     rc = 0;
@@ -348,7 +399,9 @@ static int run_stage(struct run *r, struct stage *s) {
 
     struct method_run *mr = NULL;
     cJSON *info = NULL;
-    if (stage_is_complete(r, s, &info)) {
+    int complete = stage_is_complete(r, s, &info);
+    if (run_agree(r, s, complete)) goto fail;
+    if (complete) {
         /* Reuse: load its adapter onto the starting weights and merge. */
         if (stage_method(&r->env, s, &mr)) goto fail;
         char *path = path_join(s->dir, "adapter.safetensors");
@@ -367,7 +420,7 @@ static int run_stage(struct run *r, struct stage *s) {
         s->reused = 1;
         if (!r->quiet) printf("[%s] complete in %s, reused\n", s->name, s->dir);
     } else {
-        if (mkdir_p(s->dir)) goto fail;
+        if (writer() && mkdir_p(s->dir)) goto fail;
         if (stage_method(&r->env, s, &mr)) goto fail;
         int rc = stage_train(&r->env, s, mr);
         if (rc > 0) { /* stopped on request (testing aid): the checkpoint is on disk */
@@ -379,13 +432,13 @@ static int run_stage(struct run *r, struct stage *s) {
         if (method_run_end(mr)) goto fail;
         if (stage_eval(&r->env, s, mr, s->after)) goto fail;
         stage_log_eval(&r->env, s, "after", s->stopped_step ? s->stopped_step : s->steps, s->after);
-        if (stage_write_predictions(&r->env, s, mr)) goto fail;
+        if (writer() && stage_write_predictions(&r->env, s, mr)) goto fail;
         /* Fold first, so that the model written with save_model includes the adapter. */
-        if (stage_merge(r, s, mr) || stage_write_outputs(r, s, mr)) goto fail;
+        if (stage_merge(r, s, mr) || (writer() && stage_write_outputs(r, s, mr))) goto fail;
         struct rusage ru;
         if (getrusage(RUSAGE_SELF, &ru) == 0) s->peak_rss_kb = ru.ru_maxrss;
-        if (metrics_flush(&r->metrics) || stage_write_done(r, s)) goto fail;
-        stage_checkpoint_finish(s);
+        if (writer() && (metrics_flush(&r->metrics) || stage_write_done(r, s))) goto fail;
+        if (writer()) stage_checkpoint_finish(s);
     }
     s->result_params = model_snapshot_take(&r->model);
     method_run_free(mr);
@@ -464,7 +517,7 @@ static void print_stage_table(struct run *r, const struct stage *s) {
 
 /* The chain, in a locked run folder. */
 static int run_chain(struct run *r) {
-    int stale = file_remove_temporaries(r->out_dir, 2);
+    int stale = writer() ? file_remove_temporaries(r->out_dir, 2) : 0;
     if (stale && !r->quiet) printf("removed %d temporary files an interrupted run left\n", stale);
     char *metrics_path = path_join(r->out_dir, "metrics.jsonl");
     metrics_free(&r->metrics);
@@ -472,6 +525,7 @@ static int run_chain(struct run *r) {
     free(metrics_path);
     run_env(r);
     if (check_checkpoints(r)) return -1;
+    dist_barrier(); /* checkpoints dropped with --restart are gone for every process */
     for (int32_t i = 0; i < r->n_stages; i++) {
         struct stage *s = &r->stages[i];
         int rc = run_stage(r, s);
@@ -490,16 +544,21 @@ static int run_chain(struct run *r) {
         }
         print_stage_table(r, s);
     }
-    return write_summary(r);
+    return writer() ? write_summary(r) : 0;
 }
 
 int run_execute(struct run *r) {
-    if (mkdir_p(r->out_dir)) return -1;
     /* One process at a time in a run folder, for as long as the chain runs; what an
-     * interrupted one left half-written goes. */
-    int lock = dir_lock(r->out_dir);
-    if (lock < 0) return -1;
+     * interrupted one left half-written goes. Under mpirun process 0 holds the lock and
+     * writes; the others read what it wrote (a reused stage, a checkpoint) from the same
+     * folder, which must be shared. */
+    int lock = -1;
+    if (writer() && (mkdir_p(r->out_dir) || (lock = dir_lock(r->out_dir)) < 0)) return -1;
+    if (dist_size() > 1 && folder_shared(r)) {
+        if (lock >= 0) close(lock);
+        return -1;
+    }
     int rc = run_chain(r);
-    close(lock);
+    if (lock >= 0) close(lock);
     return rc;
 }

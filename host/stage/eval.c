@@ -39,8 +39,7 @@ double eval_row_nll(const float *logits, int32_t V, int32_t target) {
  * batch as fit eval_batch_size rows (one row per example and label). */
 static int eval_task_labels(struct stage_env *env, struct stage *s, struct method_run *mr,
                             const struct label_set *L, const size_t *idx, size_t n,
-                            struct model_acts *acts, struct label_batch *lb,
-                            struct eval_result *out) {
+                            struct model_acts *acts, struct label_batch *lb, double *sums) {
     const int32_t V = env->model->cfg.vocab;
     const struct model_hooks *hooks = method_run_hooks(mr, 0);
     size_t per_batch = (size_t)s->eval_batch_size / (size_t)L->n;
@@ -75,9 +74,10 @@ static int eval_task_labels(struct stage_env *env, struct stage *s, struct metho
     }
     free(score);
     free(n_tok);
-    out->n = (int32_t)n;
-    out->loss = tokens ? nll / (double)tokens : 0.0;
-    out->accuracy = n ? (double)correct / (double)n : 0.0;
+    sums[0] = nll;
+    sums[1] = (double)tokens;
+    sums[2] = (double)correct;
+    sums[3] = (double)n;
     return rc ? -1 : 0;
 }
 
@@ -95,14 +95,23 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
         (label_set_add(&L, env->train, s->eval_tasks, s->n_eval_tasks, s->section, "eval_labels") ||
          label_set_add(&L, env->eval, s->eval_tasks, s->n_eval_tasks, s->section, "eval_labels")))
         rc = err_prefix("%s", env->run_path);
+    /* per task: the loss's sum and tokens, the right answers and the graded examples */
+    double *sums = xcalloc((size_t)s->n_eval_tasks * 4 + 1, sizeof *sums);
+    size_t *n_task = xcalloc((size_t)s->n_eval_tasks + 1, sizeof *n_task);
     for (int32_t k = 0; k < s->n_eval_tasks && rc == 0; k++) {
         int32_t task = s->eval_tasks[k];
-        size_t n = 0;
+        size_t n_all = 0;
         for (size_t i = 0; i < env->eval->n; i++)
-            if (env->eval->ex[i].task == task) idx[n++] = i;
+            if (env->eval->ex[i].task == task) idx[n_all++] = i;
+        n_task[k] = n_all;
+        /* under mpirun this process's share of them; the sums are gathered below */
+        size_t lo, hi;
+        dp_share(n_all, &lo, &hi);
+        memmove(idx, idx + lo, sizeof *idx * (hi - lo));
+        size_t n = hi - lo;
         out[k].task = task;
         if (s->eval_labels) {
-            rc = eval_task_labels(env, s, mr, &L, idx, n, acts, &lb, &out[k]);
+            rc = eval_task_labels(env, s, mr, &L, idx, n, acts, &lb, sums + 4 * k);
             continue;
         }
         double nll = 0;
@@ -136,11 +145,20 @@ int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr, st
                 }
             }
         }
-        out[k].task = task;
-        out[k].n = (int32_t)n;
-        out[k].loss = tokens ? nll / (double)tokens : 0.0;
-        out[k].accuracy = graded ? (double)correct / (double)graded : 0.0;
+        sums[4 * k] = nll;
+        sums[4 * k + 1] = (double)tokens;
+        sums[4 * k + 2] = (double)correct;
+        sums[4 * k + 3] = (double)graded;
     }
+    if (rc == 0) rc = dist_sum_doubles(sums, (size_t)s->n_eval_tasks * 4);
+    for (int32_t k = 0; k < s->n_eval_tasks && rc == 0; k++) {
+        const double *t = sums + 4 * k;
+        out[k].n = (int32_t)n_task[k];
+        out[k].loss = t[1] > 0 ? t[0] / t[1] : 0.0;
+        out[k].accuracy = t[3] > 0 ? t[2] / t[3] : 0.0;
+    }
+    free(sums);
+    free(n_task);
     free(idx);
     batch_free(&b);
     label_batch_free(&lb);

@@ -100,7 +100,7 @@ double label_loss(const double *score, int32_t n_labels, int32_t own, double *d_
 
 int label_train_batch(struct stage_env *env, struct method_run *mr, struct model_acts *acts,
                       struct label_batch *lb, const struct label_set *L, const size_t *idx,
-                      size_t n, uint64_t step, float *loss) {
+                      size_t n, size_t n_total, uint64_t step, float *loss) {
     const int32_t V = env->model->cfg.vocab, nL = L->n;
     label_batch_make(lb, env->train, idx, n, L, env->model->cfg.max_seq);
     struct batch *b = &lb->b;
@@ -129,12 +129,13 @@ int label_train_batch(struct stage_env *env, struct method_run *mr, struct model
         total += label_loss(score + e * (size_t)nL, nL, own, d_score);
         for (int32_t l = 0; l < nL; l++) {
             size_t p = e * (size_t)nL + (size_t)l;
-            /* d loss / d (a token row's cross-entropy) = -d loss / d score, over n examples */
-            float wp = masked && masked[p] ? 0.0f : (float)(-d_score[l] / (double)n);
+            /* d loss / d (a token row's cross-entropy) = -d loss / d score, over n_total
+             * examples (this process's n of them under mpirun) */
+            float wp = masked && masked[p] ? 0.0f : (float)(-d_score[l] / (double)n_total);
             for (int32_t t = 0; t < b->T; t++) w[p * (size_t)b->T + (size_t)t] = wp;
         }
     }
-    *loss = (float)(total / (double)n);
+    *loss = (float)(total / (double)n_total);
     if (rc == 0) {
         model_acts_set_row_weights(acts, w);
         rc = model_backward(env->model, acts, hooks);

@@ -76,6 +76,9 @@ struct stage {
     int32_t unmerged;           /* its adapter could not be folded into the weights */
     uint64_t n_trainable;       /* trainable entries of the method */
     double train_seconds, tokens_per_second;
+    /* under mpirun: the gradient sums' seconds and bytes over comm_steps steps */
+    double comm_seconds, comm_bytes;
+    int64_t comm_steps;
     double eval_seconds;        /* time spent evaluating in this stage */
     int64_t peak_rss_kb;        /* the process's peak resident size when the stage ended */
 };
@@ -153,7 +156,23 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr);
  * of s (when it completes, or is started over). (train.c) */
 int stage_checkpoint_exists(const struct stage *s);
 void stage_checkpoint_remove(const struct stage *s);
-/* Evaluate mr on s's eval tasks into out (n_eval_tasks). (eval.c) */
+/* ---- data-parallel training under mpirun (data_parallel.c) ---------------------------- */
+/* This process's share [lo, hi) of n examples: contiguous, in process order. */
+void dp_share(size_t n, size_t *lo, size_t *hi);
+/* Every trainable gradient (n_trainable floats, the compact form of a masked tensor) summed
+ * over the processes; the floats each process sends per step (dp_grad_floats). */
+int dp_sum_grads(struct method_run *mr);
+uint64_t dp_grad_floats(struct method_run *mr);
+/* -1 with one line unless every process holds the same trainable values. */
+int dp_check_agree(struct method_run *mr, const char *run_path, const char *section);
+/* Around one micro-batch's passes: the method's random stream becomes this process's own
+ * (made of the shared stream, the process and k), then the shared one again, moved on by one
+ * draw on every process. Nothing changes with one process. */
+void dp_pass_stream(struct rng *shared, struct rng *saved, int64_t k);
+void dp_pass_stream_end(struct rng *shared, const struct rng *saved);
+
+/* Evaluate mr on s's eval tasks into out (n_eval_tasks); under mpirun each process takes a
+ * share of every task's examples and all get the sums. (eval.c) */
 int stage_eval(struct stage_env *env, struct stage *s, struct method_run *mr,
                struct eval_result *out);
 /* The most likely id of logits (n): the first of equal maxima. */
@@ -203,11 +222,12 @@ void label_scores(const float *logits, const struct batch *b, int32_t V, const u
 double label_loss(const double *score, int32_t n_labels, int32_t own, double *d_score);
 /* One training micro-batch of label prediction: examples idx[0..n) of env->train paired with
  * every label of L (each example's completion among them), forward, and the backward of the
- * mean label loss times acts' loss scale; *loss = the mean label loss. acts must keep its
- * logits (no loss_chunk). -1 with one line. */
+ * label loss summed over them and divided by n_total (n, or the whole micro-batch's count
+ * when this process runs n of it) times acts' loss scale; *loss = that loss. acts must keep
+ * its logits (no loss_chunk). -1 with one line. */
 int label_train_batch(struct stage_env *env, struct method_run *mr, struct model_acts *acts,
                       struct label_batch *lb, const struct label_set *L, const size_t *idx,
-                      size_t n, uint64_t step, float *loss);
+                      size_t n, size_t n_total, uint64_t step, float *loss);
 
 /* ---- the progress line (progress.c) --------------------------------------------------- */
 struct progress {

@@ -128,7 +128,8 @@ static int early_stopping_check(struct stage_env *env, struct stage *s, struct m
         char step_text[32];
         snprintf(step_text, sizeof step_text, "%lld", (long long)step);
         const char *meta[] = {"peft.step", step_text, NULL};
-        int rc = method_run_save(mr, best, meta);
+        /* process 0 writes; the others read it back at the stage's end */
+        int rc = dist_rank() == 0 ? method_run_save(mr, best, meta) : 0;
         free(best);
         if (rc) return -1;
         e->best = metric;
@@ -432,7 +433,7 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         char *path = path_join(s->dir, "replay_memory.jsonl");
         int mrc = replay_memory_build(&memory, env->train, env->tasks, s->replay_tasks,
                                       s->n_replay_tasks, s->memory_per_label, env->seed) ||
-                  replay_memory_save(&memory, env->train, env->tasks, path);
+                  (dist_rank() == 0 && replay_memory_save(&memory, env->train, env->tasks, path));
         free(path);
         if (mrc) {
             err_prefix("%s: [%s] replay_tasks", env->run_path, s->section);
@@ -471,6 +472,9 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     }
 
     const struct model_hooks *hooks = method_run_hooks(mr, 1);
+    double comm0_seconds, comm0_bytes;
+    dist_comm_stats(&comm0_seconds, &comm0_bytes);
+    int64_t first_step = ls.step;
     double window_loss = 0, t_start = now_seconds(), tokens_at_start = ls.tokens;
     int32_t window_n = 0;
     progress_begin(&prog, env->progress, ls.step);
@@ -483,46 +487,66 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
          * the step's answer tokens, the summed gradients are those of the whole batch's mean. */
         /* (the run fitted every training example to the context, so its targets are its
          * scored ids after the first) */
+        /* (under mpirun every process counts the whole step's: its share is its part of it) */
+        int weigh = accum > 1 || dist_size() > 1;
         int64_t step_targets = 0;
-        for (int64_t i = 0; i < s->batch_size * accum && accum > 1 && !s->train_labels; i++) {
+        for (int64_t i = 0; i < s->batch_size * accum && weigh && !s->train_labels; i++) {
             const struct example *e = &env->train->ex[idx[i]];
             for (int32_t t = 1; t < e->n_ids; t++) step_targets += e->scored[t];
         }
         double step_loss = 0, step_tokens = 0;
         int failed = 0;
+        /* Under mpirun each process runs its share [lo, hi) of every micro-batch (a process
+         * with none still takes part in the sums), drawing its own random numbers. */
+        size_t lo, hi;
+        dp_share((size_t)s->batch_size, &lo, &hi);
+        struct rng shared_stream;
         for (int64_t k = 0; k < accum && !failed && s->train_labels; k++) {
             /* label prediction: every micro-batch has batch_size examples, an equal share */
             model_acts_set_loss_scale(acts, (float)(1.0 / (double)accum));
             float loss = 0;
-            failed = label_train_batch(env, mr, acts, &lb, &labels, idx + k * s->batch_size,
-                                       (size_t)s->batch_size, (uint64_t)(step - 1), &loss);
-            step_loss += loss / (double)accum;
-            step_tokens += (double)lb.b.B * lb.b.T;
+            dp_pass_stream(method_run_rng(mr), &shared_stream, k);
+            if (hi > lo)
+                failed = label_train_batch(env, mr, acts, &lb, &labels, idx + k * s->batch_size + lo,
+                                           hi - lo, (size_t)s->batch_size, (uint64_t)(step - 1), &loss);
+            dp_pass_stream_end(method_run_rng(mr), &shared_stream);
+            step_loss += hi > lo ? loss / (double)accum : 0.0;
+            step_tokens += hi > lo ? (double)lb.b.B * lb.b.T : 0.0;
         }
-        for (int64_t k = 0; k < accum && !failed && !s->train_labels; k++) {
-            batch_make(&b, env->train, idx + k * s->batch_size, (int32_t)s->batch_size, env->model->cfg.max_seq);
+        for (int64_t k = 0; k < accum && !failed && !s->train_labels && hi > lo; k++) {
+            batch_make(&b, env->train, idx + k * s->batch_size + lo, (int32_t)(hi - lo), env->model->cfg.max_seq);
             int64_t targets = 0;
-            for (int32_t r = 0; r < b.B * b.T && accum > 1; r++) targets += b.targets[r] >= 0;
-            double share = accum > 1 ? (step_targets ? (double)targets / (double)step_targets : 0.0) : 1.0;
+            for (int32_t r = 0; r < b.B * b.T && weigh; r++) targets += b.targets[r] >= 0;
+            double share = weigh ? (step_targets ? (double)targets / (double)step_targets : 0.0) : 1.0;
             model_acts_set_loss_scale(acts, (float)share);
             stage_set_batch(env, mr, &b, 1);
             float loss = 0;
+            dp_pass_stream(method_run_rng(mr), &shared_stream, k);
             failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1)) ||
                      model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
                      model_backward(env->model, acts, hooks);
+            dp_pass_stream_end(method_run_rng(mr), &shared_stream);
             stage_set_batch(env, NULL, NULL, 0);
             step_loss += share * loss;
             step_tokens += (double)b.B * b.T;
         }
+        for (int64_t k = 0; k < accum && !s->train_labels && hi <= lo; k++) { /* nothing to run */
+            dp_pass_stream(method_run_rng(mr), &shared_stream, k);
+            dp_pass_stream_end(method_run_rng(mr), &shared_stream);
+        }
         model_acts_set_loss_scale(acts, 1.0f);
-        float loss = (float)step_loss;
         if (failed) goto out;
+        method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
+        double sums[2] = {step_loss, step_tokens};
+        if (dp_sum_grads(mr) || dist_sum_doubles(sums, 2)) goto out;
+        step_loss = sums[0];
+        step_tokens = sums[1];
+        float loss = (float)step_loss;
         if (!isfinite(loss)) {
             diverged(env, s, step, xasprintf("the loss is not finite (%s)",
                                              isnan(loss) ? "NaN" : loss > 0 ? "+inf" : "-inf"));
             goto out;
         }
-        method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double grad_norm = optim_step(mr, &s->opt, step);
         if (!isfinite(grad_norm)) {
             const char *t = first_nonfinite_grad(mr);
@@ -582,7 +606,9 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             ls.seconds += now_seconds() - t_start;
             t_start = now_seconds();
             tokens_at_start = ls.tokens;
-            if (checkpoint_save(s, mr, &ls, &early, before_json) || metrics_flush(env->metrics)) goto out;
+            if (dist_rank() == 0 && /* process 0 writes; the others hold the same state */
+                (checkpoint_save(s, mr, &ls, &early, before_json) || metrics_flush(env->metrics)))
+                goto out;
         }
         if (stop_here) {
             progress_end(&prog);
@@ -593,10 +619,20 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     progress_end(&prog);
     if (s->best_step > 0) { /* the best evaluation's tensors are the stage's result */
         char *best = path_join(s->dir, "early-stopping-best.safetensors");
+        dist_barrier(); /* process 0 wrote it */
         int lrc = method_run_load(mr, best);
-        unlink(best);
+        dist_barrier(); /* every process read it */
+        if (dist_rank() == 0) unlink(best);
         free(best);
         if (lrc) goto out;
+    }
+    if (dp_check_agree(mr, env->run_path, s->section)) goto out;
+    if (dist_size() > 1) { /* the gradient sums of the steps this process ran */
+        double comm_s, comm_b;
+        dist_comm_stats(&comm_s, &comm_b);
+        s->comm_seconds = comm_s - comm0_seconds;
+        s->comm_bytes = comm_b - comm0_bytes;
+        s->comm_steps = ls.step - first_step;
     }
     ls.seconds += now_seconds() - t_start;
     s->train_seconds = ls.seconds;
