@@ -87,6 +87,19 @@ for d in parts restarted; do
         fi
     done
 done
+# peft inspect --diff tells the same: 0 apart for the resumed adapter; the full stage's
+# adapter against the LoRA stage's is refused (other tensors); the restarted stage: 0 too.
+d=$("$PEFT" inspect whole/adapt/adapter.safetensors --diff parts/adapt/adapter.safetensors | tail -n1)
+"$PEFT" inspect whole/adapt/adapter.safetensors --diff whole/base/adapter.safetensors >other.log 2>&1
+other=$?
+far=$("$PEFT" inspect whole/base/adapter.safetensors --diff restarted/base/adapter.safetensors | tail -n1)
+if [ "$d" = "8 tensors: max |a-b| 0, max relative difference 0; 0 integer tensors differ" ] &&
+    [ $other -eq 2 ] && grep -q "^peft: whole/base/adapter.safetensors: no tensor 'base_model" other.log &&
+    echo "$far" | grep -q 'max relative difference 0;'; then
+    echo "ok   peft inspect --diff: $d; other tensors refused: $(cat other.log)"
+else
+    echo "FAIL peft inspect --diff: '$d', exit $other, $(cat other.log)"; fail=1
+fi
 # --quiet: no progress lines, but the results (stage tables, summary) still print.
 if ! grep -q "step [0-9]*/" whole.log && grep -q "accuracy % (loss)" whole.log && grep -q "^| task |" whole.log; then
     echo "ok   --quiet prints the results and no progress"

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# run_mpi: `mpirun -np N peft run FILE` trains data-parallel and gives the single process's
+# result up to floating-point summation order:
+#   - for lora (with grad_accum 2), lota (compact masked gradients; its index sets identical),
+#     poly (per-row tasks) and full, with 2 and 3 processes (batch 8: shares 4+4 and 2+3+3),
+#     the adapter agrees with one process's within the tolerance printed, and so do the
+#     evaluation losses;
+#   - bad input gives one line and exit 2, a divergence one line and exit 1, a process that
+#     does not see the run folder ends the job with one line;
+#   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
+#     stage, and --resume under mpirun completes it: the adapter equals an uninterrupted run's.
+#   run_mpi.sh PEFT
+set -u
+. "$(dirname "$0")/../testlib.sh"
+export OMPI_MCA_mpi_warn_on_fork=0
+# containers often forbid the cross-process memory copy Open MPI tries first
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+mpi() { mpirun -q --allow-run-as-root --oversubscribe -np "$@"; }
+
+write() { # method, keys that add to or replace the stage's...
+    local method=$1 drop="^$" k; shift
+    for k in "$@"; do drop="$drop|^${k%% =*} ="; done
+    base "$method" | grep -vE "$drop"
+    for k in "$@"; do echo "$k"; done
+}
+base() {
+    cat <<INI
+[run]
+seed = 3
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+n_kv_heads = 1
+d_ff = 64
+max_seq = 40
+[data]
+n_train = 200
+n_eval = 24
+[stage.s]
+method = $1
+tasks = reverse add
+steps = 30
+batch_size = 8
+lr = 1e-2
+INI
+}
+
+# the largest relative difference of the float tensors, and how many integer tensors differ
+apart() { "$PEFT" inspect "$1" --diff "$2" | tail -n1 | sed -n 's/.*max relative difference \([^ ;]*\).*; \([0-9]*\) integer.*/\1 \2/p'; }
+# eval losses of stage.json's "after" block, one per line
+losses() { sed -n '/"after"/,$p' "$1" | grep '"loss"' | sed 's/[^0-9.e+-]//g'; }
+worse() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a + 0 > b + 0)}'; }
+
+check_method() { # name, tolerance, method, keys...
+    local name=$1 tol=$2; shift 2
+    write "$@" >"$name.ini"
+    if ! "$PEFT" run "$name.ini" --quiet --set run.out="$name-1" >"$name-1.log" 2>&1; then
+        bad "$name: the single-process run failed: $(tail -2 "$name-1.log")"
+        return
+    fi
+    for n in 2 3; do
+        mpi "$n" "$PEFT" run "$name.ini" --quiet --set run.out="$name-$n" >"$name-$n.log" 2>&1
+        local rc=$?
+        if [ $rc -ne 0 ]; then
+            bad "$name, $n processes: exit $rc: $(grep '^peft:' "$name-$n.log")"
+            continue
+        fi
+        read -r rel ints <<<"$(apart "$name-1/s/adapter.safetensors" "$name-$n/s/adapter.safetensors")"
+        local lw=0 l1 ln
+        while read -r l1 ln; do
+            lw=$(awk -v a="$l1" -v b="$ln" -v w="$lw" 'BEGIN {d = a - b; if (d < 0) d = -d; d /= a; print (d > w ? d : w)}')
+        done < <(paste <(losses "$name-1/s/stage.json") <(losses "$name-$n/s/stage.json"))
+        local procs
+        procs=$(grep -c '"count":	'"$n" "$name-$n/s/stage.json")
+        if [ -n "$rel" ] && ! worse "$rel" "$tol" && [ "$ints" = 0 ] && ! worse "$lw" 1e-5 && [ "$procs" = 1 ]; then
+            ok "$name, $n processes: adapter within $rel of one process's (tolerance $tol)$([ "$name" = lota ] && echo ", index sets identical"), eval losses within $lw"
+        else
+            bad "$name, $n processes: adapter apart by ${rel:-?} (tolerance $tol), integer tensors differing ${ints:-?}, eval losses by $lw, processes in stage.json: $procs"
+        fi
+    done
+}
+
+check_method lora 2e-5 lora "grad_accum = 2" "batch_size = 4"
+check_method lota 5e-3 lota "steps = 40" "calibration_steps = 10"
+check_method poly 5e-4 poly "n_skills = 2" "gumbel = false"
+check_method full 1e-4 full
+
+# ---- failures end every process with one line ------------------------------------------
+write lora >f.ini
+mpi 2 "$PEFT" run f.ini --set stage.s.lr=abc --set run.out=f-bad >bad.out 2>bad.err
+rc=$?
+[ $rc -eq 2 ] && [ "$(grep -c . bad.err)" -eq 1 ] && grep -q '^peft: f.ini (--set): \[stage.s\] lr:' bad.err &&
+    ok "bad input under mpirun: exit 2, $(cat bad.err)" || bad "bad input: exit $rc, $(cat bad.err)"
+mpi 2 "$PEFT" run f.ini --quiet --set stage.s.eps=0 --set run.out=f-div >div.out 2>div.err
+rc=$?
+[ $rc -eq 1 ] && [ "$(grep -c . div.err)" -eq 1 ] && grep -q 'diverged at step' div.err && [ ! -e f-div/s/stage.json ] &&
+    ok "divergence under mpirun: exit 1, $(cat div.err)" || bad "divergence: exit $rc, $(cat div.err)"
+# a process that sees another run folder than process 0 (a folder not shared between machines)
+mpi 2 sh -c "\"$PEFT\" run f.ini --quiet --set run.out=f-own-\$OMPI_COMM_WORLD_RANK" >own.out 2>own.err
+rc=$?
+[ $rc -ne 0 ] && [ "$(grep -c . own.err)" -eq 1 ] && grep -q '^peft: process 1 of 2: f-own-1: not the run folder process 0 writes' own.err &&
+    ok "a run folder not shared: exit $rc, $(cat own.err)" || bad "folder not shared: exit $rc, $(cat own.err)"
+
+# ---- a process killed mid-run --------------------------------------------------------------
+write lora "steps = 400" "save_every = 10" "lora_dropout = 0.1" >k.ini
+mpi 2 "$PEFT" run k.ini --quiet --set run.out=k-whole >whole.log 2>&1 || bad "the uninterrupted run failed: $(tail -2 whole.log)"
+mpi 2 "$PEFT" run k.ini --quiet --set run.out=k-cut >cut.log 2>&1 &
+job=$!
+victim=""
+for _ in $(seq 600); do # until the first checkpoint is on disk
+    if [ -e k-cut/s/checkpoint.json ]; then
+        for pid in $(pgrep -f "run k.ini --quiet --set run.out=k-cut"); do
+            tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' && victim=$pid
+        done
+        break
+    fi
+    sleep 0.05
+done
+if [ -n "$victim" ]; then kill -9 "$victim"; fi
+ended=0
+for _ in $(seq 600); do kill -0 $job 2>/dev/null || { ended=1; break; }; sleep 0.1; done
+wait $job
+rc=$?
+at=$(sed -n 's/.*"step": \([0-9]*\).*/\1/p' k-cut/s/checkpoint.json 2>/dev/null)
+if [ -n "$victim" ] && [ $ended = 1 ] && [ $rc -ne 0 ] && [ ! -e k-cut/s/stage.json ] && [ -n "$at" ] && [ "$at" -lt 400 ]; then
+    ok "process 1 killed: the job ended (exit $rc), the checkpoint of step $at whole, no stage complete"
+else
+    bad "kill: victim '${victim}', ended $ended, exit $rc, checkpoint step '${at}', $(ls k-cut/s 2>&1 | tr '\n' ' ')"
+fi
+mpi 2 "$PEFT" run k.ini --quiet --set run.out=k-cut >again.log 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q 'continue it with --resume' again.log; then
+    ok "without --resume the interrupted run is refused: $(grep '^peft:' again.log)"
+else
+    bad "rerun without --resume: exit $rc, $(cat again.log)"
+fi
+mpi 2 "$PEFT" run k.ini --quiet --resume --set run.out=k-cut >resume.log 2>&1
+rc=$?
+read -r rel ints <<<"$(apart k-whole/s/adapter.safetensors k-cut/s/adapter.safetensors 2>/dev/null)"
+if [ $rc -eq 0 ] && [ "${rel:-x}" = 0 ] && [ ! -e k-cut/s/checkpoint.json ]; then
+    ok "--resume under mpirun completed the stage from step $at: the adapter equals the uninterrupted run's (dropout on)"
+else
+    bad "--resume: exit $rc, apart by ${rel:-?}: $(tail -3 resume.log)"
+fi
+finish
