@@ -1,7 +1,8 @@
 #!/bin/sh
 # Data-parallel training on one machine: `peft run` as 1 process and as N processes under
-# mpirun (one BLAS thread each), for LoRA and full fine-tuning, interleaved (1, N, 1, N, ...)
-# so that the machine's noise falls on both alike. Each run's stage.json gives the training
+# mpirun (one BLAS thread each), the gradient sums overlapped with the backward and after it
+# (allreduce_overlap), for LoRA and full fine-tuning, interleaved (1, N, N, 1, N, N, ...) so
+# that the machine's noise falls on all alike. Each run's stage.json gives the training
 # seconds and tokens/s; under mpirun also the seconds process 0 spent in the gradients'
 # MPI_Allreduce and the bytes it summed per step. Prints every run, then the medians.
 #
@@ -58,15 +59,18 @@ figures() {
 }
 for r in $(seq "$rounds"); do
     for method in lora full; do
-        for n in 1 "$procs"; do
+        for side in 1 "$procs" "$procs-after"; do
             rm -rf out
+            n=${side%-after}
+            overlap=true
+            [ "$side" = "$n" ] || overlap=false
             if [ "$n" = 1 ]; then
                 "$peft" run "$method.ini" --quiet --set run.out=out >/dev/null
             else
                 mpirun -q --allow-run-as-root --oversubscribe -np "$n" "$peft" run "$method.ini" \
-                    --quiet --set run.out=out >/dev/null
+                    --quiet --set run.out=out --set run.allreduce_overlap=$overlap >/dev/null
             fi
-            line="$method $n $(figures out/s/stage.json | tr '\n' ' ')"
+            line="$method $side $(figures out/s/stage.json | tr '\n' ' ')"
             echo "round $r  $line"
             echo "$line" >>runs.txt
         done
@@ -76,20 +80,25 @@ done
 import statistics, sys
 rows = {}
 steps = int(sys.argv[2])
+order = []
 for line in open(sys.argv[1]):
-    m, n, sec, tps, ar, bps = line.split()
-    rows.setdefault((m, int(n)), []).append((float(sec), float(tps), float(ar), float(bps)))
-print("\n| method | processes | step (ms) | tokens/s | speed-up | allreduce share | MB summed per step |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+    m, side, sec, tps, ar, bps = line.split()
+    if (m, side) not in rows:
+        order.append((m, side))
+    rows.setdefault((m, side), []).append((float(sec), float(tps), float(ar), float(bps)))
+print("\n| method | processes | gradient sums | step (ms) | tokens/s | speed-up | allreduce share | MB summed per step |")
+print("|---|---:|---|---:|---:|---:|---:|---:|")
 for m in ("lora", "full"):
     base = None
-    for n in sorted(k[1] for k in rows if k[0] == m):
-        v = rows[(m, n)]
+    for side in [k[1] for k in order if k[0] == m]:
+        v = rows[(m, side)]
+        n = side.split("-")[0]
+        how = "-" if n == "1" else ("after the backward" if side.endswith("after") else "overlapped")
         sec = statistics.median(x[0] for x in v)
         tps = statistics.median(x[1] for x in v)
         share = statistics.median(x[2] / x[0] for x in v)
         mb = statistics.median(x[3] for x in v) / 1e6
         base = base or tps
-        print(f"| {m} | {n} | {1000 * sec / steps:.1f} | {tps:.0f} | {tps / base:.2f} | "
+        print(f"| {m} | {n} | {how} | {1000 * sec / steps:.1f} | {tps:.0f} | {tps / base:.2f} | "
               f"{100 * share:.1f}% | {mb:.3f} |")
 PY

@@ -177,6 +177,13 @@ int dist_sum_doubles(double *v, size_t n);
  * the time and bytes of these sums add up in dist_comm_stats. */
 int dist_sum_floats(float *v, size_t n);
 void dist_comm_stats(double *seconds, double *bytes);
+/* Start summing v (n) in place without waiting (MPI_Iallreduce): v must stay untouched until
+ * dist_wait_sums returns. Every process starts its sums in the same order. dist_progress lets
+ * the started sums advance (Open MPI moves them only inside its calls); the time spent in
+ * these three is what the sums cost the step beyond the computation they overlap. */
+int dist_isum_floats(float *v, size_t n);
+int dist_progress(void);
+int dist_wait_sums(void);
 /* The lowest and highest of `value` over the processes (equal: they agree). */
 int dist_agree(uint64_t value, uint64_t *lowest, uint64_t *highest);
 /* Under mpirun: the failure in err_msg() ends the job; process 0 tells it as "peft: LINE",

@@ -91,6 +91,61 @@ int dist_sum_floats(float *v, size_t n) {
     return 0;
 }
 
+/* Sums started and not yet waited for (dist_isum_floats). */
+#ifdef PEFT_HAVE_MPI
+static MPI_Request *pending;
+static int n_pending, cap_pending;
+#endif
+
+int dist_isum_floats(float *v, size_t n) {
+#ifdef PEFT_HAVE_MPI
+    if (!dist_on || dist_size_v <= 1) return 0;
+    double t0 = now_seconds();
+    for (size_t at = 0; at < n; at += DIST_PIECE) {
+        size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
+        if (n_pending == cap_pending) {
+            cap_pending = cap_pending ? 2 * cap_pending : 64;
+            pending = xrealloc(pending, sizeof *pending * (size_t)cap_pending);
+        }
+        if (MPI_Iallreduce(MPI_IN_PLACE, v + at, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                           &pending[n_pending]) != MPI_SUCCESS)
+            return err_set("MPI_Iallreduce of %zu floats failed", n);
+        n_pending++;
+    }
+    comm_seconds += now_seconds() - t0;
+    comm_bytes += (double)n * sizeof *v;
+#else
+    (void)v;
+    (void)n;
+#endif
+    return 0;
+}
+
+int dist_progress(void) {
+#ifdef PEFT_HAVE_MPI
+    if (!dist_on || n_pending == 0) return 0;
+    double t0 = now_seconds();
+    int done;
+    int rc = MPI_Testall(n_pending, pending, &done, MPI_STATUSES_IGNORE);
+    if (rc == MPI_SUCCESS && done) n_pending = 0; /* every request is freed once complete */
+    comm_seconds += now_seconds() - t0;
+    if (rc != MPI_SUCCESS) return err_set("MPI_Testall failed");
+#endif
+    return 0;
+}
+
+int dist_wait_sums(void) {
+#ifdef PEFT_HAVE_MPI
+    if (!dist_on || n_pending == 0) return 0;
+    double t0 = now_seconds();
+    int rc = MPI_Waitall(n_pending, pending, MPI_STATUSES_IGNORE);
+    n_pending = 0;
+    comm_seconds += now_seconds() - t0;
+    if (rc != MPI_SUCCESS) return err_set("MPI_Waitall failed");
+#endif
+    return 0;
+}
+
 void dist_comm_stats(double *seconds, double *bytes) {
     *seconds = comm_seconds;
     *bytes = comm_bytes;

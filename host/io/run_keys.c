@@ -17,6 +17,10 @@ static const struct host_key keys[] = {
     {"run", "seed", "int", "1", 0, 9.2e18, NULL, 0,
      "seed of everything random: model init, data, adapter init, sampling"},
     {"run", "threads", "int", "0", 0, 256, NULL, 0, "worker threads for the products and the loops between them (0: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, else every core)"},
+    {"run", "allreduce_overlap", "bool", "false", 0, 0, NULL, 0,
+     "under mpirun: start summing a layer's gradients over the processes while the layers "
+     "below run their backward, instead of all after it (slower on one machine: "
+     "bench/README.md)"},
     {"run", "plugin_path", "dirs", "", 0, 0, NULL, 0,
      "folders searched for method plugins first, separated by ':' or ','; spaces around a "
      "folder are dropped, so a folder name may not start or end with one"},

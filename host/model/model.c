@@ -880,6 +880,9 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
             return -1;
         rmsnorm_backward(a->d_resid, grad_of(m, layer_tensor(c, l, SLOT_ATTN_NORM)), a->d_norm,
                          la->resid, lw->attn_norm, la->rstd1, n, C);
+        if (hooks && hooks->layer_backward_done &&
+            hooks->layer_backward_done(hooks->layer_ctx, l) != 0)
+            return -1;
     }
     float *d_embed = grad_of(m, 0);
     if (d_embed)

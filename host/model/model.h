@@ -215,6 +215,11 @@ struct model_hooks {
     /* Add into dh (n_rows, C). */
     int (*hidden_backward)(void *ctx, uint32_t pass, const float *h, float *dh,
                            int32_t n_rows);
+    /* (may be NULL) Layer l's backward is done: the gradients of its weights and of what the
+     * hooks at its sites hold are final for this pass (serves: summing them over the
+     * processes while the layers below run theirs). Called for l = L-1 down to 0. */
+    int (*layer_backward_done)(void *layer_ctx, int32_t layer);
+    void *layer_ctx;
 };
 
 /* One site's product for n rows: y (n, d_out) = x (n, d_in) W^T, then the hook's part. */

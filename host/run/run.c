@@ -19,7 +19,8 @@ struct stage_env *run_env(struct run *r) {
         .train = &r->train, .eval = &r->eval, .stages = r->stages, .n_stages = r->n_stages,
         .base_params = r->base_params, .metrics = &r->metrics, .aux = &r->aux, .seed = r->seed,
         .resume = r->resume, .quiet = r->quiet, .progress = r->quiet ? 0 : r->progress,
-        .stop_after = r->stop_after, .model_dir = r->model_dir, .tok = r->tok};
+        .stop_after = r->stop_after, .model_dir = r->model_dir, .tok = r->tok,
+        .allreduce_overlap = r->allreduce_overlap};
     return &r->env;
 }
 

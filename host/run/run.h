@@ -26,6 +26,7 @@ struct run {
     char *out_dir;
     uint64_t seed;
     int32_t threads;
+    int32_t allreduce_overlap;    /* [run] allreduce_overlap */
     struct plugin_registry reg;
     /* model */
     struct model model;

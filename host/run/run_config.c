@@ -46,6 +46,9 @@ static int load_run_section(struct run *r, const char *plugin_path_flag) {
     NOTE(cfg_str(c, "run", "out", NULL, &out));
     NOTE(cfg_key_int(c, "run", "seed", &seed));
     NOTE(cfg_key_int(c, "run", "threads", &threads));
+    int overlap = 0;
+    NOTE(cfg_key_bool(c, "run", "allreduce_overlap", &overlap));
+    r->allreduce_overlap = overlap;
     NOTE(cfg_str(c, "run", "plugin_path", NULL, &plugin_path));
     note_unknown(c, "run", 0);
     if (plugin_path) { /* a folder that is not there is a typo, not an empty folder */

@@ -127,6 +127,8 @@ struct stage_env {
                                          * and errors still print) */
     int32_t progress;                   /* progress line on stderr: 1, 0, -1 = on a terminal */
     int64_t stop_after;                 /* testing aid: stop a stage after this many steps */
+    int32_t allreduce_overlap;          /* under mpirun: sum gradients layer by layer during
+                                         * the backward (dp_overlap) */
 };
 
 /* The weights a stage starts from: its `from` stage's result, or the base model. */
@@ -163,6 +165,24 @@ void dp_share(size_t n, size_t *lo, size_t *hi);
  * over the processes; the floats each process sends per step (dp_grad_floats). */
 int dp_sum_grads(struct method_run *mr);
 uint64_t dp_grad_floats(struct method_run *mr);
+/* Overlap (as PyTorch's DDP does): in the step's last backward, each layer's gradients are
+ * packed and their sum started (MPI_Iallreduce) as soon as the layer's backward is done, while
+ * the layers below run theirs; dp_overlap_finish sums the rest (embedding, head, model-level
+ * and masked tensors), waits and unpacks. Hook dp_overlap_layer_done as the model's
+ * layer_backward_done with the struct as its layer_ctx. */
+struct dp_overlap {
+    struct method_run *mr;
+    int32_t n_layers;
+    int32_t *layer_of;     /* (n_tensors) the layer whose backward finishes the gradient, -1 */
+    float **packed;        /* (n_layers) the layer's gradients, packed for their sum */
+    uint64_t *packed_cap;  /* (n_layers) */
+    uint8_t *started;      /* (n_layers) its sum was started this step */
+    uint8_t *skip;         /* (n_tensors) scratch */
+};
+int dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct model *m);
+int dp_overlap_layer_done(void *ctx, int32_t layer);
+int dp_overlap_finish(struct dp_overlap *o);
+void dp_overlap_free(struct dp_overlap *o);
 /* -1 with one line unless every process holds the same trainable values. */
 int dp_check_agree(struct method_run *mr, const char *run_path, const char *section);
 /* Around one micro-batch's passes: the method's random stream becomes this process's own

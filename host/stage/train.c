@@ -402,6 +402,8 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             }
     free(taken);
     struct loop_state ls = {0};
+    struct dp_overlap overlap = {0};
+    int overlapping = 0;
     rng_seed_label(&ls.data_rng, s->seed, "data-order");
     char *before_json = NULL;
     int rc = -1, resumed = 0;
@@ -472,6 +474,14 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     }
 
     const struct model_hooks *hooks = method_run_hooks(mr, 1);
+    /* under mpirun: the last micro-batch's backward starts each layer's gradient sum */
+    struct model_hooks last_hooks = *hooks;
+    overlapping = dist_size() > 1 && env->allreduce_overlap;
+    if (overlapping) {
+        dp_overlap_init(&overlap, mr, env->model);
+        last_hooks.layer_backward_done = dp_overlap_layer_done;
+        last_hooks.layer_ctx = &overlap;
+    }
     double comm0_seconds, comm0_bytes;
     dist_comm_stats(&comm0_seconds, &comm0_bytes);
     int64_t first_step = ls.step;
@@ -522,9 +532,10 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
             stage_set_batch(env, mr, &b, 1);
             float loss = 0;
             dp_pass_stream(method_run_rng(mr), &shared_stream, k);
+            const struct model_hooks *hk = k == accum - 1 ? &last_hooks : hooks;
             failed = method_run_batch_begin(mr, &b, 1, (uint64_t)(step - 1)) ||
-                     model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hooks, &loss) ||
-                     model_backward(env->model, acts, hooks);
+                     model_forward(env->model, acts, b.tokens, b.targets, b.B, b.T, hk, &loss) ||
+                     model_backward(env->model, acts, hk);
             dp_pass_stream_end(method_run_rng(mr), &shared_stream);
             stage_set_batch(env, NULL, NULL, 0);
             step_loss += share * loss;
@@ -538,7 +549,9 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
         if (failed) goto out;
         method_run_collect_grads(mr); /* masked base-weight gradients into their compact form */
         double sums[2] = {step_loss, step_tokens};
-        if (dp_sum_grads(mr) || dist_sum_doubles(sums, 2)) goto out;
+        if ((overlapping && !s->train_labels ? dp_overlap_finish(&overlap) : dp_sum_grads(mr)) ||
+            dist_sum_doubles(sums, 2))
+            goto out;
         step_loss = sums[0];
         step_tokens = sums[1];
         float loss = (float)step_loss;
@@ -639,6 +652,7 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
     s->tokens_per_second = ls.seconds > 0 ? ls.tokens / ls.seconds : 0;
     rc = 0;
 out:
+    if (overlapping) dp_overlap_free(&overlap);
     replay_memory_free(&memory);
     free(before_json);
     free(idx);

@@ -4,7 +4,9 @@
 #   - for lora (with grad_accum 2), lota (compact masked gradients; its index sets identical),
 #     poly (per-row tasks) and full, with 2 and 3 processes (batch 8: shares 4+4 and 2+3+3),
 #     the adapter agrees with one process's within the tolerance printed, and so do the
-#     evaluation losses;
+#     evaluation losses; also with the gradients' sums started layer by layer during the
+#     backward (allreduce_overlap = true), and with a process that has no example (batch 2
+#     over 3 processes);
 #   - bad input gives one line and exit 2, a divergence one line and exit 1, a process that
 #     does not see the run folder ends the job with one line;
 #   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
@@ -52,6 +54,28 @@ apart() { "$PEFT" inspect "$1" --diff "$2" | tail -n1 | sed -n 's/.*max relative
 losses() { sed -n '/"after"/,$p' "$1" | grep '"loss"' | sed 's/[^0-9.e+-]//g'; }
 worse() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a + 0 > b + 0)}'; }
 
+against_one() { # name, processes, tolerance, label, extra run arguments...: vs name-1
+    local name=$1 n=$2 tol=$3 label=$4 out="$1-$2${5:+-x}"; shift 4
+    mpi "$n" "$PEFT" run "$name.ini" --quiet --set run.out="$out" "$@" >"$out.log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        bad "$label: exit $rc: $(grep '^peft:' "$out.log")"
+        return
+    fi
+    read -r rel ints <<<"$(apart "$name-1/s/adapter.safetensors" "$out/s/adapter.safetensors")"
+    local lw=0 l1 ln
+    while read -r l1 ln; do
+        lw=$(awk -v a="$l1" -v b="$ln" -v w="$lw" 'BEGIN {d = a - b; if (d < 0) d = -d; d /= a; print (d > w ? d : w)}')
+    done < <(paste <(losses "$name-1/s/stage.json") <(losses "$out/s/stage.json"))
+    local procs
+    procs=$(grep -c '"count":	'"$n" "$out/s/stage.json")
+    if [ -n "$rel" ] && ! worse "$rel" "$tol" && [ "$ints" = 0 ] && ! worse "$lw" 1e-5 && [ "$procs" = 1 ]; then
+        ok "$label: adapter within $rel of one process's (tolerance $tol)$([ "$name" = lota ] && echo ", index sets identical"), eval losses within $lw"
+    else
+        bad "$label: adapter apart by ${rel:-?} (tolerance $tol), integer tensors differing ${ints:-?}, eval losses by $lw, processes in stage.json: $procs"
+    fi
+}
+
 check_method() { # name, tolerance, method, keys...
     local name=$1 tol=$2; shift 2
     write "$@" >"$name.ini"
@@ -59,32 +83,19 @@ check_method() { # name, tolerance, method, keys...
         bad "$name: the single-process run failed: $(tail -2 "$name-1.log")"
         return
     fi
-    for n in 2 3; do
-        mpi "$n" "$PEFT" run "$name.ini" --quiet --set run.out="$name-$n" >"$name-$n.log" 2>&1
-        local rc=$?
-        if [ $rc -ne 0 ]; then
-            bad "$name, $n processes: exit $rc: $(grep '^peft:' "$name-$n.log")"
-            continue
-        fi
-        read -r rel ints <<<"$(apart "$name-1/s/adapter.safetensors" "$name-$n/s/adapter.safetensors")"
-        local lw=0 l1 ln
-        while read -r l1 ln; do
-            lw=$(awk -v a="$l1" -v b="$ln" -v w="$lw" 'BEGIN {d = a - b; if (d < 0) d = -d; d /= a; print (d > w ? d : w)}')
-        done < <(paste <(losses "$name-1/s/stage.json") <(losses "$name-$n/s/stage.json"))
-        local procs
-        procs=$(grep -c '"count":	'"$n" "$name-$n/s/stage.json")
-        if [ -n "$rel" ] && ! worse "$rel" "$tol" && [ "$ints" = 0 ] && ! worse "$lw" 1e-5 && [ "$procs" = 1 ]; then
-            ok "$name, $n processes: adapter within $rel of one process's (tolerance $tol)$([ "$name" = lota ] && echo ", index sets identical"), eval losses within $lw"
-        else
-            bad "$name, $n processes: adapter apart by ${rel:-?} (tolerance $tol), integer tensors differing ${ints:-?}, eval losses by $lw, processes in stage.json: $procs"
-        fi
-    done
+    for n in 2 3; do against_one "$name" "$n" "$tol" "$name, $n processes"; done
 }
 
 check_method lora 2e-5 lora "grad_accum = 2" "batch_size = 4"
 check_method lota 5e-3 lota "steps = 40" "calibration_steps = 10"
 check_method poly 5e-4 poly "n_skills = 2" "gumbel = false"
 check_method full 1e-4 full
+# the sums started layer by layer during the backward instead of after it
+against_one lora 3 2e-5 "lora, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+against_one full 2 1e-4 "full, 2 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+# batch 2 over 3 processes: process 0 runs no example, yet takes part in every sum
+check_method tiny 2e-5 lora "batch_size = 2"
+against_one tiny 3 2e-5 "tiny, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
 
 # ---- failures end every process with one line ------------------------------------------
 write lora >f.ini
