@@ -213,6 +213,7 @@ int method_run_create(struct method_run **out, const struct plugin_method *pm, s
         return -1;
     }
     allocate_tensors(h);
+    mr->step_share = 1.0f;
     for (int i = 0; i < 2; i++) {
         struct model_hooks *k = &mr->hooks[i];
         k->ctx = &mr->hctx[i];
@@ -364,6 +365,7 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
         .step = step,
         .label_task = mr->has_labels ? mr->label_task : NULL,
         .label_masked = mr->has_labels ? mr->label_masked : NULL,
+        .step_share = training ? mr->step_share : 1.0f,
     };
     mr->has_batch = 1;
     mr->row_task_n = -1;
@@ -373,6 +375,10 @@ int method_run_batch_begin(struct method_run *mr, const struct batch *b, int tra
     if (!h->vt->batch_begin) return 0;
     int prev = call_begin(h, CALL_BATCH_BEGIN);
     return call_end(h, prev, h->vt->batch_begin(h->inst, &mr->binfo), "batch_begin");
+}
+
+void method_run_set_step_share(struct method_run *mr, double share) {
+    mr->step_share = (float)share;
 }
 
 const uint8_t *method_run_label_masked(const struct method_run *mr) {

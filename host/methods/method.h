@@ -92,6 +92,9 @@ int method_run_task_begin(struct method_run *mr, int32_t task); /* once per new 
 /* After method_run_batch_begin of a label-scoring batch (b->label_task set): (B) the pairs
  * the plugin gave the null score (peft_batch_info.label_masked); NULL for any other batch. */
 const uint8_t *method_run_label_masked(const struct method_run *mr);
+/* The share of the step's examples the next training batches hold (peft_batch_info
+ * .step_share; 1 until set). */
+void method_run_set_step_share(struct method_run *mr, double share);
 int method_run_batch_begin(struct method_run *mr, const struct batch *b, int training,
                            uint64_t step);
 /* Hooks for model_forward/model_backward that dispatch to the plugin. The struct stays

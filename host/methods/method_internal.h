@@ -60,6 +60,7 @@ struct method_run {
     int32_t *sites;            /* (n_sites) attached sites, ascending */
     int32_t n_sites;
     int32_t *slot_of_site;     /* (model n_sites) index into sites, or -1 */
+    float step_share;          /* the next training batch's peft_batch_info.step_share */
     /* The current batch, copied so the caller may reuse its buffers. */
     int has_batch;
     peft_batch_info binfo;

@@ -510,6 +510,8 @@ int stage_train(struct stage_env *env, struct stage *s, struct method_run *mr) {
          * with none still takes part in the sums), drawing its own random numbers. */
         size_t lo, hi;
         dp_share((size_t)s->batch_size, &lo, &hi);
+        /* what a plugin's own loss (a mean over the batch) is weighted by */
+        method_run_set_step_share(mr, (double)(hi - lo) / (double)(s->batch_size * accum));
         struct rng shared_stream;
         for (int64_t k = 0; k < accum && !failed && s->train_labels; k++) {
             /* label prediction: every micro-batch has batch_size examples, an equal share */

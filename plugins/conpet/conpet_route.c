@@ -370,6 +370,10 @@ peft_status cp_hidden_backward(peft_instance *self, const peft_hidden_io *io) {
     uint32_t C = self->d_model;
     float *z = st == PEFT_OK ? cp_scratch(self, self->n_tasks) : NULL;
     if (st == PEFT_OK && !z) st = PEFT_E_NOMEM;
+    /* the batch's share of the step (grad_accum, data parallelism): the selector loss's
+     * gradients summed over the step's batches are those of its mean over the step */
+    double share = PEFT_HAS_FIELD(b, peft_batch_info, step_share) && b->step_share > 0.0f
+                       ? (double)b->step_share : 1.0;
     for (uint32_t i = 0; st == PEFT_OK && i < b->batch; i++) {
         int32_t own = b->example_task[i], arg;
         if (!counted(self, &hd, own)) continue;
@@ -378,8 +382,8 @@ peft_status cp_hidden_backward(peft_instance *self, const peft_hidden_io *io) {
         double lse = log_sum_known(&hd, z, self->n_tasks, &arg);
         for (uint32_t t = 0; t < self->n_tasks; t++) {
             if (!hd.known[t]) continue;
-            /* dL/dz_t = (softmax_t - [t = own]) / n */
-            float g = (float)((exp((double)z[t] - lse) - (t == (uint32_t)own)) / hd.n_counted);
+            /* dL/dz_t = (softmax_t - [t = own]) / n, times the batch's share */
+            float g = (float)((exp((double)z[t] - lse) - (t == (uint32_t)own)) * share / hd.n_counted);
             const float *w = hd.w.data + (size_t)t * C;
             if (hd.w.grad) {
                 float *gw = hd.w.grad + (size_t)t * C;

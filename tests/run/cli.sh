@@ -16,10 +16,10 @@ bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 out=$("$PEFT" plugins 2>"$TMP/err")
 echo "$out"
 for id in full lora; do
-    if echo "$out" | grep -E "^$id +[0-9]+\.[0-9]+\.[0-9]+ +1\.1 +.*peft-$id\.so" >/dev/null; then
+    if echo "$out" | grep -E "^$id +[0-9]+\.[0-9]+\.[0-9]+ +1\.2 +.*peft-$id\.so" >/dev/null; then
         ok "peft plugins lists $id from peft-$id.so"
     else
-        bad "peft plugins does not list $id with version, ABI 1.1 and its file"
+        bad "peft plugins does not list $id with version, ABI 1.2 and its file"
     fi
 done
 

@@ -6,7 +6,8 @@
 #     the adapter agrees with one process's within the tolerance printed, and so do the
 #     evaluation losses; also with the gradients' sums started layer by layer during the
 #     backward (allreduce_overlap = true), and with a process that has no example (batch 2
-#     over 3 processes);
+#     over 3 processes); and for dynamic ConPET trained on the label loss with its selector's
+#     auxiliary loss;
 #   - bad input gives one line and exit 2, a divergence one line and exit 1, a process that
 #     does not see the run folder ends the job with one line;
 #   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
@@ -96,6 +97,50 @@ against_one full 2 1e-4 "full, 2 processes, allreduce_overlap = true" --set run.
 # batch 2 over 3 processes: process 0 runs no example, yet takes part in every sum
 check_method tiny 2e-5 lora "batch_size = 2"
 against_one tiny 3 2e-5 "tiny, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+
+# ConPET dynamic with its selector co-trained: the label loss split over the processes, the
+# selector's auxiliary loss weighted by each process's share of the step (step_share)
+cat >conpet.ini <<'INI'
+[run]
+seed = 3
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 64
+max_seq = 32
+[data]
+n_train = 300
+n_eval = 24
+[stage.t1]
+method = conpet
+mode = dynamic
+tasks = cls_size
+eval_tasks = cls_size
+eval_labels = true
+train_labels = true
+steps = 15
+batch_size = 8
+lr = 0.01
+[stage.s]
+method = conpet
+mode = dynamic
+from =
+init_from = t1
+tasks = cls_shape
+replay_tasks = cls_size
+eval_tasks = cls_size cls_shape
+eval_labels = true
+train_labels = true
+steps = 20
+batch_size = 8
+lr = 0.01
+INI
+if "$PEFT" run conpet.ini --quiet --set run.out=conpet-1 >conpet-1.log 2>&1; then
+    for n in 2 3; do against_one conpet "$n" 1e-4 "conpet dynamic (label loss, selector), $n processes"; done
+else
+    bad "conpet: the single-process run failed: $(tail -2 conpet-1.log)"
+fi
 
 # ---- failures end every process with one line ------------------------------------------
 write lora >f.ini

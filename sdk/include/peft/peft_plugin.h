@@ -1,5 +1,5 @@
 /*
- * peft_plugin.h: the peftkit plugin ABI, version 1.1.
+ * peft_plugin.h: the peftkit plugin ABI, version 1.2.
  *
  * This is the only header a method plugin needs. A plugin is a shared object that exports one
  * const data symbol, `peft_plugin_entry` (see PEFT_PLUGIN_DEFINE), and links nothing of the
@@ -12,7 +12,8 @@
  *     older one; a plugin of another major, or of a newer minor, is refused with one line.
  *     Within a major version the ABI only grows at the end: fields appended to structs that
  *     carry struct_size (test them with PEFT_HAS_FIELD), functions appended to
- *     peft_host_api, new feature tags and extensions. What came with 1.1 is marked so.
+ *     peft_host_api, new feature tags and extensions. What came with 1.1 and 1.2 is marked
+ *     so.
  *   - One plugin object (`peft_instance`) is created per method per stage. It sees the whole
  *     model: it is told about every site (adaptable linear projection) it is attached to, and
  *     per-site hooks carry the site index.
@@ -51,7 +52,7 @@ extern "C" {
 /* The ABI's version, MAJOR.MINOR, as abi_version fields carry it: (MAJOR << 16) | MINOR. A
  * value below 0x10000 is a major version alone, minor 0: the first releases wrote 1 (= 1.0). */
 #define PEFT_ABI_MAJOR 1u
-#define PEFT_ABI_MINOR 1u
+#define PEFT_ABI_MINOR 2u
 #define PEFT_ABI_VERSION ((PEFT_ABI_MAJOR << 16) | PEFT_ABI_MINOR)
 #define PEFT_ABI_VERSION_MAJOR(v) ((uint32_t)(v) < 0x10000u ? (uint32_t)(v) : (uint32_t)(v) >> 16)
 #define PEFT_ABI_VERSION_MINOR(v) ((uint32_t)(v) < 0x10000u ? 0u : (uint32_t)(v) & 0xffffu)
@@ -253,6 +254,13 @@ typedef struct peft_batch_info {
      * flows through it. Valid until the next batch_begin. */
     const int32_t *label_task; /* (B) or NULL */
     uint8_t *label_masked;     /* (B) or NULL; writable during batch_begin only */
+    /* 1.2 (test with PEFT_HAS_FIELD). The batch's share of the optimizer step's examples:
+     * its B over the step's, across every micro-batch (grad_accum) and every process of a
+     * data-parallel run; 1 in evaluation. A plugin that adds a loss of its own as a mean over
+     * the batch's examples (an auxiliary pass) multiplies that loss's gradient by it, so that
+     * the gradients summed over the step's batches are those of the mean over the whole
+     * step, as the host does for its own loss. serves: ConPET's selector loss. */
+    float step_share;
 } peft_batch_info;
 
 /* The log-probability a masked label scores (ConPET's null expert logit). */
