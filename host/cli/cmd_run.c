@@ -80,7 +80,7 @@ static int run_main(int argc, char **argv) {
     }
     r.resume = resume;
     r.restart = restart;
-    r.quiet = quiet;
+    r.quiet = quiet || dist_rank() > 0; /* no progress line from the other processes either */
     r.stop_after = stop_after;
     if (r.threads > 0) parallel_set_threads(r.threads);
     if (run_execute(&r)) {
