@@ -7,7 +7,7 @@
 #     evaluation losses; also with the gradients' sums started layer by layer during the
 #     backward (allreduce_overlap = true), and with a process that has no example (batch 2
 #     over 3 processes); and for dynamic ConPET trained on the label loss with its selector's
-#     auxiliary loss;
+#     auxiliary loss; and for a chain with early stopping and a merge stage;
 #   - bad input gives one line and exit 2, a divergence one line and exit 1, a process that
 #     does not see the run folder ends the job with one line;
 #   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
@@ -140,6 +140,55 @@ if "$PEFT" run conpet.ini --quiet --set run.out=conpet-1 >conpet-1.log 2>&1; the
     for n in 2 3; do against_one conpet "$n" 1e-4 "conpet dynamic (label loss, selector), $n processes"; done
 else
     bad "conpet: the single-process run failed: $(tail -2 conpet-1.log)"
+fi
+
+# A chain: early stopping (process 0 writes the best evaluation's tensors, every process
+# reads them back), a second stage, and a merge of both, as one process does it
+cat >chain.ini <<'INI'
+[run]
+seed = 5
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 64
+max_seq = 40
+[data]
+n_train = 200
+n_eval = 24
+[stage.a]
+method = lora
+tasks = reverse
+steps = 40
+batch_size = 8
+lr = 0.02
+eval_every = 5
+early_stopping = 2
+[stage.b]
+method = lora
+from =
+tasks = add
+steps = 20
+batch_size = 8
+lr = 0.02
+[stage.m]
+merge = add
+inputs = a b
+output = lora
+rank = 8
+INI
+"$PEFT" run chain.ini --quiet --set run.out=chain-1 >chain-1.log 2>&1 || bad "chain: one process failed: $(tail -2 chain-1.log)"
+mpi 3 "$PEFT" run chain.ini --quiet --set run.out=chain-3 >chain-3.log 2>&1
+rc=$?
+best1=$(tr -d ' \t\n' <chain-1/a/stage.json | grep -o '"best_step":[0-9]*')
+best3=$(tr -d ' \t\n' <chain-3/a/stage.json 2>/dev/null | grep -o '"best_step":[0-9]*')
+read -r rel_a _ <<<"$(apart chain-1/a/adapter.safetensors chain-3/a/adapter.safetensors 2>/dev/null)"
+read -r rel_m _ <<<"$(apart chain-1/m/adapter.safetensors chain-3/m/adapter.safetensors 2>/dev/null)"
+if [ $rc -eq 0 ] && [ -n "$best1" ] && [ "$best1" = "$best3" ] && [ -n "$rel_a" ] && ! worse "$rel_a" 2e-5 &&
+    [ -n "$rel_m" ] && ! worse "$rel_m" 2e-5 && [ ! -e chain-3/a/early-stopping-best.safetensors ]; then
+    ok "chain with early stopping and a merge, 3 processes: the same best step (${best1#*:}) kept, stage a within $rel_a, the merged adapter within $rel_m (tolerance 2e-5)"
+else
+    bad "chain, 3 processes: exit $rc, best '$best1' / '$best3', a apart ${rel_a:-?}, m apart ${rel_m:-?}: $(grep '^peft:' chain-3.log)"
 fi
 
 # ---- failures end every process with one line ------------------------------------------
