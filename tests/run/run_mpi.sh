@@ -11,7 +11,8 @@
 #   - bad input gives one line and exit 2, a divergence one line and exit 1, a process that
 #     does not see the run folder ends the job with one line;
 #   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
-#     stage, and --resume under mpirun completes it: the adapter equals an uninterrupted run's.
+#     stage, and --resume under mpirun completes it: the adapter equals an uninterrupted run's;
+#     a stage stopped under 2 processes resumes under 3 or 1 to the same adapter.
 #   run_mpi.sh PEFT
 set -u
 . "$(dirname "$0")/../testlib.sh"
@@ -248,4 +249,20 @@ if [ $rc -eq 0 ] && [ "${rel:-x}" = 0 ] && [ ! -e k-cut/s/checkpoint.json ]; the
 else
     bad "--resume: exit $rc, apart by ${rel:-?}: $(tail -3 resume.log)"
 fi
+# the batches do not depend on the number of processes: a stage stopped under 2 processes
+# resumes under 3 (and one) to the same adapter, up to summation order
+write lora "steps = 30" "save_every = 10" >r.ini
+mpi 2 "$PEFT" run r.ini --quiet --set run.out=r-whole >/dev/null 2>&1
+for n in 3 1; do
+    mpi 2 "$PEFT" run r.ini --quiet --set run.out=r-$n --stop-after 10 >/dev/null 2>&1
+    if [ $n = 1 ]; then "$PEFT" run r.ini --quiet --resume --set run.out=r-$n >r-$n.log 2>&1
+    else mpi $n "$PEFT" run r.ini --quiet --resume --set run.out=r-$n >r-$n.log 2>&1; fi
+    rc=$?
+    read -r rel _ <<<"$(apart r-whole/s/adapter.safetensors r-$n/s/adapter.safetensors 2>/dev/null)"
+    if [ $rc -eq 0 ] && [ -n "$rel" ] && ! worse "$rel" 2e-5; then
+        ok "stopped at step 10 under 2 processes, resumed under $n: within $rel of the uninterrupted run (tolerance 2e-5)"
+    else
+        bad "resume under $n processes: exit $rc, apart ${rel:-?}: $(grep '^peft:' r-$n.log)"
+    fi
+done
 finish
