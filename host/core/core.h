@@ -160,7 +160,8 @@ int parse_bool(const char *s, int *out);
 typedef void (*parallel_fn)(void *ctx, size_t begin, size_t end);
 void parallel_for(size_t n, size_t min_items, parallel_fn fn, void *ctx);
 /* n < 1: the default, OpenBLAS's own rule (OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS,
- * OMP_NUM_THREADS, else the online cores). */
+ * OMP_NUM_THREADS, else the online cores, shared out among the processes of an MPI job on
+ * this machine). */
 void parallel_set_threads(int32_t n);
 int32_t parallel_threads(void);
 
@@ -170,6 +171,8 @@ int32_t parallel_threads(void);
 int dist_init(int *argc, char ***argv);
 int dist_rank(void);
 int dist_size(void);
+/* The processes of the job on this machine (1 without MPI). */
+int dist_local_size(void);
 void dist_barrier(void);
 /* v (n) summed over every process, in place. */
 int dist_sum_doubles(double *v, size_t n);

@@ -16,7 +16,7 @@
 #include <mpi.h>
 #endif
 
-static int dist_rank_v, dist_size_v = 1;
+static int dist_rank_v, dist_size_v = 1, dist_local_size_v = 1;
 #ifdef PEFT_HAVE_MPI
 static int dist_on; /* MPI_Init ran */
 #endif
@@ -33,6 +33,12 @@ int dist_init(int *argc, char ***argv) {
     dist_on = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &dist_rank_v);
     MPI_Comm_size(MPI_COMM_WORLD, &dist_size_v);
+    MPI_Comm local; /* the processes that share this machine's memory, and its cores */
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) ==
+        MPI_SUCCESS) {
+        MPI_Comm_size(local, &dist_local_size_v);
+        MPI_Comm_free(&local);
+    }
     /* the processes an MPI process starts are single processes of their own */
     setenv("PEFT_NO_MPI", "1", 1);
     return 0;
@@ -48,6 +54,7 @@ int dist_init(int *argc, char ***argv) {
 }
 
 int dist_rank(void) { return dist_rank_v; }
+int dist_local_size(void) { return dist_local_size_v; }
 int dist_size(void) { return dist_size_v; }
 
 void dist_barrier(void) {

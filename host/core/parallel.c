@@ -73,7 +73,8 @@ static int32_t default_threads(void)
         int64_t k;
         if (v && parse_i64(v, &k) == 0 && k > 0) return k > MAX_THREADS ? MAX_THREADS : (int32_t)k;
     }
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    /* processes of one MPI job on this machine split its cores, rather than each taking all */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN) / dist_local_size();
     return cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : (int32_t)cores;
 }
 

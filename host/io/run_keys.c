@@ -16,7 +16,7 @@ static const struct host_key keys[] = {
      "folder of the run's outputs (relative to the working directory)"},
     {"run", "seed", "int", "1", 0, 9.2e18, NULL, 0,
      "seed of everything random: model init, data, adapter init, sampling"},
-    {"run", "threads", "int", "0", 0, 256, NULL, 0, "worker threads for the products and the loops between them (0: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, else every core)"},
+    {"run", "threads", "int", "0", 0, 256, NULL, 0, "worker threads for the products and the loops between them (0: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, else every core, shared out among the processes an mpirun job has on the machine)"},
     {"run", "allreduce_overlap", "bool", "false", 0, 0, NULL, 0,
      "under mpirun: start summing a layer's gradients over the processes while the layers "
      "below run their backward, instead of all after it (slower on one machine: "
