@@ -95,6 +95,7 @@ check_method full 1e-4 full
 # the sums started layer by layer during the backward instead of after it
 against_one lora 3 2e-5 "lora, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
 against_one full 2 1e-4 "full, 2 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+against_one lota 2 5e-3 "lota, 2 processes, allreduce_overlap = true (masked: after the backward)" --set run.allreduce_overlap=true
 # batch 2 over 3 processes: process 0 runs no example, yet takes part in every sum
 check_method tiny 2e-5 lora "batch_size = 2"
 against_one tiny 3 2e-5 "tiny, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
