@@ -55,6 +55,8 @@ static int run_main(int argc, char **argv) {
         err_set("run: cannot silence the output of process %d", dist_rank());
         dist_fail(2);
     }
+    dist_on_termination("peft: mpirun ended the job (one of its processes died, was killed "
+                        "or interrupted); the last checkpoint is kept: continue with --resume\n");
     struct run r;
     int rc = run_load(&r, ini, sets, n_sets, plugin_path);
     free(sets);

@@ -193,6 +193,10 @@ int dist_agree(uint64_t value, uint64_t *lowest, uint64_t *highest);
  * another process (after a pause that lets process 0 go first when it failed too) as
  * "peft: process K of N: LINE". Returns only when there is one process. */
 void dist_fail(int code);
+/* Under mpirun: when mpirun ends the job (SIGTERM, after another process died or was
+ * killed), process 0 writes `line` (static, with its newline) to stderr, and every process
+ * exits 128 + the signal at once (files are only ever renamed into place whole). */
+void dist_on_termination(const char *line);
 /* End every process of the job with `code`. */
 void dist_abort(int code);
 void dist_finalize(void);

@@ -4,6 +4,7 @@
  * only in a process that mpirun launched (its environment says so) and that is not a child a
  * peft process started itself (PEFT_NO_MPI, set by peft compare for its arms' runs): a peft
  * started by hand is one process exactly as without MPI. */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,10 @@ int dist_sum_doubles(double *v, size_t n) {
 #endif
     return 0;
 }
+
+/* What process 0 says when mpirun ends the job under it (SIGTERM: another process died). */
+static const char *term_line;
+static size_t term_len;
 
 /* MPI counts in int: large buffers go in pieces of at most 2^30 elements. */
 enum { DIST_PIECE = 1 << 30 };
@@ -173,6 +178,7 @@ int dist_agree(uint64_t value, uint64_t *lowest, uint64_t *highest) {
 
 void dist_fail(int code) {
     if (dist_size_v <= 1) return;
+    term_line = NULL; /* this process tells why; not also that the job was ended */
     /* A failure every process meets (a divergence, a file none can read) is process 0's to
      * tell: the others give it a moment to end the job before they speak themselves. */
     if (dist_rank_v > 0) sleep(3);
@@ -180,6 +186,26 @@ void dist_fail(int code) {
     else fprintf(stderr, "peft: %s\n", err_msg());
     fflush(stderr);
     dist_abort(code);
+}
+
+
+static void on_termination(int sig) {
+    if (term_line) {
+        ssize_t w = write(STDERR_FILENO, term_line, term_len);
+        (void)w;
+    }
+    _exit(128 + sig);
+}
+
+void dist_on_termination(const char *line) {
+    if (dist_size_v <= 1) return;
+    term_line = dist_rank_v == 0 ? line : NULL; /* one line for the job */
+    term_len = term_line ? strlen(term_line) : 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_termination;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 void dist_abort(int code) {
