@@ -4,7 +4,8 @@
  * stream is seeded alike); each runs a contiguous share of every micro-batch, with its loss
  * weighted by its share of the step's answer tokens, so that the gradients summed over the
  * processes are the global batch's. Every process then applies the same optimizer step to the
- * same summed gradient, and the processes stay identical without ever sending weights. */
+ * same summed gradient, and the processes stay identical without ever sending weights.
+ * Random draws inside the passes come from each process's own stream (dp_pass_stream). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,8 @@ static int with_layer(const struct dp_overlap *o, int32_t i, int32_t layer) {
     const struct mtensor *t = method_run_tensor(o->mr, i);
     return o->layer_of[i] == layer && t->grad && !t->mask;
 }
+/* Within a layer, a gradient of at least this many floats starts its own sum in place (no
+ * copy); the smaller ones share one packed sum. */
 enum { DP_IN_PLACE_FLOATS = 1 << 16 };
 static int packed_with_layer(const struct dp_overlap *o, int32_t i, int32_t layer) {
     return with_layer(o, i, layer) && method_run_tensor(o->mr, i)->n_trainable < DP_IN_PLACE_FLOATS;
