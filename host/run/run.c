@@ -43,7 +43,9 @@ int run_eval(struct run *r, struct stage *s, struct method_run *mr, struct eval_
 /* Under mpirun every process runs the chain, process 0 alone writes files and prints. */
 static int writer(void) { return dist_rank() == 0; }
 
-/* Every process must take the same way through the chain (a stage reused or trained). */
+/* Every process must take the same way through the chain (a stage reused or trained). Being
+ * a collective call, it is also where the others wait for process 0 to have written the
+ * stages before this one (a later stage may read their files: init_from, merge inputs). */
 static int run_agree(const struct run *r, const struct stage *s, int complete) {
     uint64_t lo, hi;
     if (dist_agree((uint64_t)complete, &lo, &hi)) return -1;

@@ -76,7 +76,7 @@ int dp_sum_grads(struct method_run *mr) { return dist_size() > 1 ? sum_grads(mr,
 
 /* ---- overlap: a layer's gradients summed while the layers below run their backward ---- */
 
-int dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct model *m) {
+void dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct model *m) {
     memset(o, 0, sizeof *o);
     o->mr = mr;
     o->n_layers = m->cfg.n_layers;
@@ -97,7 +97,6 @@ int dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct mo
     o->packed_cap = xcalloc((size_t)o->n_layers, sizeof *o->packed_cap);
     o->started = xcalloc((size_t)o->n_layers, sizeof *o->started);
     o->skip = xcalloc((size_t)n + 1, 1);
-    return 0;
 }
 
 void dp_overlap_free(struct dp_overlap *o) {

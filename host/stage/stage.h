@@ -179,7 +179,7 @@ struct dp_overlap {
     uint8_t *started;      /* (n_layers) its sum was started this step */
     uint8_t *skip;         /* (n_tensors) scratch */
 };
-int dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct model *m);
+void dp_overlap_init(struct dp_overlap *o, struct method_run *mr, const struct model *m);
 int dp_overlap_layer_done(void *ctx, int32_t layer);
 int dp_overlap_finish(struct dp_overlap *o);
 void dp_overlap_free(struct dp_overlap *o);
