@@ -21,6 +21,11 @@ static const struct host_key keys[] = {
      "under mpirun: start summing a layer's gradients over the processes while the layers "
      "below run their backward, instead of all after it (slower on one machine: "
      "bench/README.md)"},
+    {"run", "precision", "choice", "auto", 0, 0, "auto|fp32|bf16", 0,
+     "the products through the model's weights: fp32, or bf16 (every matrix kept in "
+     "bfloat16, each product's operands rounded to bfloat16 with fp32 sums; norms, attention, "
+     "the loss, gradients, plugins and the optimizer stay fp32); auto is fp32 in this build; "
+     "unset, the environment's PEFT_PRECISION decides"},
     {"run", "plugin_path", "dirs", "", 0, 0, NULL, 0,
      "folders searched for method plugins first, separated by ':' or ','; spaces around a "
      "folder are dropped, so a folder name may not start or end with one"},

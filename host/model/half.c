@@ -1,8 +1,11 @@
 /* half.c: frozen matrices (site weights, the embedding, the head) held in 16 bits (bfloat16
  * or fp16, as the checkpoint stores them) instead of fp32: widening on demand, and the
- * products of such a matrix, which widen it a block of rows at a time into a small buffer, so the fp32 copy of a frozen
- * model never exists whole. Widening is exact (every 16-bit value is an fp32 value), so the
- * products equal those of the widened weight up to the order of the sums. */
+ * products of such a matrix, which widen it a block of rows at a time into a small buffer, so
+ * the fp32 copy of a frozen model never exists whole. Widening is exact (every 16-bit value
+ * is an fp32 value), so the products equal those of the widened weight up to the order of the
+ * sums. The bf16 model's products (precision.c) are these too: they also round the activation
+ * operand, and the rows of a weight held in fp32 (a trained one), to bfloat16 values; a
+ * product of bfloat16 values is exact in fp32, so this is bf16 x bf16 -> fp32. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,19 +15,23 @@
  * small enough for the buffer to stay in cache (256 x 1536 floats = 1.5 MiB at most). */
 enum { HALF_BLOCK_ROWS = 256 };
 
-/* The block buffer, reused across products (a fresh one per product would be fresh pages
- * to fault in every time); the host runs the model from one thread. */
-static float *block_buf;
-static size_t block_cap;
+/* The block buffer and the bf16 model's rounded activations, reused across products (a
+ * fresh one per product would be fresh pages to fault in every time); the host runs the
+ * model from one thread. */
+struct scratch {
+    float *p;
+    size_t cap;
+};
+static struct scratch block_buf, rounded_buf;
 
-static float *block_scratch(size_t n)
+static float *scratch_get(struct scratch *s, size_t n)
 {
-    if (n > block_cap) {
-        free(block_buf);
-        block_buf = xmalloc(n * sizeof *block_buf);
-        block_cap = n;
+    if (n > s->cap) {
+        free(s->p);
+        s->p = xmalloc(n * sizeof *s->p);
+        s->cap = n;
     }
-    return block_buf;
+    return s->p;
 }
 
 static void widen(const struct model *m, int32_t t, size_t from, size_t n, float *out)
@@ -101,14 +108,40 @@ const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int
     return out;
 }
 
+/* Rows r0..r0+rows of W as a product reads them (rows, d_in): model_weight_rows, and in the
+ * bf16 model the rows of an fp32 (trained) weight rounded to bfloat16 into out. */
+static const float *product_rows(const struct model *m, int32_t t, int32_t r0, int32_t rows,
+                                 int32_t d_in, float *out)
+{
+    const float *w = model_weight_rows(m, t, r0, rows, d_in, out);
+    if (m->precision == MODEL_BF16 && w != out) {
+        round_floats_bf16(w, out, (size_t)rows * (size_t)d_in);
+        w = out;
+    }
+    return w;
+}
+
+/* The activation operand (n, d) of a product: itself, or in the bf16 model its bfloat16
+ * values in a scratch buffer. */
+static const float *product_operand(const struct model *m, const float *a, int32_t n, int32_t d)
+{
+    if (m->precision != MODEL_BF16)
+        return a;
+    size_t len = (size_t)n * (size_t)d;
+    float *r = scratch_get(&rounded_buf, len);
+    round_floats_bf16(a, r, len);
+    return r;
+}
+
 void half_matmul_forward(const struct model *m, int32_t t, float *y, const float *x, int32_t n,
                          int32_t d_in, int32_t d_out)
 {
     int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
-    float *buf = block_scratch((size_t)R * (size_t)d_in);
+    float *buf = scratch_get(&block_buf, (size_t)R * (size_t)d_in);
+    x = product_operand(m, x, n, d_in);
     for (int32_t r0 = 0; r0 < d_out; r0 += R) {
         int32_t rb = d_out - r0 < R ? d_out - r0 : R;
-        const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
+        const float *w = product_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
         /* y[:, r0:r0+rb] (n, rb) = x (n, d_in) . w^T */
         gemm_f32(0, 1, n, rb, d_in, 1.0f, x, d_in, w, d_in,
                     0.0f, y + r0, d_out);
@@ -121,10 +154,11 @@ void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const 
     if (!dx)
         return;
     int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
-    float *buf = block_scratch((size_t)R * (size_t)d_in);
+    float *buf = scratch_get(&block_buf, (size_t)R * (size_t)d_in);
+    dy = product_operand(m, dy, n, d_out);
     for (int32_t r0 = 0; r0 < d_out; r0 += R) {
         int32_t rb = d_out - r0 < R ? d_out - r0 : R;
-        const float *w = model_weight_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
+        const float *w = product_rows(m, t, r0, rb, d_in, buf); /* (rb, d_in) */
         /* dx (n, d_in) += dy[:, r0:r0+rb] (n, rb) . w (rb, d_in); the first block scales */
         gemm_f32(0, 0, n, d_in, rb, 1.0f, dy + r0, d_out,
                     w, d_in, r0 == 0 ? dx_beta : 1.0f, dx, d_in);

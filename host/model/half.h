@@ -5,6 +5,13 @@
 
 #include "model.h"
 
+/* Does a product through tensor t go block by block (half.c)? When it is held in 16 bits,
+ * and every product of the bf16 model. */
+static inline int block_products(const struct model *m, int32_t t)
+{
+    return m->precision == MODEL_BF16 || model_tensor_in_half(m, t);
+}
+
 /* y (n, d_out) = x (n, d_in) W^T, W = tensor t. */
 void half_matmul_forward(const struct model *m, int32_t t, float *y, const float *x, int32_t n,
                          int32_t d_in, int32_t d_out);

@@ -36,9 +36,10 @@ double head_loss_fused(const struct model *m, int32_t head, const float *h,
         total += crossentropy_forward(s->lse, s->logits, s->targets, rb, V, &valid);
         crossentropy_backward(s->logits, s->logits, s->lse, s->targets, NULL, rb, V, scale);
         /* d_hidden (rb, C) = d_logits head; d_head (V, C) += d_logits^T hidden */
-        if (model_tensor_in_half(m, head))
+        if (block_products(m, head)) { /* dW (the bf16 model's) in fp32 */
             half_matmul_backward_dx(m, head, s->d_hidden, s->logits, rb, C, V, 0.0f);
-        else
+            matmul_backward(NULL, d_head, s->logits, s->hidden, NULL, rb, C, V, 0.0f);
+        } else
             matmul_backward(s->d_hidden, d_head, s->logits, s->hidden, m->w.lm_head, rb, C, V,
                             0.0f);
         for (int32_t r = 0; r < rb; r++) {

@@ -602,7 +602,7 @@ void model_embed_tokens(const struct model *m, const int32_t *tokens, int32_t n,
 void model_head_logits(const struct model *m, const float *h, float *logits, int32_t n)
 {
     int32_t head = lm_head_tensor(&m->cfg), C = m->cfg.d_model, V = m->cfg.vocab;
-    if (model_tensor_in_half(m, head))
+    if (block_products(m, head))
         half_matmul_forward(m, head, logits, h, n, C, V);
     else
         matmul_forward(logits, h, m->w.lm_head, n, C, V);
@@ -618,7 +618,7 @@ int model_site_forward(const struct model *m, const struct model_hooks *hk, int3
     if (hk && hk->site_input && !(x = hk->site_input(hk->ctx, hk->pass, site, x, n)))
         return -1;
     int32_t t = model_site_tensor(m, site);
-    if (model_tensor_in_half(m, t))
+    if (block_products(m, t))
         half_matmul_forward(m, t, y, x, n, d_in, d_out);
     else
         matmul_forward(y, x, m->params + m->tensors[t].offset, n, d_in, d_out);
@@ -769,7 +769,7 @@ static int site_backward(const struct model *m, struct model_acts *a,
     int hooked = (hk && hk->site_backward) || input_hooked;
     float *dx = first || !hooked ? dx_sum : a->d_site;
     float dx_beta = first || hooked ? 0.0f : 1.0f;
-    if (model_tensor_in_half(m, wt)) { /* frozen in 16 bits: dx block by block, dW never asked */
+    if (block_products(m, wt)) { /* 16 bits or the bf16 model: dx block by block; dW in fp32 */
         half_matmul_backward_dx(m, wt, dx, dy, n, d_in, d_out, dx_beta);
         matmul_backward(NULL, dw, dy, x, NULL, n, d_in, d_out, 0.0f);
     } else {
@@ -817,8 +817,10 @@ int model_backward(struct model *m, struct model_acts *a, const struct model_hoo
         crossentropy_backward(d_logits, a->logits, a->lse, a->targets, a->row_weight, n, c->vocab,
                               a->row_weight ? (a->loss_scale > 0.0f ? a->loss_scale : 1.0f) : scale);
         int32_t head = lm_head_tensor(c);
-        if (model_tensor_in_half(m, head)) { /* frozen in 16 bits: no dW */
+        if (block_products(m, head)) { /* dx block by block; dW (the bf16 model's) in fp32 */
             half_matmul_backward_dx(m, head, a->d_hidden, d_logits, n, C, c->vocab, 0.0f);
+            matmul_backward(NULL, grad_of(m, head), d_logits, a->hidden, NULL, n, C, c->vocab,
+                            0.0f);
         } else {
             matmul_backward(a->d_hidden, grad_of(m, head), d_logits, a->hidden, m->w.lm_head,
                             n, C, c->vocab, 0.0f);

@@ -125,7 +125,12 @@ struct model {
     uint16_t **half;           /* (n_tensors) */
     uint8_t *half_bf16;        /* (n_tensors) */
     uint8_t *fp32_ok;          /* (n_tensors) */
+    /* MODEL_FP32, or MODEL_BF16 (model_set_bf16): every matrix held in bfloat16, and every
+     * product through a model weight (sites, head) takes both operands in bfloat16 with fp32
+     * sums. */
+    int32_t precision;
 };
+enum model_precision { MODEL_FP32 = 0, MODEL_BF16 = 1 };
 
 /* Check a config (positive sizes, H % KV == 0, ...). -1 with a reason naming the key. */
 int model_config_check(const struct model_config *c);
@@ -173,6 +178,25 @@ void model_tensor_release(struct model *m, int32_t t);
  * (rows, d_in): a view of params when fp32_ok, else widened into out. */
 const float *model_weight_rows(const struct model *m, int32_t t, int64_t r0, int32_t rows,
                                int32_t d_in, float *out);
+
+/* ---- bfloat16 products (precision.c) ------------------------------------------------------ */
+/* The bf16 model: every matrix (site weights, embedding, head) not yet in bfloat16 is rounded
+ * to it (round to nearest even) and kept so, its fp32 range given back; from then on each
+ * product through a model weight rounds its activation operand (x forward, dy for dx) to
+ * bfloat16 and sums in fp32 - bf16 x bf16 -> fp32, as mixed-precision training does. A weight
+ * a method trains gets an fp32 range again (model_tensor_data: the master copy, which
+ * starts at the bf16 values) and the products round it as they read it. Norms, attention,
+ * softmax, the loss, the weight gradients, the plugins' products and the optimizer stay
+ * fp32. Call once, right after the weights are made or loaded, before any snapshot. */
+void model_set_bf16(struct model *m);
+/* The precision name asks for ("fp32", "bf16", or "auto": fp32, as this build has no native
+ * bf16 product), or with name NULL the environment's PEFT_PRECISION, else auto. -1 with one
+ * line starting with where (or PEFT_PRECISION) for another name. */
+int model_precision_choose(const char *name, const char *where, int32_t *out);
+const char *model_precision_name(int32_t precision); /* "fp32" or "bf16" */
+/* out (n) = x (n) rounded to bfloat16 values (nearest even; NaN stays NaN), kept as fp32;
+ * out may be x. Threaded. */
+void round_floats_bf16(const float *x, float *out, size_t n);
 
 /* ---- snapshots of the weights (snapshot.c) ------------------------------------------------ */
 /* The model's weights at one point (a stage's start or result), as cheap as the model keeps

@@ -254,6 +254,7 @@ static int stage_write_done(struct run *r, struct stage *s) {
     char abi[32];
     snprintf(abi, sizeof abi, "%u.%u", PEFT_ABI_MAJOR, PEFT_ABI_MINOR);
     cJSON_AddStringToObject(j, "abi_version", abi);
+    cJSON_AddStringToObject(j, "precision", model_precision_name(r->precision));
     cJSON_AddNumberToObject(j, "steps", (double)s->steps);
     cJSON_AddNumberToObject(j, "trainable_parameters", (double)s->n_trainable);
     cJSON_AddNumberToObject(j, "train_seconds", s->train_seconds);

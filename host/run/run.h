@@ -27,6 +27,7 @@ struct run {
     uint64_t seed;
     int32_t threads;
     int32_t allreduce_overlap;    /* [run] allreduce_overlap */
+    int32_t precision;            /* [run] precision: MODEL_FP32 or MODEL_BF16 */
     struct plugin_registry reg;
     /* model */
     struct model model;

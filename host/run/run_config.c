@@ -49,6 +49,15 @@ static int load_run_section(struct run *r, const char *plugin_path_flag) {
     int overlap = 0;
     NOTE(cfg_key_bool(c, "run", "allreduce_overlap", &overlap));
     r->allreduce_overlap = overlap;
+    /* unset: PEFT_PRECISION, else auto (the key's default is auto, so look for the key) */
+    struct cfg_entry *pe = cfg_find(c, "run", "precision");
+    const char *precision = NULL;
+    if (pe) NOTE(cfg_key_choice(c, "run", "precision", &precision));
+    char pwhere[512];
+    if (pe) cfg_where(c, pe, pwhere, sizeof pwhere);
+    if ((!pe || precision) &&
+        model_precision_choose(precision, pe ? pwhere : c->path, &r->precision) != 0)
+        cfg_note(c);
     NOTE(cfg_str(c, "run", "plugin_path", NULL, &plugin_path));
     note_unknown(c, "run", 0);
     if (plugin_path) { /* a folder that is not there is a typo, not an empty folder */
@@ -159,6 +168,7 @@ static int load_model_section(struct run *r) {
         if (model_init(&r->model, &mc)) return err_prefix("%s: [model]", c->path);
         model_init_random(&r->model, r->seed, (float)init_std);
     }
+    if (r->precision == MODEL_BF16) model_set_bf16(&r->model);
     r->base_params = model_snapshot_take(&r->model);
     return 0;
 }
@@ -591,6 +601,7 @@ static uint64_t stage_hash_base(struct run *r, const struct stage *s, const char
     char seedtxt[32];
     snprintf(seedtxt, sizeof seedtxt, "%llu", (unsigned long long)r->seed);
     h = fnv1a(h, seedtxt);
+    if (r->precision == MODEL_BF16) h = fnv1a(h, "precision bf16"); /* fp32 hashes as before */
     h = section_hash(c, section, h);
     if (s->from >= 0) h ^= r->stages[s->from].hash * 0xff51afd7ed558ccdull;
     return h;
