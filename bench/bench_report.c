@@ -10,8 +10,9 @@
 
 void report_header(const struct bench_info *info) {
     printf("peftkit training-step benchmark\n");
-    printf("OpenBLAS core: %s   threads: %d   OPENBLAS_CORETYPE: %s\n", info->corename,
-           (int)info->threads, info->coretype_env ? info->coretype_env : "(unset)");
+    printf("OpenBLAS core: %s   threads: %d   OPENBLAS_CORETYPE: %s   precision: %s\n",
+           info->corename, (int)info->threads, info->coretype_env ? info->coretype_env : "(unset)",
+           info->precision);
     printf("batch B=%d x seq T=%d = %d tokens/step; %d warm-up + %d timed steps, median of %d "
            "repeats\n",
            (int)info->B, (int)info->T, (int)(info->B * info->T), (int)info->warmup,
@@ -93,6 +94,7 @@ int report_json(const char *path, const struct bench_info *info, const struct be
     if (info->coretype_env)
         cJSON_AddStringToObject(root, "openblas_coretype_env", info->coretype_env);
     cJSON_AddNumberToObject(root, "threads", info->threads);
+    cJSON_AddStringToObject(root, "precision", info->precision);
     cJSON_AddNumberToObject(root, "batch", info->B);
     cJSON_AddNumberToObject(root, "seq", info->T);
     cJSON_AddNumberToObject(root, "warmup", info->warmup);

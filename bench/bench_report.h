@@ -13,6 +13,7 @@ struct bench_info {
     int32_t threads;          /* openblas_get_num_threads() */
     int32_t B, T, warmup, steps, repeats, rank;
     double lr;
+    const char *precision;    /* "fp32" or "bf16" */
 };
 
 /* One (size, method) measurement. */

@@ -39,6 +39,7 @@ struct options {
     double lr, gemm_seconds;
     const char *plugin_path, *json;
     int gemms;           /* print every sgemm shape's measured rate */
+    int32_t precision;   /* MODEL_FP32 or MODEL_BF16 (--precision) */
 };
 
 static void usage(FILE *f) {
@@ -59,6 +60,7 @@ static void usage(FILE *f) {
             "                    (sets --size, --head-dim, --kv-heads, --d-ff and --vocab; a\n"
             "                    --size after it cuts the layers: --size 576x4)\n"
             "  --rank r          LoRA rank (default 8)\n"
+            "  --precision P     fp32 or bf16, as peft run's [run] precision (default fp32)\n"
             "  --loss-chunk N    rows per chunk of the fused head and loss, as peft run's\n"
             "                    training (default: the model's); 0 keeps whole logits\n"
             "  --threads N       the host's worker threads (default: OPENBLAS_NUM_THREADS, else every core)\n"
@@ -126,6 +128,8 @@ static int parse_args(int argc, char **argv, struct options *o) {
             }
         }
         else if (strcmp(a, "--rank") == 0) rc = want_int(a, v, 1, &o->rank);
+        else if (strcmp(a, "--precision") == 0)
+            rc = model_precision_choose(v ? v : "", "--precision", &o->precision);
         else if (strcmp(a, "--threads") == 0) rc = want_int(a, v, 0, &o->threads);
         else if (strcmp(a, "--loss-chunk") == 0) rc = want_int(a, v, 0, &o->loss_chunk);
         else if (strcmp(a, "--seed") == 0) rc = want_int(a, v, 0, &o->seed);
@@ -382,7 +386,7 @@ int main(int argc, char **argv) {
         .threads = parallel_threads(),
         .B = (int32_t)o.B, .T = (int32_t)o.T, .warmup = (int32_t)o.warmup,
         .steps = (int32_t)o.steps, .repeats = (int32_t)o.repeats, .rank = (int32_t)o.rank,
-        .lr = o.lr,
+        .lr = o.lr, .precision = model_precision_name(o.precision),
     };
     report_header(&info);
 
@@ -403,8 +407,14 @@ int main(int argc, char **argv) {
         report_model(o.sizes[si], &m, (int32_t)o.T);
         report_table_head();
         for (int32_t mi = 0; mi < o.n_methods; mi++) {
-            /* The same starting weights for every method (full changes them in place). */
+            /* The same starting weights for every method (full changes them in place; the
+             * bf16 model keeps its matrices apart from params, so it is made again). */
+            if (mi > 0) {
+                model_free(&m);
+                if (model_init(&m, &cfgs[si])) break; /* the same config passed above */
+            }
             model_init_random(&m, (uint64_t)o.seed, 0.02f);
+            if (o.precision == MODEL_BF16) model_set_bf16(&m);
             if (bench_method(&bc, &m, o.sizes[si], o.methods[mi], &res[n_res]) != 0) {
                 fprintf(stderr, "bench_train: %s %s: %s\n", o.sizes[si], o.methods[mi],
                         err_msg());

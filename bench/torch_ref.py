@@ -257,9 +257,14 @@ def bench_one(size, method, args):
     tokens = torch.randint(0, cfg["vocab"], (args.batch, args.seq), generator=gen)
     targets = torch.randint(0, cfg["vocab"], (args.batch, args.seq), generator=gen)
 
+    # bf16: PyTorch's mixed-precision recipe on the CPU, autocast (linear layers and matmuls
+    # in bfloat16, weights and optimizer in fp32)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(tokens, targets)
+        with autocast:
+            loss = model(tokens, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -333,6 +338,8 @@ def main():
     ap.add_argument("--preset", choices=sorted(PRESETS),
                     help="a model's shape; a --size after it cuts its layers")
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: torch.autocast('cpu', dtype=torch.bfloat16) around the forward")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=1)
@@ -365,7 +372,8 @@ def main():
           f"OPENBLAS_CORETYPE: {os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
           f"OMP_WAIT_POLICY: {os.environ['OMP_WAIT_POLICY']}")
     print(f"batch B={args.batch} x seq T={args.seq}; {args.warmup} warm-up + {args.steps} "
-          f"timed steps, median of {args.repeats} repeats; lora r={args.rank}")
+          f"timed steps, median of {args.repeats} repeats; lora r={args.rank}; "
+          f"precision {args.precision}")
     print(f"{'size':<8} {'method':<6} {'trainable':>11} {'ms/step':>9} {'tokens/s':>10} "
           f"{'loss':>7} {'peak MiB':>8}")
     results = []
@@ -382,7 +390,7 @@ def main():
                    openblas_threads=blas_threads,
                    omp_wait_policy=os.environ["OMP_WAIT_POLICY"], batch=args.batch, seq=args.seq,
                    warmup=args.warmup, steps=args.steps, repeats=args.repeats,
-                   lora_r=args.rank, lr=args.lr, results=results)
+                   lora_r=args.rank, lr=args.lr, precision=args.precision, results=results)
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: a warnings-as-errors build and an ASan+UBSan build, each running
-# every test, then the fuzz targets in a clang build. Ends with one line "N passed, N failed"
+# every test (the warnings-as-errors build also runs the suites that make runs again with
+# precision = bf16), then the fuzz targets in a clang build. Ends with one line "N passed, N failed"
 # counting all three.
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +15,20 @@ count() { # testlog.json (one JSON object per test) -> "passed failed"
          /"result": "SKIP"/ {next}
          /"result": / {f++}
          END {print p+0, f+0}' "$1"
+}
+
+tally() { # build folder [setup]: add its last test log's results to the totals
+    local log="$1/meson-logs/testlog${2:+-$2}.json"
+    if [ -f "$log" ]; then
+        read -r p f < <(count "$log")
+        passed=$((passed + p))
+        failed=$((failed + f))
+        [ "$f" -eq 0 ] || status=1
+    else
+        echo "no test log in $1${2:+ (setup $2)}"
+        failed=$((failed + 1))
+        status=1
+    fi
 }
 
 run_setup() { # name, meson options...
@@ -48,19 +63,19 @@ for spec in "build-werror|--werror|-Dbuildtype=debugoptimized" \
         status=1
         continue
     fi
-    if [ -f "$dir/meson-logs/testlog.json" ]; then
-        read -r p f < <(count "$dir/meson-logs/testlog.json")
-        passed=$((passed + p))
-        failed=$((failed + f))
-        [ "$f" -eq 0 ] || status=1
-    else
-        echo "no test log in $dir"
-        failed=$((failed + 1))
-        status=1
+    tally "$dir"
+    if [ "$dir" = build-werror ]; then
+        # the suites whose tests make runs (peft run, eval, generate), again on the bf16
+        # model: PEFT_PRECISION=bf16 through the test setup of meson.build
+        echo "== $dir: the run, merge and loader suites with precision = bf16"
+        rm -f "$dir/meson-logs/testlog-bf16.json"
+        meson test -C "$dir" --setup bf16 --suite run --suite merge --suite loader \
+            --num-processes "$jobs" --print-errorlogs
+        tally "$dir" bf16
     fi
 done
 # The fuzz build (clang, libFuzzer, ASan+UBSan): each target on its seed corpus for
-# FUZZ_SECONDS (default 60); tests/fuzz/run_fuzz.sh counts one test per target.
+# FUZZ_SECONDS (default 30); tests/fuzz/run_fuzz.sh counts one test per target.
 if command -v clang >/dev/null 2>&1; then
     echo "== build build-fuzz (clang, libFuzzer, ASan+UBSan)"
     if CC=clang run_setup build-fuzz -Dfuzz=true -Dmpi=disabled -Db_sanitize=address,undefined -Db_lundef=false \
@@ -70,7 +85,7 @@ if command -v clang >/dev/null 2>&1; then
         plugins/full/peft-full.so plugins/lora/peft-lora.so plugins/loratrf/peft-loratrf.so \
         plugins/poly/peft-poly.so plugins/lota/peft-lota.so plugins/conpet/peft-conpet.so \
         >build-fuzz.build.log 2>&1; then
-        tests/fuzz/run_fuzz.sh build-fuzz "${FUZZ_SECONDS:-60}" | tee build-fuzz.fuzz.log
+        tests/fuzz/run_fuzz.sh build-fuzz "${FUZZ_SECONDS:-30}" | tee build-fuzz.fuzz.log
         read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' build-fuzz.fuzz.log | tail -n 1)
         passed=$((passed + ${p:-0}))
         failed=$((failed + ${f:-1}))

@@ -79,7 +79,10 @@ int cli_model_open(struct cli_model *cm, const struct cli_model_options *o) {
     cm->dir = hf_model_dir_of(base ? base : o->path);
     free(base);
     if (!cm->dir) return -1;
+    int32_t precision;
+    if (model_precision_choose(o->precision, "--precision", &precision)) return -1;
     if (hf_model_load(cm->dir, &cm->m)) return -1;
+    if (precision == MODEL_BF16) model_set_bf16(&cm->m);
     int found = tokenizer_load_dir(cm->dir, &cm->tok);
     if (found < 0) return -1;
     cm->t = cm->tok ? cm->tok : tokenizer_bytes();

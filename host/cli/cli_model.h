@@ -36,6 +36,7 @@ struct cli_model_options {
     const char *what;        /* "generate", "eval": starts error lines */
     int any_task;            /* the caller routes rows by task itself: --task is optional for
                                 an adapter of several tasks */
+    const char *precision;   /* --precision (auto, fp32, bf16), or NULL: PEFT_PRECISION */
 };
 
 /* Open everything; -1 with one line (the model, tokenizer or adapter file named). */

@@ -19,6 +19,7 @@
 
 struct eval_options {
     const char *dir, *files, *tasks, *out, *chat_template, *adapter, *task, *plugin_path;
+    const char *precision;
     int64_t n, max_new, batch;
 };
 
@@ -93,7 +94,7 @@ static int route_of(const struct cli_model *cm, const char *name, int32_t *route
 
 static int run_eval(const struct eval_options *o) {
     struct cli_model cm;
-    struct cli_model_options mo = {o->dir, o->adapter, o->task, o->plugin_path, "eval", 1};
+    struct cli_model_options mo = {o->dir, o->adapter, o->task, o->plugin_path, "eval", 1, o->precision};
     if (cli_model_open(&cm, &mo)) {
         cli_model_close(&cm);
         return -1;
@@ -161,6 +162,7 @@ static int eval_main(int argc, char **argv) {
         else if (strcmp(a, "--adapter") == 0 && v) o.adapter = v, i++;
         else if (strcmp(a, "--task") == 0 && v) o.task = v, i++;
         else if (strcmp(a, "--plugin-path") == 0 && v) o.plugin_path = v, i++;
+        else if (strcmp(a, "--precision") == 0 && v) o.precision = v, i++;
         else if ((strcmp(a, "--n") == 0 || strcmp(a, "--max-new-tokens") == 0 || strcmp(a, "--batch") == 0) && v) {
             int64_t x;
             if (parse_i64(v, &x) || x < 1 || x > 100000000)
@@ -203,6 +205,8 @@ const struct command cmd_eval = {
     "  --adapter A            an adapter to apply unmerged\n"
     "  --task NAME            route every row to this task of the adapter\n"
     "  --plugin-path DIRS     folders searched first for method plugins (':'-separated)\n"
+    "  --precision P          fp32, bf16 (the weights and each product's operands in bfloat16)\n"
+    "                         or auto (default: PEFT_PRECISION, else auto: fp32 in this build)\n"
     "  --out DIR              write the predictions files there\n"
     "  --max-new-tokens N     longest continuation (default: the answer's length + 8)\n"
     "  --batch N              examples per forward pass (default 8)\n"

@@ -14,7 +14,7 @@
 #include "tokenizer/tokenizer.h"
 
 struct gen_options {
-    const char *dir, *prompt, *system, *chat_template, *adapter, *task, *plugin_path;
+    const char *dir, *prompt, *system, *chat_template, *adapter, *task, *plugin_path, *precision;
     int chat, quiet;
     int64_t max_new, top_k, seed;
     double temperature, top_p;
@@ -73,7 +73,7 @@ static int read_all_stdin(char **out) {
 
 static int generate(const struct gen_options *o) {
     struct cli_model cm;
-    struct cli_model_options mo = {o->dir, o->adapter, o->task, o->plugin_path, "generate", 0};
+    struct cli_model_options mo = {o->dir, o->adapter, o->task, o->plugin_path, "generate", 0, o->precision};
     if (cli_model_open(&cm, &mo)) {
         cli_model_close(&cm);
         return -1;
@@ -191,6 +191,7 @@ static int generate_main(int argc, char **argv) {
         else if (strcmp(a, "--adapter") == 0 && v) o.adapter = v, i++;
         else if (strcmp(a, "--task") == 0 && v) o.task = v, i++;
         else if (strcmp(a, "--plugin-path") == 0 && v) o.plugin_path = v, i++;
+        else if (strcmp(a, "--precision") == 0 && v) o.precision = v, i++;
         else if (strcmp(a, "--chat-template") == 0 && v) o.chat_template = v, i++, o.chat = 1;
         else if (strcmp(a, "--max-new-tokens") == 0 && v) {
             if (parse_i64(v, &o.max_new) || o.max_new < 1 || o.max_new > 1 << 20)
@@ -244,6 +245,8 @@ const struct command cmd_generate = {
     "  --adapter A            an adapter to apply unmerged (stage folder, adapter file, HF folder)\n"
     "  --task NAME            the task the adapter's rows are routed to (its task names or id)\n"
     "  --plugin-path DIRS     folders searched first for method plugins (':'-separated)\n"
+    "  --precision P          fp32, bf16 (the weights and each product's operands in bfloat16)\n"
+    "                         or auto (default: PEFT_PRECISION, else auto: fp32 in this build)\n"
     "  --chat                 apply the chat template\n"
     "  --system TEXT          a system message first (with --chat)\n"
     "  --chat-template NAME   chatml, chatml-think, llama3, llama2 or none (implies --chat)\n"

@@ -593,6 +593,9 @@ void model_embed_tokens(const struct model *m, const int32_t *tokens, int32_t n,
     int32_t C = m->cfg.d_model;
     if (!model_tensor_in_half(m, 0)) {
         embedding_forward(out, tokens, m->w.embed, n, C);
+        /* the bf16 model reads a trained table's fp32 master as bfloat16, as its products
+         * do: the same rows as the table saved and loaded again */
+        if (m->precision == MODEL_BF16) round_floats_bf16(out, out, (size_t)n * (size_t)C);
         return;
     }
     for (int32_t i = 0; i < n; i++) /* one row each: the rows a batch uses are few */

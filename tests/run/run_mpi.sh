@@ -13,6 +13,8 @@
 #   - a process killed mid-run ends the job, leaves the last checkpoint whole and no complete
 #     stage, and --resume under mpirun completes it: the adapter equals an uninterrupted run's;
 #     a stage stopped under 2 processes resumes under 3 or 1 to the same adapter.
+# Under PEFT_PRECISION=bf16 the bounds are bfloat16's (testlib.sh: tolerance), and LoTA is
+# compared by its evaluation losses.
 #   run_mpi.sh PEFT
 set -u
 . "$(dirname "$0")/../testlib.sh"
@@ -65,14 +67,25 @@ against_one() { # name, processes, tolerance, label, extra run arguments...: vs 
         return
     fi
     read -r rel ints <<<"$(apart "$name-1/s/adapter.safetensors" "$out/s/adapter.safetensors")"
+    # bf16: LoTA's mask comes from calibrated gradients, in which bfloat16's rounding (of dy
+    # scaled by each process's share) moves entries across the cut: its index sets and so its
+    # tensors may differ, and its eval losses are what is compared
+    local skip_tensors=0
+    [ "$BF16" = 1 ] && [ "$name" = lota ] && skip_tensors=1 && rel=0 ints=0
     local lw=0 l1 ln
     while read -r l1 ln; do
         lw=$(awk -v a="$l1" -v b="$ln" -v w="$lw" 'BEGIN {d = a - b; if (d < 0) d = -d; d /= a; print (d > w ? d : w)}')
     done < <(paste <(losses "$name-1/s/stage.json") <(losses "$out/s/stage.json"))
     local procs
     procs=$(grep -c '"count":	'"$n" "$out/s/stage.json")
-    if [ -n "$rel" ] && ! worse "$rel" "$tol" && [ "$ints" = 0 ] && ! worse "$lw" 1e-5 && [ "$procs" = 1 ]; then
-        ok "$label: adapter within $rel of one process's (tolerance $tol)$([ "$name" = lota ] && echo ", index sets identical"), eval losses within $lw"
+    local ltol
+    ltol=$(tolerance 1e-5 5e-3)
+    if [ -n "$rel" ] && ! worse "$rel" "$tol" && [ "$ints" = 0 ] && ! worse "$lw" "$ltol" && [ "$procs" = 1 ]; then
+        if [ "$skip_tensors" = 1 ]; then
+            ok "$label (bf16): eval losses within $lw of one process's (tolerance $ltol); tensors not compared"
+        else
+            ok "$label: adapter within $rel of one process's (tolerance $tol)$([ "$name" = lota ] && echo ", index sets identical"), eval losses within $lw (tolerance $ltol)"
+        fi
     else
         bad "$label: adapter apart by ${rel:-?} (tolerance $tol), integer tensors differing ${ints:-?}, eval losses by $lw, processes in stage.json: $procs"
     fi
@@ -88,17 +101,17 @@ check_method() { # name, tolerance, method, keys...
     for n in 2 3; do against_one "$name" "$n" "$tol" "$name, $n processes"; done
 }
 
-check_method lora 2e-5 lora "grad_accum = 2" "batch_size = 4"
-check_method lota 5e-3 lota "steps = 40" "calibration_steps = 10"
-check_method poly 5e-4 poly "n_skills = 2" "gumbel = false"
-check_method full 1e-4 full
+check_method lora "$(tolerance 2e-5 5e-3)" lora "grad_accum = 2" "batch_size = 4"
+check_method lota "$(tolerance 5e-3 5e-3)" lota "steps = 40" "calibration_steps = 10"
+check_method poly "$(tolerance 5e-4 1e-2)" poly "n_skills = 2" "gumbel = false"
+check_method full "$(tolerance 1e-4 3e-2)" full
 # the sums started layer by layer during the backward instead of after it
-against_one lora 3 2e-5 "lora, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
-against_one full 2 1e-4 "full, 2 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
-against_one lota 2 5e-3 "lota, 2 processes, allreduce_overlap = true (masked: after the backward)" --set run.allreduce_overlap=true
+against_one lora 3 "$(tolerance 2e-5 5e-3)" "lora, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+against_one full 2 "$(tolerance 1e-4 3e-2)" "full, 2 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+against_one lota 2 "$(tolerance 5e-3 5e-3)" "lota, 2 processes, allreduce_overlap = true (masked: after the backward)" --set run.allreduce_overlap=true
 # batch 2 over 3 processes: process 0 runs no example, yet takes part in every sum
-check_method tiny 2e-5 lora "batch_size = 2"
-against_one tiny 3 2e-5 "tiny, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
+check_method tiny "$(tolerance 2e-5 5e-3)" lora "batch_size = 2"
+against_one tiny 3 "$(tolerance 2e-5 5e-3)" "tiny, 3 processes, allreduce_overlap = true" --set run.allreduce_overlap=true
 
 # ConPET dynamic with its selector co-trained: the label loss split over the processes, the
 # selector's auxiliary loss weighted by each process's share of the step (step_share)
@@ -139,7 +152,7 @@ batch_size = 8
 lr = 0.01
 INI
 if "$PEFT" run conpet.ini --quiet --set run.out=conpet-1 >conpet-1.log 2>&1; then
-    for n in 2 3; do against_one conpet "$n" 1e-4 "conpet dynamic (label loss, selector), $n processes"; done
+    for n in 2 3; do against_one conpet "$n" "$(tolerance 1e-4 5e-3)" "conpet dynamic (label loss, selector), $n processes"; done
 else
     bad "conpet: the single-process run failed: $(tail -2 conpet-1.log)"
 fi
@@ -186,9 +199,10 @@ best1=$(tr -d ' \t\n' <chain-1/a/stage.json | grep -o '"best_step":[0-9]*')
 best3=$(tr -d ' \t\n' <chain-3/a/stage.json 2>/dev/null | grep -o '"best_step":[0-9]*')
 read -r rel_a _ <<<"$(apart chain-1/a/adapter.safetensors chain-3/a/adapter.safetensors 2>/dev/null)"
 read -r rel_m _ <<<"$(apart chain-1/m/adapter.safetensors chain-3/m/adapter.safetensors 2>/dev/null)"
-if [ $rc -eq 0 ] && [ -n "$best1" ] && [ "$best1" = "$best3" ] && [ -n "$rel_a" ] && ! worse "$rel_a" 2e-5 &&
-    [ -n "$rel_m" ] && ! worse "$rel_m" 2e-5 && [ ! -e chain-3/a/early-stopping-best.safetensors ]; then
-    ok "chain with early stopping and a merge, 3 processes: the same best step (${best1#*:}) kept, stage a within $rel_a, the merged adapter within $rel_m (tolerance 2e-5)"
+ctol=$(tolerance 2e-5 1e-2)
+if [ $rc -eq 0 ] && [ -n "$best1" ] && [ "$best1" = "$best3" ] && [ -n "$rel_a" ] && ! worse "$rel_a" "$ctol" &&
+    [ -n "$rel_m" ] && ! worse "$rel_m" "$ctol" && [ ! -e chain-3/a/early-stopping-best.safetensors ]; then
+    ok "chain with early stopping and a merge, 3 processes: the same best step (${best1#*:}) kept, stage a within $rel_a, the merged adapter within $rel_m (tolerance $ctol)"
 else
     bad "chain, 3 processes: exit $rc, best '$best1' / '$best3', a apart ${rel_a:-?}, m apart ${rel_m:-?}: $(grep '^peft:' chain-3.log)"
 fi
@@ -262,8 +276,9 @@ for n in 3 1; do
     else mpi $n "$PEFT" run r.ini --quiet --resume --set run.out=r-$n >r-$n.log 2>&1; fi
     rc=$?
     read -r rel _ <<<"$(apart r-whole/s/adapter.safetensors r-$n/s/adapter.safetensors 2>/dev/null)"
-    if [ $rc -eq 0 ] && [ -n "$rel" ] && ! worse "$rel" 2e-5; then
-        ok "stopped at step 10 under 2 processes, resumed under $n: within $rel of the uninterrupted run (tolerance 2e-5)"
+    tol=$(tolerance 2e-5 1e-3)
+    if [ $rc -eq 0 ] && [ -n "$rel" ] && ! worse "$rel" "$tol"; then
+        ok "stopped at step 10 under 2 processes, resumed under $n: within $rel of the uninterrupted run (tolerance $tol)"
     else
         bad "resume under $n processes: exit $rc, apart ${rel:-?}: $(grep '^peft:' r-$n.log)"
     fi

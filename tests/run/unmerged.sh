@@ -101,14 +101,18 @@ done
 "$PEFT" eval $base --adapter ad/lora --tasks cls_color --n 40 --out unmerged >unmerged.txt 2>err || cat err
 read -r _ run_loss _ _ < <(after ad/lora/stage.json)
 m=$(eval_loss merged.txt cls_color) u=$(eval_loss unmerged.txt cls_color)
-if [ -n "$u" ] && [ "$m" = "$u" ] && awk -v a="$u" -v b="$run_loss" 'BEGIN {exit !(a - b < 1e-4 && b - a < 1e-4)}'; then
-    ok "lora: unmerged loss $u = merged $m = the run's $run_loss"
+# bf16 rounds the merged weight W + s B A to bfloat16, which the unmerged path never does:
+# there merged and unmerged agree to bfloat16's rounding, and unmerged is still the run's
+mtol=$(tolerance 0 2e-3)
+if [ -n "$u" ] && [ -n "$m" ] && awk -v a="$u" -v b="$m" -v t="$mtol" 'BEGIN {d = a - b; exit !(d <= t && -d <= t)}' &&
+   awk -v a="$u" -v b="$run_loss" 'BEGIN {exit !(a - b < 1e-4 && b - a < 1e-4)}'; then
+    ok "lora: unmerged loss $u = the run's $run_loss, merged $m (apart by at most $mtol)"
 else
-    bad "lora: unmerged '$u', merged '$m', run $run_loss"
+    bad "lora: unmerged '$u', merged '$m' (tolerance $mtol), run $run_loss"
 fi
-if cmp -s merged/predictions-cls_color.jsonl unmerged/predictions-cls_color.jsonl &&
+if { [ "$BF16" = 1 ] || cmp -s merged/predictions-cls_color.jsonl unmerged/predictions-cls_color.jsonl; } &&
    cmp -s unmerged/predictions-cls_color.jsonl ad/lora/predictions-cls_color.jsonl; then
-    ok "lora: unmerged predictions = merged = the run's ($(wc -l <unmerged/predictions-cls_color.jsonl) lines)"
+    ok "lora: unmerged predictions = the run's$([ "$BF16" = 1 ] || echo " = merged") ($(wc -l <unmerged/predictions-cls_color.jsonl) lines)"
 else
     bad "lora: predictions differ"
 fi
