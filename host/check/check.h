@@ -21,6 +21,12 @@
  *      nothing.
  * One line per check ("ok" or "FAIL", what was measured, the worst tensor named), then a
  * line "N passed, N failed".
+ *
+ * In bf16 (MODEL_BF16) the model is the bf16 model (model_set_bf16): every check runs on it,
+ * but 2 and 3 check the derivatives with the products' operands unrounded, on the same
+ * bfloat16 weights (rounding is flat almost everywhere: central differences of the rounded
+ * loss say nothing), and 6 bounds the NMSE by 1e-3, since the merged weight W + delta is
+ * itself rounded to bfloat16 by the products while the hooked path adds delta in fp32.
  */
 #ifndef PEFT_CHECK_H
 #define PEFT_CHECK_H
@@ -37,7 +43,7 @@ struct plugin_registry;
 /* Check every method of the plugin `what` (a method id or a path to its .so, found through
  * reg) and print the lines on out. Returns the number of failed checks, or -1 with one line
  * (err_msg) when the plugin cannot be loaded. */
-int plugin_check(struct plugin_registry *reg, const char *what, FILE *out);
+int plugin_check(struct plugin_registry *reg, const char *what, int32_t precision, FILE *out);
 
 /* ---- the pieces, also for the methods' own tests (check_model.c) ------------------------- */
 
@@ -45,7 +51,7 @@ int plugin_check(struct plugin_registry *reg, const char *what, FILE *out);
  * heads of 8 over 1 kv head (GQA), F 24, V 29, max_seq 16; random weights of std init_std,
  * norm weights in [0.7, 1.3] (so that their gradients are not special). -1 with err_msg. */
 int check_tiny_model(struct model *m, int tied, uint64_t seed, float init_std);
-/* A second model with m's config and parameters. -1 with err_msg. */
+/* A second model with m's config, parameters, 16-bit copies and precision. -1 with err_msg. */
 int check_model_copy(struct model *dst, const struct model *src);
 /* B examples of T random tokens, example i of task i % 2, targets from position 1 on. */
 void check_mixed_batch(struct batch *b, int32_t B, int32_t T, int32_t vocab, uint64_t seed);

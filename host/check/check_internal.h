@@ -13,6 +13,7 @@ struct checker {
     FILE *out;
     const char *label; /* "lora defaults", "loratrf variant filter=f2", ... */
     int passed, failed;
+    int32_t precision; /* MODEL_FP32 or MODEL_BF16: the model every run is made on */
 };
 
 /* One line "ok   LABEL: ..." or "FAIL LABEL: ...", counted. */

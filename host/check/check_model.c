@@ -27,6 +27,17 @@ int check_tiny_model(struct model *m, int tied, uint64_t seed, float init_std) {
 int check_model_copy(struct model *dst, const struct model *src) {
     if (model_init(dst, &src->cfg) != 0) return -1;
     memcpy(dst->params, src->params, src->n_params * sizeof(float));
+    for (int32_t t = 0; t < src->n_tensors; t++) { /* the 16-bit copies too, and their state */
+        if (!src->half[t]) continue;
+        size_t n = src->tensors[t].numel;
+        uint16_t *v = xmalloc(n * sizeof *v);
+        memcpy(v, src->half[t], n * sizeof *v);
+        model_tensor_set_half(dst, t, v, src->half_bf16[t]);
+        if (src->fp32_ok[t]) /* set_half dropped the fp32 values copied above: again */
+            memcpy(model_tensor_data(dst, t), src->params + src->tensors[t].offset,
+                   n * sizeof(float));
+    }
+    dst->precision = src->precision;
     return 0;
 }
 

@@ -7,10 +7,12 @@
 #include "methods/methods.h"
 
 static int check_main(int argc, char **argv) {
-    const char *what = NULL, *plugin_path = NULL;
+    const char *what = NULL, *plugin_path = NULL, *precision_name = NULL;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--plugin-path") == 0 && i + 1 < argc)
             plugin_path = argv[++i];
+        else if (strcmp(argv[i], "--precision") == 0 && i + 1 < argc)
+            precision_name = argv[++i];
         else if (argv[i][0] == '-' || what)
             return cli_unexpected(&cmd_check, argv[i]);
         else
@@ -20,16 +22,18 @@ static int check_main(int argc, char **argv) {
         err_set("check: no plugin given (usage: peft check %s)", cmd_check.args);
         return cli_fail();
     }
+    int32_t precision;
+    if (model_precision_choose(precision_name, "check: --precision", &precision)) return cli_fail();
     struct plugin_registry reg;
     registry_init(&reg, plugin_path);
-    int failed = plugin_check(&reg, what, stdout);
+    int failed = plugin_check(&reg, what, precision, stdout);
     registry_free(&reg);
     if (failed < 0) return cli_fail();
     return failed ? 1 : 0;
 }
 
 const struct command cmd_check = {
-    "check", "PLUGIN.so|METHOD_ID [--plugin-path DIRS]",
+    "check", "PLUGIN.so|METHOD_ID [--plugin-path DIRS] [--precision P]",
     "Check a method plugin through the ABI: gradients, negation, save/load, merge.",
     "Loads the plugin as peft run would and checks every method in it on a small random\n"
     "model, in two runs (the schema's defaults on an untied head; every bool key true,\n"
@@ -42,11 +46,17 @@ const struct command cmd_check = {
     "  save then load gives the same tensors and logits, bit for bit;\n"
     "  merge gives the hooked model's logits, or is refused (and changes nothing) by a\n"
     "  method without delta_weight that does not claim 'mergeable'.\n"
+    "With --precision bf16 the model is the bf16 model of [run] precision = bf16: the\n"
+    "derivatives are checked on its bfloat16 weights with the products' operands unrounded\n"
+    "(rounding is flat almost everywhere), and the merge to NMSE 1e-3 (the merged weight is\n"
+    "rounded to bfloat16, the hooked path is not).\n"
     "One line per check (ok or FAIL, with what was measured), then 'N passed, N failed'.\n"
     "The exit status is 1 when a check failed, 2 when the plugin cannot be loaded.\n"
     "\n"
     "options:\n"
     "  --plugin-path DIRS  folders searched first for method plugins (':'-separated)\n"
+    "  --precision P       fp32, bf16 or auto (default: PEFT_PRECISION, else auto: fp32 in\n"
+    "                      this build)\n"
     "  -h, --help          this help\n"
     "\n"
     "example:\n"

@@ -54,6 +54,9 @@ enum filter_kind { FILTER_F1, FILTER_F2 };
 struct trf_site {
     uint32_t site, d_in, d_out;
     const float *w;   /* (d_out, d_in) the site's live weight, for f2's path through h0 */
+    float *w_own;     /* NULL, or w widened into our own buffer: a weight the host keeps in
+                         16 bits comes as NULL (weight-on-request), and f2 reads it at every
+                         backward */
     peft_tensor_id a, b, fw, fb;
 };
 
@@ -124,6 +127,7 @@ static peft_status trf_create(const peft_host_api *api, peft_host *h, const peft
 }
 
 static void trf_destroy(peft_instance *self) {
+    for (uint32_t i = 0; i < self->n_sites; i++) free(self->sites[i].w_own);
     free(self->sites);
     free(self->slot);
     peft_scratch_free(&self->work);
@@ -152,6 +156,21 @@ static peft_status trf_attach(peft_instance *self, uint32_t site) {
     ls->d_in = si.d_in;
     ls->d_out = si.d_out;
     ls->w = si.weight;
+    ls->w_own = NULL;
+    if (!ls->w && self->filter == FILTER_F2) {
+        const peft_site_weight_api *sw =
+            self->api->get_extension(self->h, PEFT_SITE_WEIGHT_EXTENSION);
+        uint64_t numel = (uint64_t)si.d_in * si.d_out;
+        if (!sw) return PEFT_E_INTERNAL; /* a host that gives NULL weights offers widen */
+        if (!(ls->w_own = malloc(numel * sizeof *ls->w_own))) return PEFT_E_NOMEM;
+        st = sw->widen(self->h, site, ls->w_own, numel);
+        if (st != PEFT_OK) {
+            free(ls->w_own);
+            ls->w_own = NULL;
+            return st;
+        }
+        ls->w = ls->w_own;
+    }
     uint32_t r = self->r;
     char a_name[192], b_name[192];
     snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", si.name);
@@ -166,7 +185,11 @@ static peft_status trf_attach(peft_instance *self, uint32_t site) {
     if (st == PEFT_OK) /* f1: (r); f2: (d_out). No decay: it would pull the gate to 1/2. */
         st = reg(self, si.name, "trf_filter.bias", site, 1, f1 ? r : si.d_out, 0,
                  PEFT_INIT_CONST, self->bias_init, 0, PEFT_TENSOR_NO_DECAY, &ls->fb);
-    if (st != PEFT_OK) return st;
+    if (st != PEFT_OK) { /* the site is not counted: destroy would not see its buffer */
+        free(ls->w_own);
+        ls->w_own = NULL;
+        return st;
+    }
     self->slot[site] = (int32_t)self->n_sites++;
     return PEFT_OK;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `peft check` on every in-tree plugin (all checks pass), on the SDK template built against
+# `peft check` on every in-tree plugin in fp32 and in bf16 (all checks pass), on the SDK
+# template built against
 # ABI 1.0 (a binary kept from before 1.1: it loads and passes on this host), on a plugin whose
 # backward is wrong on purpose (caught: exit 1, the failing check and tensor named), and on a
 # plugin that does not exist (one line, exit 2).
@@ -12,16 +13,21 @@ plugins=()
 for so in "${@:4}"; do plugins+=("$(realpath "$so")"); done
 # shellcheck source=../testlib.sh
 . "$(dirname "$0")/../testlib.sh"
-for so in "${plugins[@]}"; do
-    name=$(basename "$so" .so)
-    "$PEFT" check "$so" >"$name.out" 2>"$name.err"
-    rc=$?
-    summary=$(tail -1 "$name.out")
-    if [ $rc -eq 0 ] && [[ "$summary" =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]] && ! grep -q '^FAIL' "$name.out"; then
-        ok "$name: $summary"
-    else
-        bad "$name: exit $rc, $summary; $(grep '^FAIL' "$name.out" | head -3) $(cat "$name.err")"
-    fi
+for precision in fp32 bf16; do
+    for so in "${plugins[@]}"; do
+        name=$(basename "$so" .so)
+        out=$name.out
+        [ $precision = bf16 ] && out=$name.bf16.out
+        "$PEFT" check "$so" --precision $precision >"$out" 2>"$name.err"
+        rc=$?
+        summary=$(tail -1 "$out")
+        if [ $rc -eq 0 ] && [[ "$summary" =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]] &&
+            ! grep -q '^FAIL' "$out" && grep -q "(precision $precision)" "$out"; then
+            ok "$name, $precision: $summary"
+        else
+            bad "$name, $precision: exit $rc, $summary; $(grep '^FAIL' "$out" | head -3) $(cat "$name.err")"
+        fi
+    done
 done
 # every check named once per run: the gradients, dx, negate, save/load, merge
 lines=$(grep -c '^ok   lora defaults' peft-lora.out 2>/dev/null)
@@ -47,6 +53,16 @@ if [ $rc -eq 1 ] && [[ "$fail" == *"parameter gradients against central differen
 else
     bad "broken plugin: exit $rc; $(cat broken.out broken.err | tail -5)"
 fi
+"$PEFT" check "$BROKEN" --precision bf16 >broken16.out 2>&1
+rc=$?
+fail=$(grep '^FAIL' broken16.out | head -1)
+[ $rc -eq 1 ] && [[ "$fail" == *"parameter gradients against central differences"*".bias_delta"* ]] &&
+    ok "in bf16 too: $fail" || bad "broken plugin in bf16: exit $rc; $(tail -5 broken16.out)"
+"$PEFT" check lora --precision half >badp.out 2>badp.err
+rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <badp.err)" -eq 1 ] && grep -q -- "--precision" badp.err &&
+    ok "check --precision half: $(cat badp.err)" || bad "check --precision half: exit $rc, $(cat badp.err)"
+
 
 "$PEFT" check nosuch.method >missing.out 2>missing.err
 rc=$?
