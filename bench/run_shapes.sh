@@ -10,6 +10,9 @@
 # 512x8:lora, where SHAPE is a --preset name or a --size. Batch 2 x 256 tokens (SHAPES_BATCH,
 # SHAPES_SEQ), 1 warm-up and 3 timed steps (SHAPES_STEPS) per run, 2 threads (SHAPES_THREADS).
 # A_BUILD may be a build of an older commit (a git worktree) to measure a change before/after.
+# SHAPES_A_ARGS, SHAPES_B_ARGS and SHAPES_TORCH_ARGS add flags to one side: the same build in
+# two precisions is SHAPES_A_ARGS="--precision fp32" SHAPES_B_ARGS="--precision bf16" with
+# A_BUILD = B_BUILD.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 a=${1:?usage: run_shapes.sh A_BUILD B_BUILD [ROUNDS]}
@@ -37,13 +40,14 @@ for r in $(seq "$rounds"); do
             A | B)
                 d=$a; [ $side = B ] && d=$b
                 # shellcheck disable=SC2086
+                extra=${SHAPES_A_ARGS:-}; [ $side = B ] && extra=${SHAPES_B_ARGS:-}
                 fig=$(PEFT_PLUGIN_PATH=$d/plugins/full:$d/plugins/lora "$d/bench/bench_train" $common \
-                    --gemm-seconds 0.005 |
+                    $extra --gemm-seconds 0.005 |
                     awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $5, ($12 == "" ? "-" : $12)}') ;;
             torch)
                 [ $have_torch = 1 ] || continue
                 # shellcheck disable=SC2086
-                fig=$(/usr/bin/python3 "$here/torch_ref.py" $common |
+                fig=$(/usr/bin/python3 "$here/torch_ref.py" $common ${SHAPES_TORCH_ARGS:-} |
                     awk '$2 == "'"$method"'" && $1 ~ /^[0-9]+x[0-9]+$/ {print $4, ($7 == "" ? "-" : $7)}') ;;
             esac
             set -- $fig
