@@ -11,9 +11,19 @@
 
 #include "half.h"
 
-/* Rows of W widened per block: large enough for the block's product to run at GEMM speed,
- * small enough for the buffer to stay in cache (256 x 1536 floats = 1.5 MiB at most). */
-enum { HALF_BLOCK_ROWS = 256 };
+/* Entries of W widened per block (8 MiB of fp32): a whole site weight of the small models
+ * (SmolLM2's largest, 1536 x 576, is 0.9 M), so that its product is one call split over
+ * every thread, while a large matrix (a 49 k-word head, Llama-3.2-1B's MLP) goes in blocks
+ * of rows and its fp32 copy never exists whole. */
+enum { HALF_BLOCK_FLOATS = 2 << 20 };
+
+/* Rows per block of a matrix of d_in columns and d_out rows. */
+static int32_t block_rows(int32_t d_in, int32_t d_out)
+{
+    int32_t rows = HALF_BLOCK_FLOATS / (d_in > 0 ? d_in : 1);
+    if (rows < 1) rows = 1;
+    return rows < d_out ? rows : d_out;
+}
 
 /* The block buffer and the bf16 model's rounded activations, reused across products (a
  * fresh one per product would be fresh pages to fault in every time); the host runs the
@@ -34,10 +44,19 @@ static float *scratch_get(struct scratch *s, size_t n)
     return s->p;
 }
 
-static void widen(const struct model *m, int32_t t, size_t from, size_t n, float *out)
+struct widen_job {
+    const uint16_t *h;
+    int bf16;
+    float *out;
+};
+
+static void widen_range(void *ctx, size_t begin, size_t end)
 {
-    const uint16_t *h = m->half[t] + from;
-    if (m->half_bf16[t]) {
+    const struct widen_job *j = ctx;
+    const uint16_t *h = j->h + begin;
+    float *out = j->out + begin;
+    size_t n = end - begin;
+    if (j->bf16) {
         /* bfloat16 is the top half of an fp32: a shift; in fixed groups of 16, which the
          * compiler turns into vector instructions at -O2 */
         size_t i = 0;
@@ -53,6 +72,13 @@ static void widen(const struct model *m, int32_t t, size_t from, size_t n, float
     } else
         for (size_t i = 0; i < n; i++)
             out[i] = f16_to_f32(h[i]);
+}
+
+/* n values of tensor t's 16-bit copy from entry `from` into out, on every thread. */
+static void widen(const struct model *m, int32_t t, size_t from, size_t n, float *out)
+{
+    struct widen_job j = {m->half[t] + from, m->half_bf16[t], out};
+    parallel_for(n, 1 << 16, widen_range, &j);
 }
 
 void model_tensor_set_half(struct model *m, int32_t t, uint16_t *v, int bf16)
@@ -136,7 +162,7 @@ static const float *product_operand(const struct model *m, const float *a, int32
 void half_matmul_forward(const struct model *m, int32_t t, float *y, const float *x, int32_t n,
                          int32_t d_in, int32_t d_out)
 {
-    int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
+    int32_t R = block_rows(d_in, d_out);
     float *buf = scratch_get(&block_buf, (size_t)R * (size_t)d_in);
     x = product_operand(m, x, n, d_in);
     for (int32_t r0 = 0; r0 < d_out; r0 += R) {
@@ -153,7 +179,7 @@ void half_matmul_backward_dx(const struct model *m, int32_t t, float *dx, const 
 {
     if (!dx)
         return;
-    int32_t R = d_out < HALF_BLOCK_ROWS ? d_out : HALF_BLOCK_ROWS;
+    int32_t R = block_rows(d_in, d_out);
     float *buf = scratch_get(&block_buf, (size_t)R * (size_t)d_in);
     dy = product_operand(m, dy, n, d_out);
     for (int32_t r0 = 0; r0 < d_out; r0 += R) {
