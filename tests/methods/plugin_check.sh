@@ -13,9 +13,17 @@ plugins=()
 for so in "${@:4}"; do plugins+=("$(realpath "$so")"); done
 # shellcheck source=../testlib.sh
 . "$(dirname "$0")/../testlib.sh"
+# A sanitizer build runs 4-5x slower: there the bf16 pass takes the plugins whose use of the
+# model's weights differs (lora: none; loratrf f2: its own widened copy; full: fp32 masters),
+# and the warnings-as-errors build runs it on every plugin.
+sanitized=0
+ldd "$PEFT" 2>/dev/null | grep -q 'libasan\|libubsan' && sanitized=1
 for precision in fp32 bf16; do
     for so in "${plugins[@]}"; do
         name=$(basename "$so" .so)
+        if [ $precision = bf16 ] && [ $sanitized = 1 ]; then
+            case $name in peft-lora | peft-loratrf | peft-full) ;; *) continue ;; esac
+        fi
         out=$name.out
         [ $precision = bf16 ] && out=$name.bf16.out
         "$PEFT" check "$so" --precision $precision >"$out" 2>"$name.err"
