@@ -207,5 +207,15 @@ float f16_to_f32(uint16_t h);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 uint16_t f32_to_bf16(float f);
+/* The fp32 bits u rounded to bfloat16 (nearest even) and kept as fp32 bits: the top 16 are
+ * f32_to_bf16's result, the low 16 zero. NaN stays NaN, made quiet (truncation could lose a
+ * payload that sits in the low bits); past the largest bfloat16 comes infinity. Inline, so
+ * that a loop over many values vectorises. */
+static inline uint32_t bf16_round_bits(uint32_t u)
+{
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u | 0x00400000u) & 0xffff0000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
 
 #endif

@@ -62,9 +62,6 @@ float bf16_to_f32(uint16_t h) {
 uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* nan: truncation could lose the payload, so quiet */
-        return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even; overflow carries into inf */
-    return (uint16_t)(u >> 16);
+    return (uint16_t)(bf16_round_bits(u) >> 16);
 }
 

@@ -30,17 +30,6 @@ const char *model_precision_name(int32_t precision)
     return precision == MODEL_BF16 ? "bf16" : "fp32";
 }
 
-/* x rounded to the nearest bfloat16 (ties to even) and widened back: the top 16 bits after
- * adding half an ulp of bfloat16, less one when the kept part is even. NaN is kept quiet
- * (adding could carry it into infinity). Overflow past the largest bfloat16 gives infinity,
- * as the conversion to bfloat16 does. */
-static inline uint32_t round_bits_bf16(uint32_t u)
-{
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (u | 0x00400000u) & 0xffff0000u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-}
-
 struct round_job {
     const float *x;
     float *out;
@@ -54,13 +43,13 @@ static void round_range(void *ctx, size_t begin, size_t end)
     for (; i + 16 <= end; i += 16) {
         uint32_t u[16];
         memcpy(u, j->x + i, sizeof u);
-        for (int k = 0; k < 16; k++) u[k] = round_bits_bf16(u[k]);
+        for (int k = 0; k < 16; k++) u[k] = bf16_round_bits(u[k]);
         memcpy(j->out + i, u, sizeof u);
     }
     for (; i < end; i++) {
         uint32_t u;
         memcpy(&u, j->x + i, sizeof u);
-        u = round_bits_bf16(u);
+        u = bf16_round_bits(u);
         memcpy(j->out + i, &u, sizeof u);
     }
 }
